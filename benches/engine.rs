@@ -1,0 +1,195 @@
+//! Engine throughput on the default model: single-stream prefill (64 and 512 tokens) and decode,
+//! batched decode at several batch sizes, for each `--dtype` and thread count, and llama.cpp's
+//! `llama-bench` on the same GGUF in the same run when it is available (see `benches/llamacpp.sh`).
+//!
+//! `cargo bench --bench engine` runs everything: the parent re-runs itself once per thread count
+//! (rayon's pool size is fixed per process) and prints one JSON report with ratios.
+//! Environment: `LORAPLEX_BENCH_THREADS` (default "1,2"), `LORAPLEX_BENCH_DTYPES`
+//! (default "auto,q8_0,f32"), `LORAPLEX_BENCH_BATCHES` (default "1,4,16,64"), `LLAMA_BENCH`
+//! (path to llama-bench; default `$HOME/.cache/loraplex/llama.cpp/build/bin/llama-bench`).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use loraplex_models::{KvCache, LoadOptions, LogitsFor, SeqInput, WeightDtype};
+use serde_json::{json, Value};
+
+fn model_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+fn env_list(key: &str, default: &str) -> Vec<String> {
+    std::env::var(key)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Deterministic pseudo-random token ids (no special tokens).
+fn tokens(n: usize, salt: u32) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| 100 + (i.wrapping_mul(2654435761).wrapping_add(salt * 97)) % 40000)
+        .collect()
+}
+
+fn child(threads: usize) -> Value {
+    let mut results = Vec::new();
+    for dt in env_list("LORAPLEX_BENCH_DTYPES", "auto,q8_0,f32") {
+        let dtype: WeightDtype = dt.parse().unwrap();
+        let lm = loraplex_models::load(
+            model_path().to_str().unwrap(),
+            &LoadOptions {
+                dtype,
+                ..Default::default()
+            },
+        )
+        .expect("load the default model (run scripts/fetch-model.sh)");
+        let m = &lm.model;
+        let mut row = json!({"dtype": dt, "threads": threads, "weight_bytes": m.weight_bytes()});
+        // Prefill: best of 3 runs, fresh cache each time.
+        for n in [64usize, 512] {
+            let prompt = tokens(n, 1);
+            let mut best = f64::MAX;
+            for _ in 0..3 {
+                let mut c = m.new_cache();
+                let t = Instant::now();
+                m.forward(
+                    &[SeqInput {
+                        tokens: &prompt,
+                        logits: LogitsFor::Last,
+                    }],
+                    &mut [&mut c],
+                )
+                .unwrap();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            row[format!("pp{n}")] = json!(n as f64 / best);
+        }
+        // Decode at batch sizes: every sequence holds a 64-token context, then 32 decode steps.
+        for b in env_list("LORAPLEX_BENCH_BATCHES", "1,4,16,64") {
+            let b: usize = b.parse().unwrap();
+            let mut caches: Vec<KvCache> = (0..b).map(|_| m.new_cache()).collect();
+            for (i, c) in caches.iter_mut().enumerate() {
+                let p = tokens(64, i as u32 + 2);
+                m.forward(
+                    &[SeqInput {
+                        tokens: &p,
+                        logits: LogitsFor::None,
+                    }],
+                    &mut [c],
+                )
+                .unwrap();
+            }
+            let steps = 32;
+            let next: Vec<[u32; 1]> = (0..b).map(|i| [tokens(1, 1000 + i as u32)[0]]).collect();
+            let t = Instant::now();
+            for _ in 0..steps {
+                let inputs: Vec<SeqInput<'_>> = next
+                    .iter()
+                    .map(|t| SeqInput {
+                        tokens: t,
+                        logits: LogitsFor::Last,
+                    })
+                    .collect();
+                let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+                m.forward(&inputs, &mut refs).unwrap();
+            }
+            row[format!("tg_batch{b}")] = json!((steps * b) as f64 / t.elapsed().as_secs_f64());
+        }
+        eprintln!("{row}");
+        results.push(row);
+    }
+    Value::Array(results)
+}
+
+fn llama_bench(threads: usize) -> Option<Value> {
+    let bin = std::env::var("LLAMA_BENCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/loraplex/llama.cpp/build/bin/llama-bench")
+        });
+    if !bin.exists() {
+        eprintln!(
+            "llama-bench not found at {} (run benches/llamacpp.sh); skipping the baseline",
+            bin.display()
+        );
+        return None;
+    }
+    let out = Command::new(&bin)
+        .args([
+            "-m",
+            model_path().to_str()?,
+            "-t",
+            &threads.to_string(),
+            "-p",
+            "64,512",
+            "-n",
+            "64",
+            "-r",
+            "3",
+            "-o",
+            "json",
+        ])
+        .output()
+        .ok()?;
+    let runs: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let mut r = json!({"threads": threads});
+    for run in runs.as_array()? {
+        let (p, n) = (run["n_prompt"].as_u64()?, run["n_gen"].as_u64()?);
+        let key = if n == 0 {
+            format!("pp{p}")
+        } else {
+            format!("tg{n}")
+        };
+        r[key] = run["avg_ts"].clone();
+    }
+    Some(r)
+}
+
+fn main() {
+    // `cargo test --all-targets` runs bench binaries without `--bench` to check they build.
+    if !std::env::args().any(|a| a == "--bench") && std::env::var("LORAPLEX_BENCH_CHILD").is_err() {
+        return;
+    }
+    if let Ok(t) = std::env::var("LORAPLEX_BENCH_CHILD") {
+        println!("{}", child(t.parse().unwrap()));
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let mut report = Vec::new();
+    for t in env_list("LORAPLEX_BENCH_THREADS", "1,2") {
+        let threads: usize = t.parse().unwrap();
+        let baseline = llama_bench(threads);
+        let out = Command::new(&exe)
+            .env("LORAPLEX_BENCH_CHILD", &t)
+            .env("RAYON_NUM_THREADS", &t)
+            .output()
+            .expect("run the benchmark child");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ours: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut rows = Vec::new();
+        for mut r in ours.as_array().unwrap().clone() {
+            if let Some(b) = &baseline {
+                let ratio = |a: &Value, b: &Value| {
+                    json!(a.as_f64().unwrap_or(0.0) / b.as_f64().unwrap_or(f64::NAN))
+                };
+                r["vs_llamacpp"] = json!({
+                    "pp64": ratio(&r["pp64"], &b["pp64"]),
+                    "pp512": ratio(&r["pp512"], &b["pp512"]),
+                    "tg_batch1": ratio(&r["tg_batch1"], &b["tg64"]),
+                });
+            }
+            rows.push(r);
+        }
+        report.push(json!({"threads": threads, "llama_cpp": baseline, "loraplex": rows}));
+    }
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+}

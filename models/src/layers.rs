@@ -1,0 +1,216 @@
+//! Layers shared by every architecture: the LoRA-capable linear, RMSNorm, rotary embedding, MLP.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::config::{LlamaConfig, RopeLayout};
+use crate::error::Result;
+
+/// Below this many rows a step is bandwidth-bound (decode) and the compact quantized weights win;
+/// at or above it the step is compute-bound (prefill, large batches) and a dense GEMM wins.
+pub const DENSE_MIN_ROWS: usize = 8;
+
+/// How one weight matrix is held in memory.
+#[derive(Debug, Clone)]
+pub enum WeightMatrix {
+    /// ggml-quantized blocks, multiplied with 8-bit activations.
+    Quantized(Arc<QTensor>),
+    /// A plain `[out, in]` matrix in the activation dtype.
+    Dense(Tensor),
+    /// Both forms: the quantized one for few rows, the dense one for many (see [`DENSE_MIN_ROWS`]).
+    Dual { q: Arc<QTensor>, dense: Tensor },
+}
+
+impl WeightMatrix {
+    pub fn dims(&self) -> (usize, usize) {
+        let s = match self {
+            WeightMatrix::Quantized(q) | WeightMatrix::Dual { q, .. } => q.shape().dims().to_vec(),
+            WeightMatrix::Dense(t) => t.dims().to_vec(),
+        };
+        (s[0], s[1])
+    }
+
+    pub fn size_in_bytes(&self) -> usize {
+        let dense = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        match self {
+            WeightMatrix::Quantized(q) => q.storage_size_in_bytes(),
+            WeightMatrix::Dense(t) => dense(t),
+            WeightMatrix::Dual { q, dense: t } => q.storage_size_in_bytes() + dense(t),
+        }
+    }
+
+    /// The matrix as a dense tensor, for reference computations (merging adapters, tests).
+    pub fn to_dense(&self, device: &Device) -> Result<Tensor> {
+        Ok(match self {
+            WeightMatrix::Quantized(q) => q.dequantize(device)?,
+            WeightMatrix::Dense(t) | WeightMatrix::Dual { dense: t, .. } => t.clone(),
+        })
+    }
+}
+
+/// Every projection of the model goes through this type, so that a per-row low-rank delta can be
+/// added in one place (the base product is computed once for the whole batch).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: WeightMatrix,
+    /// `QMatMul` for the quantized form, built once (it holds an `Arc` to the same blocks).
+    qmm: Option<QMatMul>,
+}
+
+impl Linear {
+    pub fn new(weight: WeightMatrix) -> Result<Self> {
+        let qmm = match &weight {
+            WeightMatrix::Quantized(q) | WeightMatrix::Dual { q, .. } => {
+                Some(QMatMul::from_arc(q.clone())?)
+            }
+            WeightMatrix::Dense(_) => None,
+        };
+        Ok(Self { weight, qmm })
+    }
+
+    pub fn weight(&self) -> &WeightMatrix {
+        &self.weight
+    }
+
+    /// `x`: `[rows, in]` → `[rows, out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let rows = x.dim(0)?;
+        let y = match (&self.weight, &self.qmm) {
+            (WeightMatrix::Dual { dense, .. }, _) if rows >= DENSE_MIN_ROWS => {
+                dense_matmul(x, dense)?
+            }
+            (WeightMatrix::Dense(w), _) => dense_matmul(x, w)?,
+            (_, Some(q)) => q.forward(&x.contiguous()?)?,
+            (_, None) => unreachable!("quantized weights always have a QMatMul"),
+        };
+        Ok(y)
+    }
+}
+
+/// `x · wᵀ`, with a result for each row that does not depend on how many rows share the call.
+///
+/// The GEMM library (gemm 0.19) reduces along `k` in a different order for a single row (GEMV)
+/// and for tiny outputs (`rows·out ≤ 256`, its "horizontal" kernels) than in its blocked kernel,
+/// whose per-element order depends only on `k`. Padding such calls with zero rows up to the
+/// blocked path keeps a sequence's logits identical whether it runs alone or in a batch. For real
+/// models (`out` ≥ 256) this pads only a lone decode row to two, which costs nothing measurable:
+/// one-row f32 products are bound by reading the weights, not by arithmetic.
+fn dense_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (rows, out) = (x.dim(0)?, w.dim(0)?);
+    let min_rows = (256 / out.max(1) + 1).max(2);
+    if rows < min_rows {
+        let pad = Tensor::zeros((min_rows - rows, x.dim(1)?), x.dtype(), x.device())?;
+        let padded = Tensor::cat(&[x, &pad], 0)?;
+        return Ok(padded.matmul(&w.t()?)?.narrow(0, 0, rows)?);
+    }
+    Ok(x.matmul(&w.t()?)?)
+}
+
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn new(weight: Tensor, eps: f64) -> Self {
+        Self {
+            weight,
+            eps: eps as f32,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            &self.weight,
+            self.eps,
+        )?)
+    }
+}
+
+/// Precomputed cos/sin tables; rows are gathered per token so that every row of a batch can sit
+/// at its own position.
+#[derive(Debug, Clone)]
+pub struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+    layout: RopeLayout,
+}
+
+impl Rotary {
+    pub fn new(cfg: &LlamaConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let inv_freq = cfg.rope_inv_freq();
+        let half = inv_freq.len();
+        let max = cfg.max_position_embeddings;
+        let inv = Tensor::from_vec(inv_freq, (1, half), device)?;
+        let pos = Tensor::arange(0u32, max as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((max, 1))?;
+        let freqs = pos.broadcast_mul(&inv)?;
+        Ok(Self {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+            layout: cfg.rope_layout,
+        })
+    }
+
+    /// Tables for the given positions: `[rows, 1, head_dim/2]` each.
+    pub fn tables(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        let n = positions.dim(0)?;
+        let cos = self.cos.index_select(positions, 0)?;
+        let sin = self.sin.index_select(positions, 0)?;
+        let half = cos.dim(1)?;
+        Ok((cos.reshape((n, 1, half))?, sin.reshape((n, 1, half))?))
+    }
+
+    /// `x`: `[rows, heads, head_dim]`, each row rotated by its own position.
+    pub fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (rows, heads, hd) = x.dims3()?;
+        let x4 = x.contiguous()?.reshape((rows, heads, 1, hd))?;
+        let y = match self.layout {
+            RopeLayout::Half => candle_nn::rotary_emb::rope(&x4, cos, sin)?,
+            RopeLayout::Interleaved => candle_nn::rotary_emb::rope_i(&x4, cos, sin)?,
+        };
+        Ok(y.reshape((rows, heads, hd))?)
+    }
+}
+
+/// SiLU-gated feed-forward block.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+impl Mlp {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate.forward(x)?)?;
+        let up = self.up.forward(x)?;
+        self.down.forward(&(gate * up)?)
+    }
+}
+
+/// Token embedding table; quantized tables are dequantized row by row on lookup.
+#[derive(Debug, Clone)]
+pub enum Embedding {
+    Quantized(Arc<QTensor>),
+    Dense(Tensor),
+}
+
+impl Embedding {
+    pub fn forward(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
+        let x = match self {
+            Embedding::Quantized(q) => q.embedding(ids)?,
+            Embedding::Dense(t) => t.index_select(ids, 0)?,
+        };
+        Ok(x.to_dtype(dtype)?)
+    }
+}
+
+pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::softmax_last_dim(x)?)
+}

@@ -1,0 +1,174 @@
+//! Loraplex models: architectures, weight loading (GGUF, safetensors, hub), tokenizer and chat
+//! template. Synchronous and free of any async runtime: `models` never depends on tokio.
+
+mod chat;
+mod config;
+mod error;
+mod gguf;
+mod hf;
+mod kv;
+mod layers;
+mod llama;
+mod progress;
+mod source;
+mod tokenizer;
+mod weights;
+
+use std::path::{Path, PathBuf};
+
+pub use candle_core::{DType, Device, Tensor};
+pub use chat::{ChatMessage, ChatTemplate};
+pub use config::{HfConfig, LlamaConfig, RopeLayout, RopeScaling};
+pub use error::{ModelError, Result};
+pub use kv::KvCache;
+pub use layers::{Linear, WeightMatrix, DENSE_MIN_ROWS};
+pub use llama::{Llama, LogitsFor, SeqInput};
+pub use source::{resolve, HubOptions, HubRef, ModelFiles};
+pub use tokenizer::{IncrementalDecoder, SpecialTokens, Tokenizer};
+pub use weights::{Naming, Proj, WeightDtype};
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub dtype: WeightDtype,
+    pub device: Device,
+    pub hub: HubOptions,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: WeightDtype::Auto,
+            device: Device::Cpu,
+            hub: HubOptions::default(),
+        }
+    }
+}
+
+/// A model ready to serve: weights, tokenizer and chat template.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<ChatTemplate>,
+    pub files: ModelFiles,
+    /// A short name for the model (file stem or directory name).
+    pub name: String,
+}
+
+impl LoadedModel {
+    /// Renders a conversation with the model's template, ready to tokenize.
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let t = self
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| ModelError::ChatTemplate("the model has no chat template".into()))?;
+        t.render(messages, add_generation_prompt)
+    }
+}
+
+/// Resolves `spec` (a `.gguf` path, an HF directory, or a hub id) and loads it.
+pub fn load(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
+    let files = resolve(spec, &opts.hub)?;
+    load_files(files, opts)
+}
+
+pub fn load_files(files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> {
+    match &files {
+        ModelFiles::Gguf(p) => load_gguf(p.clone(), files.clone(), opts),
+        ModelFiles::HfDir(d) => load_hf_dir(d.clone(), files.clone(), opts),
+    }
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem()
+        .or_else(|| p.file_name())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into())
+}
+
+fn load_gguf(path: PathBuf, files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> {
+    let file = gguf::GgufFile::open(&path)?;
+    let cfg = file.config()?;
+    let tokenizer = Tokenizer::from_gguf(file.metadata(), &path)?;
+    let chat_template = file
+        .chat_template()
+        .map(|src| {
+            ChatTemplate::new(
+                &src,
+                tokenizer.id_text(tokenizer.bos_id()),
+                tokenizer.id_text(tokenizer.eos_id()),
+            )
+        })
+        .transpose()?;
+    let mut reader = gguf::GgufReader::new(file, opts.dtype, &opts.device);
+    let model = Llama::load(cfg, &mut reader)?;
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        chat_template,
+        name: stem(&path),
+        files,
+    })
+}
+
+fn load_hf_dir(dir: PathBuf, files: ModelFiles, opts: &LoadOptions) -> Result<LoadedModel> {
+    let cfg_path = dir.join("config.json");
+    if !cfg_path.exists() {
+        return Err(ModelError::Missing {
+            path: dir.clone(),
+            what: "config.json".into(),
+        });
+    }
+    let hf_cfg = HfConfig::from_file(&cfg_path)?;
+    let cfg = hf_cfg.to_llama(&cfg_path)?;
+    let tok_path = dir.join("tokenizer.json");
+    if !tok_path.exists() {
+        return Err(ModelError::Missing {
+            path: dir.clone(),
+            what: "tokenizer.json".into(),
+        });
+    }
+    let tf = hf::tokenizer_files(&dir)?;
+    let (bos, eos) = (tf.special.bos_token.clone(), tf.special.eos_token.clone());
+    let tokenizer = Tokenizer::from_file(&tok_path, tf.special)?;
+    let chat_template = tf
+        .chat_template
+        .map(|src| ChatTemplate::new(&src, bos.unwrap_or_default(), eos.unwrap_or_default()))
+        .transpose()?;
+    let weights = hf::weight_files(&dir)?;
+    let file_dtype = hf::file_dtype(hf_cfg.stored_dtype());
+    let mut reader = hf::SafetensorsReader::open(&weights, file_dtype, opts.dtype, &opts.device)?;
+    let model = Llama::load(cfg, &mut reader)?;
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        chat_template,
+        name: stem(&dir),
+        files,
+    })
+}
+
+/// `cpu`, `cuda`, `cuda:N` or `metal`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    let bad = || ModelError::Device(s.to_string());
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "metal" => Device::new_metal(0).map_err(|_| bad()),
+        _ => {
+            let ordinal = match s.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => rest
+                    .strip_prefix(':')
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(bad)?,
+                None => return Err(bad()),
+            };
+            Device::new_cuda(ordinal).map_err(|e| ModelError::Device(format!("{s}: {e}")))
+        }
+    }
+}

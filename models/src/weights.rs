@@ -1,0 +1,237 @@
+//! Weight names and the in-memory dtype policy shared by the GGUF and safetensors readers.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::Result;
+use crate::layers::{Embedding, WeightMatrix};
+
+/// How weights are held in memory (`--dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightDtype {
+    /// The fastest form for this device and file (see [`WeightDtype::resolve`]).
+    #[default]
+    Auto,
+    F32,
+    F16,
+    Bf16,
+    Q8_0,
+}
+
+impl FromStr for WeightDtype {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "auto" => Self::Auto,
+            "f32" | "float32" => Self::F32,
+            "f16" | "float16" | "half" => Self::F16,
+            "bf16" | "bfloat16" => Self::Bf16,
+            "q8_0" | "q8" => Self::Q8_0,
+            other => {
+                return Err(format!(
+                    "unknown dtype {other:?} (expected auto, f32, f16, bf16 or q8_0)"
+                ))
+            }
+        })
+    }
+}
+
+/// What a weight matrix becomes in memory, once `Auto` has been decided for a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Holding {
+    /// Float matrix in this dtype (activations run in it too).
+    Dense(DType),
+    /// Quantized blocks; a ggml type that lacks a fast CPU kernel is re-quantized to `Q8_0`.
+    Quantized,
+    /// Quantized blocks for decode plus a dense f32 copy for prefill (CPU `auto`).
+    Dual,
+}
+
+impl WeightDtype {
+    /// CPU quantized kernels do not get cheaper per row with batching while f32 GEMM does, so on CPU
+    /// `auto` keeps both forms of a quantized file; GPUs keep the quantized blocks only.
+    pub(crate) fn resolve(
+        self,
+        file_is_quantized: bool,
+        file_dtype: DType,
+        device: &Device,
+    ) -> Holding {
+        match self {
+            WeightDtype::F32 => Holding::Dense(DType::F32),
+            WeightDtype::F16 => Holding::Dense(DType::F16),
+            WeightDtype::Bf16 => Holding::Dense(DType::BF16),
+            WeightDtype::Q8_0 => Holding::Quantized,
+            WeightDtype::Auto if file_is_quantized && device.is_cpu() => Holding::Dual,
+            WeightDtype::Auto if file_is_quantized => Holding::Quantized,
+            WeightDtype::Auto if device.is_cpu() => Holding::Dense(DType::F32),
+            WeightDtype::Auto => Holding::Dense(file_dtype),
+        }
+    }
+}
+
+impl Holding {
+    pub(crate) fn activation_dtype(self) -> DType {
+        match self {
+            Holding::Dense(dt) => dt,
+            Holding::Quantized | Holding::Dual => DType::F32,
+        }
+    }
+
+    /// Turns a loaded tensor into the held form. Quantized types without a fast CPU kernel
+    /// (everything but Q8_0 and the K-quants) are re-quantized to Q8_0.
+    pub(crate) fn matrix_from_q(self, q: QTensor, device: &Device) -> Result<WeightMatrix> {
+        Ok(match self {
+            Holding::Dense(dt) => WeightMatrix::Dense(q.dequantize(device)?.to_dtype(dt)?),
+            Holding::Quantized => WeightMatrix::Quantized(Arc::new(fast_quant(q, device)?)),
+            Holding::Dual => {
+                let dense = q.dequantize(device)?;
+                WeightMatrix::Dual {
+                    q: Arc::new(fast_quant(q, device)?),
+                    dense,
+                }
+            }
+        })
+    }
+
+    pub(crate) fn matrix_from_dense(self, t: Tensor) -> Result<WeightMatrix> {
+        Ok(match self {
+            Holding::Dense(dt) => WeightMatrix::Dense(t.to_dtype(dt)?),
+            Holding::Quantized | Holding::Dual => {
+                let t32 = t.to_dtype(DType::F32)?;
+                match QTensor::quantize(&t32, GgmlDType::Q8_0) {
+                    Ok(q) if self == Holding::Dual => WeightMatrix::Dual {
+                        q: Arc::new(q),
+                        dense: t32,
+                    },
+                    Ok(q) => WeightMatrix::Quantized(Arc::new(q)),
+                    // Row length not a multiple of the block size: stay dense.
+                    Err(_) => WeightMatrix::Dense(t32),
+                }
+            }
+        })
+    }
+
+    pub(crate) fn embedding_from_q(self, q: Arc<QTensor>, device: &Device) -> Result<Embedding> {
+        Ok(match self {
+            Holding::Dense(dt) => Embedding::Dense(q.dequantize(device)?.to_dtype(dt)?),
+            Holding::Quantized | Holding::Dual => Embedding::Quantized(q),
+        })
+    }
+}
+
+impl Holding {
+    /// A matrix over blocks that the embedding also holds (tied output projection): shared when
+    /// they stay quantized in a fast format, converted otherwise.
+    pub(crate) fn shared_matrix(self, q: Arc<QTensor>, device: &Device) -> Result<WeightMatrix> {
+        let fast = has_fast_kernel(q.dtype());
+        Ok(match self {
+            Holding::Dense(dt) => WeightMatrix::Dense(q.dequantize(device)?.to_dtype(dt)?),
+            Holding::Quantized if fast => WeightMatrix::Quantized(q),
+            Holding::Dual if fast => WeightMatrix::Dual {
+                dense: q.dequantize(device)?,
+                q,
+            },
+            Holding::Quantized | Holding::Dual => {
+                let dense = q.dequantize(device)?;
+                self.matrix_from_dense(dense)?
+            }
+        })
+    }
+}
+
+fn has_fast_kernel(dt: GgmlDType) -> bool {
+    use GgmlDType as G;
+    matches!(
+        dt,
+        G::Q8_0 | G::Q2K | G::Q3K | G::Q4K | G::Q5K | G::Q6K | G::Q8K
+    )
+}
+
+fn fast_quant(q: QTensor, device: &Device) -> Result<QTensor> {
+    if has_fast_kernel(q.dtype()) {
+        return Ok(q);
+    }
+    let dense = q.dequantize(device)?;
+    Ok(QTensor::quantize(&dense, GgmlDType::Q8_0)?)
+}
+
+/// Weight naming scheme of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// transformers: `model.layers.N.self_attn.q_proj.weight`.
+    Hf,
+    /// llama.cpp: `blk.N.attn_q.weight`.
+    Gguf,
+}
+
+/// The weights of a Llama layer (and the model-level ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+    AttnNorm,
+    MlpNorm,
+    FinalNorm,
+    Embed,
+    LmHead,
+}
+
+impl Proj {
+    pub fn name(self, naming: Naming, layer: usize) -> String {
+        let (hf, gguf) = match self {
+            Proj::Q => ("self_attn.q_proj", "attn_q"),
+            Proj::K => ("self_attn.k_proj", "attn_k"),
+            Proj::V => ("self_attn.v_proj", "attn_v"),
+            Proj::O => ("self_attn.o_proj", "attn_output"),
+            Proj::Gate => ("mlp.gate_proj", "ffn_gate"),
+            Proj::Up => ("mlp.up_proj", "ffn_up"),
+            Proj::Down => ("mlp.down_proj", "ffn_down"),
+            Proj::AttnNorm => ("input_layernorm", "attn_norm"),
+            Proj::MlpNorm => ("post_attention_layernorm", "ffn_norm"),
+            Proj::FinalNorm => {
+                return match naming {
+                    Naming::Hf => "model.norm.weight".into(),
+                    Naming::Gguf => "output_norm.weight".into(),
+                }
+            }
+            Proj::Embed => {
+                return match naming {
+                    Naming::Hf => "model.embed_tokens.weight".into(),
+                    Naming::Gguf => "token_embd.weight".into(),
+                }
+            }
+            Proj::LmHead => {
+                return match naming {
+                    Naming::Hf => "lm_head.weight".into(),
+                    Naming::Gguf => "output.weight".into(),
+                }
+            }
+        };
+        match naming {
+            Naming::Hf => format!("model.layers.{layer}.{hf}.weight"),
+            Naming::Gguf => format!("blk.{layer}.{gguf}.weight"),
+        }
+    }
+}
+
+/// What the model builder needs from a weight file, whatever its format.
+pub(crate) trait WeightReader {
+    fn naming(&self) -> Naming;
+    fn device(&self) -> &Device;
+    fn activation_dtype(&self) -> DType;
+    /// A `[out, in]` matrix, checked against `shape`.
+    fn matrix(&mut self, name: String, shape: (usize, usize)) -> Result<WeightMatrix>;
+    /// A norm weight, always f32-exact, in the activation dtype.
+    fn vector(&mut self, name: String, len: usize) -> Result<Tensor>;
+    fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<Embedding>;
+    /// The output projection; the embedding table when the file has none (tied).
+    fn lm_head(&mut self, tied: bool, shape: (usize, usize)) -> Result<WeightMatrix>;
+}

@@ -1,0 +1,43 @@
+//! Errors of the runtime: rejected parameters (the caller's fault, naming the parameter) versus
+//! model failures.
+
+use loraplex_models::ModelError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("invalid {param}: {message}")]
+    InvalidParameter {
+        param: &'static str,
+        message: String,
+    },
+
+    #[error("prompt of {prompt} tokens plus max_tokens {max_tokens} exceeds the context of {context} tokens")]
+    ContextOverflow {
+        prompt: usize,
+        max_tokens: usize,
+        context: usize,
+    },
+
+    #[error("empty prompt")]
+    EmptyPrompt,
+
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+impl RuntimeError {
+    pub(crate) fn invalid(param: &'static str, message: impl Into<String>) -> Self {
+        RuntimeError::InvalidParameter {
+            param,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<candle_core::Error> for RuntimeError {
+    fn from(e: candle_core::Error) -> Self {
+        RuntimeError::Model(ModelError::Candle(e))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, RuntimeError>;

@@ -1,0 +1,121 @@
+//! One-shot generation of a fixed set of requests (the CLI's `generate`, tests, benchmarks).
+//! All prompts are prefilled in the first forward pass, then decoded together; the engine loop
+//! reuses the same per-sequence logic with requests joining and leaving.
+
+use std::time::{Duration, Instant};
+
+use loraplex_models::{KvCache, Llama, LogitsFor, SeqInput, Tokenizer};
+
+use crate::error::{Result, RuntimeError};
+use crate::sampling::TokenLogprob;
+use crate::sequence::{FinishReason, GenerationParams, SequenceState};
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub prompt_ids: Vec<u32>,
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub finish: FinishReason,
+    pub logprobs: Vec<TokenLogprob>,
+    /// Time to the first token (prefill).
+    pub prefill: Duration,
+    /// Time of all later tokens.
+    pub decode: Duration,
+}
+
+/// Checks that a prompt plus its generation fits the model's context.
+pub fn check_context(model: &Llama, prompt_len: usize, max_tokens: usize) -> Result<()> {
+    let context = model.config().max_position_embeddings;
+    if prompt_len + max_tokens > context {
+        return Err(RuntimeError::ContextOverflow {
+            prompt: prompt_len,
+            max_tokens,
+            context,
+        });
+    }
+    Ok(())
+}
+
+pub fn generate(
+    model: &Llama,
+    tok: &Tokenizer,
+    requests: Vec<(Vec<u32>, GenerationParams)>,
+) -> Result<Vec<Generation>> {
+    let vocab = model.config().vocab_size;
+    let mut seqs = Vec::with_capacity(requests.len());
+    for (prompt, params) in &requests {
+        check_context(model, prompt.len(), params.max_tokens)?;
+        seqs.push(SequenceState::new(prompt, params.clone(), tok, vocab)?);
+    }
+    let mut caches: Vec<KvCache> = requests.iter().map(|_| model.new_cache()).collect();
+    let mut out: Vec<Generation> = requests
+        .iter()
+        .map(|(p, _)| Generation {
+            prompt_ids: p.clone(),
+            ids: Vec::new(),
+            text: String::new(),
+            finish: FinishReason::Length,
+            logprobs: Vec::new(),
+            prefill: Duration::ZERO,
+            decode: Duration::ZERO,
+        })
+        .collect();
+    let mut active: Vec<usize> = (0..requests.len())
+        .filter(|&i| requests[i].1.max_tokens > 0)
+        .collect();
+    let start = Instant::now();
+    let mut first = true;
+    while !active.is_empty() {
+        let next: Vec<[u32; 1]> = active
+            .iter()
+            .map(|&i| [*seqs[i].output().last().unwrap_or(&0)])
+            .collect();
+        let inputs: Vec<SeqInput<'_>> = active
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| SeqInput {
+                tokens: if first { &requests[i].0 } else { &next[j] },
+                logits: LogitsFor::Last,
+            })
+            .collect();
+        let mut refs: Vec<&mut KvCache> = Vec::with_capacity(active.len());
+        {
+            let mut rest: &mut [KvCache] = &mut caches;
+            let mut base = 0;
+            for &i in &active {
+                let (_, tail) = rest.split_at_mut(i - base);
+                let (c, tail) = tail.split_at_mut(1);
+                refs.push(&mut c[0]);
+                rest = tail;
+                base = i + 1;
+            }
+        }
+        let logits = model.forward(&inputs, &mut refs)?;
+        let elapsed = start.elapsed();
+        let mut still = Vec::with_capacity(active.len());
+        for (&i, l) in active.iter().zip(logits) {
+            let l = l
+                .expect("asked for last-position logits")
+                .squeeze(0)?
+                .to_vec1::<f32>()?;
+            let step = seqs[i].accept_logits(&l, tok)?;
+            let g = &mut out[i];
+            if first {
+                g.prefill = elapsed;
+            }
+            g.ids.push(step.id);
+            g.text.push_str(&step.text);
+            g.logprobs.extend(step.logprob);
+            match step.finish {
+                Some(f) => {
+                    g.finish = f;
+                    g.decode = elapsed - g.prefill;
+                }
+                None => still.push(i),
+            }
+        }
+        active = still;
+        first = false;
+    }
+    Ok(out)
+}

@@ -1,0 +1,195 @@
+//! The tiny random Llama (HF safetensors) against transformers' exact f32 logits, alone and as
+//! one batch of sequences at different positions.
+
+use loraplex_models::{KvCache, LoadedModel, LogitsFor, SeqInput};
+use loraplex_runtime::{argmax, GenerationParams};
+
+use crate::util::{golden_json, ids, max_abs_diff, read_npy_f32, tiny};
+
+fn last_logits(lm: &LoadedModel, prompt: &[u32]) -> Vec<f32> {
+    let mut cache = lm.model.new_cache();
+    let out = lm
+        .model
+        .forward(
+            &[SeqInput {
+                tokens: prompt,
+                logits: LogitsFor::Last,
+            }],
+            &mut [&mut cache],
+        )
+        .unwrap();
+    out[0]
+        .as_ref()
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn logsumexp(v: &[f32]) -> f64 {
+    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    m + v.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
+}
+
+#[test]
+fn last_position_logits_match_transformers() {
+    let lm = tiny();
+    let cases = golden_json("tiny_cases.json");
+    let (shape, all) = read_npy_f32("tiny_last_logits.npy");
+    let vocab = shape[2];
+    for (i, case) in cases["cases"].as_array().unwrap().iter().enumerate() {
+        let prompt = ids(&case["input_ids"]);
+        let got = last_logits(lm, &prompt);
+        let want = &all[i * vocab..(i + 1) * vocab]; // variant 0 = base
+        let diff = max_abs_diff(&got, want);
+        assert!(diff <= 1e-4, "case {i}: max |Δlogit| {diff}");
+        let base = &case["results"]["base"];
+        for pair in base["top"].as_array().unwrap() {
+            let (id, logit) = (
+                pair[0].as_u64().unwrap() as usize,
+                pair[1].as_f64().unwrap() as f32,
+            );
+            assert!((got[id] - logit).abs() <= 1e-4, "case {i} top id {id}");
+        }
+        let lse = base["logsumexp"].as_f64().unwrap();
+        assert!((logsumexp(&got) - lse).abs() <= 1e-4, "case {i} logsumexp");
+    }
+}
+
+#[test]
+fn greedy_continuations_match_transformers() {
+    let lm = tiny();
+    let cases = golden_json("tiny_cases.json");
+    let reqs: Vec<_> = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let params = GenerationParams {
+                max_tokens: 16,
+                ignore_eos: true,
+                ..Default::default()
+            };
+            (ids(&c["input_ids"]), params)
+        })
+        .collect();
+    let gens = loraplex_runtime::generate(&lm.model, &lm.tokenizer, reqs).unwrap();
+    for (case, g) in cases["cases"].as_array().unwrap().iter().zip(gens) {
+        assert_eq!(
+            g.ids,
+            ids(&case["results"]["base"]["greedy_ids"]),
+            "prompt {}",
+            case["index"]
+        );
+    }
+}
+
+/// Greedy decoding of several sequences where sequence `i` joins at step `join[i]`: its prefill
+/// shares a forward pass with the others' decode steps. Returns each sequence's logits per step.
+fn staggered(
+    lm: &LoadedModel,
+    prompts: &[Vec<u32>],
+    join: &[usize],
+    steps: usize,
+) -> Vec<Vec<Vec<f32>>> {
+    let n = prompts.len();
+    let mut caches: Vec<KvCache> = (0..n).map(|_| lm.model.new_cache()).collect();
+    let mut produced: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut logits: Vec<Vec<Vec<f32>>> = vec![Vec::new(); n];
+    let mut step = 0;
+    while produced.iter().any(|p| p.len() < steps) {
+        let active: Vec<usize> = (0..n)
+            .filter(|&i| join[i] <= step && produced[i].len() < steps)
+            .collect();
+        step += 1;
+        if active.is_empty() {
+            continue;
+        }
+        let last: Vec<[u32; 1]> = active
+            .iter()
+            .map(|&i| [*produced[i].last().unwrap_or(&0)])
+            .collect();
+        let inputs: Vec<SeqInput<'_>> = active
+            .iter()
+            .zip(&last)
+            .map(|(&i, l)| SeqInput {
+                tokens: if produced[i].is_empty() {
+                    &prompts[i]
+                } else {
+                    l
+                },
+                logits: LogitsFor::Last,
+            })
+            .collect();
+        let mut refs: Vec<&mut KvCache> = caches
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| active.contains(i))
+            .map(|(_, c)| c)
+            .collect();
+        let out = lm.model.forward(&inputs, &mut refs).unwrap();
+        for (&i, l) in active.iter().zip(out) {
+            let l: Vec<f32> = l.unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+            produced[i].push(argmax(&l));
+            logits[i].push(l);
+        }
+    }
+    logits
+}
+
+#[test]
+fn one_mixed_batch_equals_each_sequence_alone() {
+    let lm = tiny();
+    let cases = golden_json("tiny_cases.json");
+    let prompts: Vec<Vec<u32>> = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| ids(&c["input_ids"]))
+        .collect();
+    let n = prompts.len();
+    // Joins at steps 0,1,2,... so every forward mixes a prefill with decodes at other positions.
+    let batched = staggered(lm, &prompts, &(0..n).collect::<Vec<_>>(), 16);
+    for i in 0..n {
+        let alone = staggered(lm, &prompts[i..=i], &[0], 16);
+        let worst = batched[i]
+            .iter()
+            .zip(&alone[0])
+            .map(|(a, b)| max_abs_diff(a, b))
+            .fold(0.0, f32::max);
+        assert!(
+            worst <= 1e-5,
+            "prompt {i}: batched vs alone max |Δlogit| {worst}"
+        );
+        let b: Vec<u32> = batched[i].iter().map(|l| argmax(l)).collect();
+        let want = ids(&cases["cases"][i]["results"]["base"]["greedy_ids"]);
+        assert_eq!(b, want, "prompt {i} greedy ids in the batch");
+    }
+}
+
+#[test]
+fn chunked_prefill_equals_whole_prefill() {
+    let lm = tiny();
+    let cases = golden_json("tiny_cases.json");
+    let prompt = ids(&cases["cases"][5]["input_ids"]); // the long one (251 tokens)
+    let whole = last_logits(lm, &prompt);
+    let mut cache = lm.model.new_cache();
+    let mut last = None;
+    for chunk in prompt.chunks(37) {
+        let out = lm
+            .model
+            .forward(
+                &[SeqInput {
+                    tokens: chunk,
+                    logits: LogitsFor::Last,
+                }],
+                &mut [&mut cache],
+            )
+            .unwrap();
+        last = out.into_iter().next().flatten();
+    }
+    let chunked: Vec<f32> = last.unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+    assert!(max_abs_diff(&whole, &chunked) <= 1e-5);
+    assert_eq!(cache.len(), prompt.len());
+}

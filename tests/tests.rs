@@ -1,0 +1,11 @@
+//! The one integration-test binary (as ripgrep's `tests/tests.rs`): every module below is a
+//! boundary of the system tested from outside.
+
+mod util;
+
+mod cli;
+mod golden_smollm2;
+mod golden_tiny;
+mod hub;
+mod load_errors;
+mod tokenizer;
