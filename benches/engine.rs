@@ -56,14 +56,8 @@ fn child(threads: usize) -> Value {
             for _ in 0..3 {
                 let mut c = m.new_cache();
                 let t = Instant::now();
-                m.forward(
-                    &[SeqInput {
-                        tokens: &prompt,
-                        logits: LogitsFor::Last,
-                    }],
-                    &mut [&mut c],
-                )
-                .unwrap();
+                m.forward(&[SeqInput::new(&prompt, LogitsFor::Last)], &mut [&mut c])
+                    .unwrap();
                 best = best.min(t.elapsed().as_secs_f64());
             }
             row[format!("pp{n}")] = json!(n as f64 / best);
@@ -74,14 +68,8 @@ fn child(threads: usize) -> Value {
             let mut caches: Vec<KvCache> = (0..b).map(|_| m.new_cache()).collect();
             for (i, c) in caches.iter_mut().enumerate() {
                 let p = tokens(64, i as u32 + 2);
-                m.forward(
-                    &[SeqInput {
-                        tokens: &p,
-                        logits: LogitsFor::None,
-                    }],
-                    &mut [c],
-                )
-                .unwrap();
+                m.forward(&[SeqInput::new(&p, LogitsFor::None)], &mut [c])
+                    .unwrap();
             }
             let steps = 32;
             let next: Vec<[u32; 1]> = (0..b).map(|i| [tokens(1, 1000 + i as u32)[0]]).collect();
@@ -89,10 +77,7 @@ fn child(threads: usize) -> Value {
             for _ in 0..steps {
                 let inputs: Vec<SeqInput<'_>> = next
                     .iter()
-                    .map(|t| SeqInput {
-                        tokens: t,
-                        logits: LogitsFor::Last,
-                    })
+                    .map(|t| SeqInput::new(t, LogitsFor::Last))
                     .collect();
                 let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
                 m.forward(&inputs, &mut refs).unwrap();

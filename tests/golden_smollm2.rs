@@ -1,7 +1,7 @@
 //! SmolLM2-135M-Instruct (the real Q4_1 GGUF) against transformers' dequantized-f32 reference.
 
 use loraplex_models::{LogitsFor, SeqInput, WeightDtype};
-use loraplex_runtime::GenerationParams;
+use loraplex_runtime::{GenRequest, GenerationParams};
 use serde_json::Value;
 
 use crate::util::{golden_json, ids, smollm2};
@@ -34,10 +34,7 @@ fn f32_path_matches_reference_logits_and_greedy_text() {
         let out = lm
             .model
             .forward(
-                &[SeqInput {
-                    tokens: &prompt,
-                    logits: LogitsFor::Last,
-                }],
+                &[SeqInput::new(&prompt, LogitsFor::Last)],
                 &mut [&mut cache],
             )
             .unwrap();
@@ -62,9 +59,13 @@ fn f32_path_matches_reference_logits_and_greedy_text() {
             ignore_eos: true,
             ..Default::default()
         };
-        let g = loraplex_runtime::generate(&lm.model, &lm.tokenizer, vec![(prompt, params)])
-            .unwrap()
-            .remove(0);
+        let g = loraplex_runtime::generate(
+            &lm.model,
+            &lm.tokenizer,
+            vec![GenRequest::new(prompt, params)],
+        )
+        .unwrap()
+        .remove(0);
         let n = reliable_prefix(base, 0.01).min(want.len());
         assert_eq!(
             g.ids[..n],
@@ -84,7 +85,7 @@ fn quantized_path_agrees_with_reference_when_teacher_forced() {
         let base = &case["results"]["base"];
         let cont = ids(&base["greedy_ids"]);
         let seq: Vec<u32> = prompt.iter().chain(&cont).copied().collect();
-        let scored = loraplex_runtime::score(&lm.model, &seq, prompt.len(), 0).unwrap();
+        let scored = loraplex_runtime::score(&lm.model, None, &seq, prompt.len(), 0).unwrap();
         assert_eq!(scored.len(), cont.len());
         for (k, step) in base["greedy_steps"].as_array().unwrap().iter().enumerate() {
             if step["margin"].as_f64().unwrap() >= 0.5 {
@@ -97,10 +98,7 @@ fn quantized_path_agrees_with_reference_when_teacher_forced() {
         let out = lm
             .model
             .forward(
-                &[SeqInput {
-                    tokens: &prompt,
-                    logits: LogitsFor::Last,
-                }],
+                &[SeqInput::new(&prompt, LogitsFor::Last)],
                 &mut [&mut cache],
             )
             .unwrap();

@@ -1,22 +1,16 @@
 //! The tiny random Llama (HF safetensors) against transformers' exact f32 logits, alone and as
 //! one batch of sequences at different positions.
 
-use loraplex_models::{KvCache, LoadedModel, LogitsFor, SeqInput};
-use loraplex_runtime::{argmax, GenerationParams};
+use loraplex_models::{LoadedModel, LogitsFor, SeqInput};
+use loraplex_runtime::{argmax, GenRequest, GenerationParams};
 
-use crate::util::{golden_json, ids, max_abs_diff, read_npy_f32, tiny};
+use crate::util::{golden_json, ids, max_abs_diff, read_npy_f32, staggered, tiny};
 
 fn last_logits(lm: &LoadedModel, prompt: &[u32]) -> Vec<f32> {
     let mut cache = lm.model.new_cache();
     let out = lm
         .model
-        .forward(
-            &[SeqInput {
-                tokens: prompt,
-                logits: LogitsFor::Last,
-            }],
-            &mut [&mut cache],
-        )
+        .forward(&[SeqInput::new(prompt, LogitsFor::Last)], &mut [&mut cache])
         .unwrap();
     out[0]
         .as_ref()
@@ -71,7 +65,7 @@ fn greedy_continuations_match_transformers() {
                 ignore_eos: true,
                 ..Default::default()
             };
-            (ids(&c["input_ids"]), params)
+            GenRequest::new(ids(&c["input_ids"]), params)
         })
         .collect();
     let gens = loraplex_runtime::generate(&lm.model, &lm.tokenizer, reqs).unwrap();
@@ -83,59 +77,6 @@ fn greedy_continuations_match_transformers() {
             case["index"]
         );
     }
-}
-
-/// Greedy decoding of several sequences where sequence `i` joins at step `join[i]`: its prefill
-/// shares a forward pass with the others' decode steps. Returns each sequence's logits per step.
-fn staggered(
-    lm: &LoadedModel,
-    prompts: &[Vec<u32>],
-    join: &[usize],
-    steps: usize,
-) -> Vec<Vec<Vec<f32>>> {
-    let n = prompts.len();
-    let mut caches: Vec<KvCache> = (0..n).map(|_| lm.model.new_cache()).collect();
-    let mut produced: Vec<Vec<u32>> = vec![Vec::new(); n];
-    let mut logits: Vec<Vec<Vec<f32>>> = vec![Vec::new(); n];
-    let mut step = 0;
-    while produced.iter().any(|p| p.len() < steps) {
-        let active: Vec<usize> = (0..n)
-            .filter(|&i| join[i] <= step && produced[i].len() < steps)
-            .collect();
-        step += 1;
-        if active.is_empty() {
-            continue;
-        }
-        let last: Vec<[u32; 1]> = active
-            .iter()
-            .map(|&i| [*produced[i].last().unwrap_or(&0)])
-            .collect();
-        let inputs: Vec<SeqInput<'_>> = active
-            .iter()
-            .zip(&last)
-            .map(|(&i, l)| SeqInput {
-                tokens: if produced[i].is_empty() {
-                    &prompts[i]
-                } else {
-                    l
-                },
-                logits: LogitsFor::Last,
-            })
-            .collect();
-        let mut refs: Vec<&mut KvCache> = caches
-            .iter_mut()
-            .enumerate()
-            .filter(|(i, _)| active.contains(i))
-            .map(|(_, c)| c)
-            .collect();
-        let out = lm.model.forward(&inputs, &mut refs).unwrap();
-        for (&i, l) in active.iter().zip(out) {
-            let l: Vec<f32> = l.unwrap().squeeze(0).unwrap().to_vec1().unwrap();
-            produced[i].push(argmax(&l));
-            logits[i].push(l);
-        }
-    }
-    logits
 }
 
 #[test]
@@ -150,9 +91,15 @@ fn one_mixed_batch_equals_each_sequence_alone() {
         .collect();
     let n = prompts.len();
     // Joins at steps 0,1,2,... so every forward mixes a prefill with decodes at other positions.
-    let batched = staggered(lm, &prompts, &(0..n).collect::<Vec<_>>(), 16);
+    let batched = staggered(
+        lm,
+        &prompts,
+        &vec![None; n],
+        &(0..n).collect::<Vec<_>>(),
+        16,
+    );
     for i in 0..n {
-        let alone = staggered(lm, &prompts[i..=i], &[0], 16);
+        let alone = staggered(lm, &prompts[i..=i], &[None], &[0], 16);
         let worst = batched[i]
             .iter()
             .zip(&alone[0])
@@ -179,13 +126,7 @@ fn chunked_prefill_equals_whole_prefill() {
     for chunk in prompt.chunks(37) {
         let out = lm
             .model
-            .forward(
-                &[SeqInput {
-                    tokens: chunk,
-                    logits: LogitsFor::Last,
-                }],
-                &mut [&mut cache],
-            )
+            .forward(&[SeqInput::new(chunk, LogitsFor::Last)], &mut [&mut cache])
             .unwrap();
         last = out.into_iter().next().flatten();
     }

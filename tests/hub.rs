@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use loraplex_models::{HubOptions, LoadOptions, ModelError, WeightDtype};
-use loraplex_runtime::GenerationParams;
+use loraplex_runtime::{GenRequest, GenerationParams};
 
 use crate::util::{golden, golden_json, ids};
 
@@ -52,7 +52,7 @@ fn offline_hub_id_loads_from_the_cache() {
         let g = loraplex_runtime::generate(
             &lm.model,
             &lm.tokenizer,
-            vec![(ids(&case["input_ids"]), params)],
+            vec![GenRequest::new(ids(&case["input_ids"]), params)],
         )
         .unwrap();
         assert_eq!(g[0].ids, ids(&case["results"]["base"]["greedy_ids"]));

@@ -1,8 +1,10 @@
 //! The one integration-test binary (as ripgrep's `tests/tests.rs`): every module below is a
 //! boundary of the system tested from outside.
 
+mod adapter_fixtures;
 mod util;
 
+mod adapters;
 mod cli;
 mod golden_smollm2;
 mod golden_tiny;

@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use loraplex_models::{LoadOptions, LoadedModel, WeightDtype};
+use loraplex_models::{
+    KvCache, LoadOptions, LoadedModel, LogitsFor, LoraWeights, SeqInput, WeightDtype,
+};
+use loraplex_runtime::argmax;
 use serde_json::Value;
 
 pub fn repo_root() -> PathBuf {
@@ -113,4 +116,58 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// Greedy decoding of several sequences where sequence `i` joins at step `join[i]`: its prefill
+/// shares a forward pass with the others' decode steps. Returns each sequence's logits per step.
+pub fn staggered(
+    lm: &LoadedModel,
+    prompts: &[Vec<u32>],
+    adapters: &[Option<&LoraWeights>],
+    join: &[usize],
+    steps: usize,
+) -> Vec<Vec<Vec<f32>>> {
+    let n = prompts.len();
+    let mut caches: Vec<KvCache> = (0..n).map(|_| lm.model.new_cache()).collect();
+    let mut produced: Vec<Vec<u32>> = vec![Vec::new(); n];
+    let mut logits: Vec<Vec<Vec<f32>>> = vec![Vec::new(); n];
+    let mut step = 0;
+    while produced.iter().any(|p| p.len() < steps) {
+        let active: Vec<usize> = (0..n)
+            .filter(|&i| join[i] <= step && produced[i].len() < steps)
+            .collect();
+        step += 1;
+        if active.is_empty() {
+            continue;
+        }
+        let last: Vec<[u32; 1]> = active
+            .iter()
+            .map(|&i| [*produced[i].last().unwrap_or(&0)])
+            .collect();
+        let inputs: Vec<SeqInput<'_>> = active
+            .iter()
+            .zip(&last)
+            .map(|(&i, l)| {
+                let tokens: &[u32] = if produced[i].is_empty() {
+                    &prompts[i]
+                } else {
+                    l
+                };
+                SeqInput::new(tokens, LogitsFor::Last).with_adapter(adapters[i])
+            })
+            .collect();
+        let mut refs: Vec<&mut KvCache> = caches
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| active.contains(i))
+            .map(|(_, c)| c)
+            .collect();
+        let out = lm.model.forward(&inputs, &mut refs).unwrap();
+        for (&i, l) in active.iter().zip(out) {
+            let l: Vec<f32> = l.unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+            produced[i].push(argmax(&l));
+            logits[i].push(l);
+        }
+    }
+    logits
 }

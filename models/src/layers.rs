@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use crate::config::{LlamaConfig, RopeLayout};
 use crate::error::Result;
+use crate::weights::Proj;
 
 /// Below this many rows a step is bandwidth-bound (decode) and the compact quantized weights win;
 /// at or above it the step is compute-bound (prefill, large batches) and a dense GEMM wins.
@@ -97,7 +98,7 @@ impl Linear {
 /// blocked path keeps a sequence's logits identical whether it runs alone or in a batch. For real
 /// models (`out` ≥ 256) this pads only a lone decode row to two, which costs nothing measurable:
 /// one-row f32 products are bound by reading the weights, not by arithmetic.
-fn dense_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+pub(crate) fn dense_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (rows, out) = (x.dim(0)?, w.dim(0)?);
     let min_rows = (256 / out.max(1) + 1).max(2);
     if rows < min_rows {
@@ -187,10 +188,16 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        let up = self.up.forward(x)?;
-        self.down.forward(&(gate * up)?)
+    /// `adapt(proj, input, base_output)` adds any per-row LoRA delta.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        adapt: impl Fn(Proj, &Tensor, Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&adapt(Proj::Gate, x, self.gate.forward(x)?)?)?;
+        let up = adapt(Proj::Up, x, self.up.forward(x)?)?;
+        let h = (gate * up)?;
+        adapt(Proj::Down, &h, self.down.forward(&h)?)
     }
 }
 

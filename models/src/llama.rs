@@ -11,6 +11,7 @@ use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvCache;
 use crate::layers::{softmax_last_dim, Embedding, Linear, Mlp, RmsNorm, Rotary};
+use crate::lora::{LoraGroups, LoraWeights};
 use crate::weights::{Proj, WeightReader};
 
 /// Which positions of a sequence need logits.
@@ -24,11 +25,27 @@ pub enum LogitsFor {
     All,
 }
 
-/// One sequence's share of a batch: the new tokens to append to its cache.
+/// One sequence's share of a batch: the new tokens to append to its cache, and the adapter
+/// (if any) whose delta its rows get.
 #[derive(Debug, Clone, Copy)]
 pub struct SeqInput<'a> {
     pub tokens: &'a [u32],
     pub logits: LogitsFor,
+    pub adapter: Option<&'a LoraWeights>,
+}
+
+impl<'a> SeqInput<'a> {
+    pub fn new(tokens: &'a [u32], logits: LogitsFor) -> Self {
+        Self {
+            tokens,
+            logits,
+            adapter: None,
+        }
+    }
+
+    pub fn with_adapter(self, adapter: Option<&'a LoraWeights>) -> Self {
+        Self { adapter, ..self }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +121,11 @@ impl Llama {
         &self.device
     }
 
+    /// Dtype of activations (and of LoRA deltas applied to them).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// Bytes of weights held (quantized blocks, dense copies, embeddings).
     pub fn weight_bytes(&self) -> usize {
         let lin = |l: &Linear| l.weight().size_in_bytes();
@@ -172,18 +194,30 @@ impl Llama {
         let ids = Tensor::from_vec(ids, total, &self.device)?;
         let positions = Tensor::from_vec(positions, total, &self.device)?;
         let (cos, sin) = self.rotary.tables(&positions)?;
+        let per_seq: Vec<_> = inputs.iter().map(|i| (i.adapter, i.tokens.len())).collect();
+        let lora = LoraGroups::new(&per_seq, &self.device)?;
+        let adapt = |l: usize, p: Proj, x: &Tensor, y: Tensor| -> Result<Tensor> {
+            if lora.is_empty() {
+                Ok(y)
+            } else {
+                lora.apply(l, p, x, y)
+            }
+        };
 
         let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         let mut x = self.embed.forward(&ids, self.dtype)?;
         for (l, b) in self.blocks.iter().enumerate() {
             let h = b.attn_norm.forward(&x)?;
+            let q = adapt(l, Proj::Q, &h, b.q.forward(&h)?)?;
+            let k = adapt(l, Proj::K, &h, b.k.forward(&h)?)?;
+            let v = adapt(l, Proj::V, &h, b.v.forward(&h)?)?;
             let q = self
                 .rotary
-                .apply(&b.q.forward(&h)?.reshape((total, nh, hd))?, &cos, &sin)?;
+                .apply(&q.reshape((total, nh, hd))?, &cos, &sin)?;
             let k = self
                 .rotary
-                .apply(&b.k.forward(&h)?.reshape((total, nkv, hd))?, &cos, &sin)?;
-            let v = b.v.forward(&h)?.reshape((total, nkv, hd))?;
+                .apply(&k.reshape((total, nkv, hd))?, &cos, &sin)?;
+            let v = v.reshape((total, nkv, hd))?;
             let mut outs = Vec::with_capacity(inputs.len());
             let mut off = 0;
             for (inp, cache) in inputs.iter().zip(caches.iter_mut()) {
@@ -201,8 +235,10 @@ impl Llama {
             } else {
                 Tensor::cat(&outs, 0)?
             };
-            x = (x + b.o.forward(&attn)?)?;
-            let m = b.mlp.forward(&b.mlp_norm.forward(&x)?)?;
+            x = (x + adapt(l, Proj::O, &attn, b.o.forward(&attn)?)?)?;
+            let m = b
+                .mlp
+                .forward(&b.mlp_norm.forward(&x)?, |p, x, y| adapt(l, p, x, y))?;
             x = (x + m)?;
         }
         for (inp, cache) in inputs.iter().zip(caches.iter_mut()) {

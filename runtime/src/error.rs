@@ -21,6 +21,21 @@ pub enum RuntimeError {
     #[error("empty prompt")]
     EmptyPrompt,
 
+    #[error("the model {0:?} does not exist")]
+    UnknownAdapter(String),
+
+    #[error("adapter {name:?} could not be loaded: {reason}")]
+    AdapterLoad { name: String, reason: String },
+
+    #[error("the engine queue is full; retry later")]
+    Overloaded,
+
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+
+    #[error("the batch step failed: {0}")]
+    StepFailed(String),
+
     #[error(transparent)]
     Model(#[from] ModelError),
 }

@@ -4,11 +4,33 @@
 
 use std::time::{Duration, Instant};
 
-use loraplex_models::{KvCache, Llama, LogitsFor, SeqInput, Tokenizer};
+use loraplex_models::{KvCache, Llama, LogitsFor, LoraWeights, SeqInput, Tokenizer};
 
 use crate::error::{Result, RuntimeError};
 use crate::sampling::TokenLogprob;
 use crate::sequence::{FinishReason, GenerationParams, SequenceState};
+
+/// One request of a one-shot batch.
+#[derive(Debug, Clone)]
+pub struct GenRequest<'a> {
+    pub prompt: Vec<u32>,
+    pub params: GenerationParams,
+    pub adapter: Option<&'a LoraWeights>,
+}
+
+impl<'a> GenRequest<'a> {
+    pub fn new(prompt: Vec<u32>, params: GenerationParams) -> Self {
+        Self {
+            prompt,
+            params,
+            adapter: None,
+        }
+    }
+
+    pub fn with_adapter(self, adapter: Option<&'a LoraWeights>) -> Self {
+        Self { adapter, ..self }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Generation {
@@ -39,19 +61,19 @@ pub fn check_context(model: &Llama, prompt_len: usize, max_tokens: usize) -> Res
 pub fn generate(
     model: &Llama,
     tok: &Tokenizer,
-    requests: Vec<(Vec<u32>, GenerationParams)>,
+    requests: Vec<GenRequest<'_>>,
 ) -> Result<Vec<Generation>> {
     let vocab = model.config().vocab_size;
     let mut seqs = Vec::with_capacity(requests.len());
-    for (prompt, params) in &requests {
-        check_context(model, prompt.len(), params.max_tokens)?;
-        seqs.push(SequenceState::new(prompt, params.clone(), tok, vocab)?);
+    for r in &requests {
+        check_context(model, r.prompt.len(), r.params.max_tokens)?;
+        seqs.push(SequenceState::new(&r.prompt, r.params.clone(), tok, vocab)?);
     }
     let mut caches: Vec<KvCache> = requests.iter().map(|_| model.new_cache()).collect();
     let mut out: Vec<Generation> = requests
         .iter()
-        .map(|(p, _)| Generation {
-            prompt_ids: p.clone(),
+        .map(|r| Generation {
+            prompt_ids: r.prompt.clone(),
             ids: Vec::new(),
             text: String::new(),
             finish: FinishReason::Length,
@@ -61,7 +83,7 @@ pub fn generate(
         })
         .collect();
     let mut active: Vec<usize> = (0..requests.len())
-        .filter(|&i| requests[i].1.max_tokens > 0)
+        .filter(|&i| requests[i].params.max_tokens > 0)
         .collect();
     let start = Instant::now();
     let mut first = true;
@@ -73,9 +95,12 @@ pub fn generate(
         let inputs: Vec<SeqInput<'_>> = active
             .iter()
             .enumerate()
-            .map(|(j, &i)| SeqInput {
-                tokens: if first { &requests[i].0 } else { &next[j] },
-                logits: LogitsFor::Last,
+            .map(|(j, &i)| {
+                SeqInput::new(
+                    if first { &requests[i].prompt } else { &next[j] },
+                    LogitsFor::Last,
+                )
+                .with_adapter(requests[i].adapter)
             })
             .collect();
         let mut refs: Vec<&mut KvCache> = Vec::with_capacity(active.len());

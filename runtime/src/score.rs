@@ -2,7 +2,7 @@
 //! with the top alternatives. Serves `echo` + `logprobs`, evaluation clients, quantization tests
 //! and (later) shadow scoring.
 
-use loraplex_models::{Llama, LogitsFor, SeqInput};
+use loraplex_models::{Llama, LogitsFor, LoraWeights, SeqInput};
 
 use crate::error::{Result, RuntimeError};
 use crate::sampling::{argmax, logprobs_of, TokenLogprob};
@@ -10,8 +10,15 @@ use crate::sampling::{argmax, logprobs_of, TokenLogprob};
 /// Positions scored per forward pass: bounds the `[chunk, vocab]` logits held at once.
 const SCORE_CHUNK: usize = 128;
 
-/// Scores `ids[from..]`, each given every token before it. `from` must be ≥ 1.
-pub fn score(model: &Llama, ids: &[u32], from: usize, top_n: usize) -> Result<Vec<ScoredToken>> {
+/// Scores `ids[from..]`, each given every token before it, under `adapter` (or the base).
+/// `from` must be ≥ 1.
+pub fn score(
+    model: &Llama,
+    adapter: Option<&LoraWeights>,
+    ids: &[u32],
+    from: usize,
+    top_n: usize,
+) -> Result<Vec<ScoredToken>> {
     if from == 0 || from > ids.len() {
         return Err(RuntimeError::invalid(
             "score",
@@ -26,14 +33,15 @@ pub fn score(model: &Llama, ids: &[u32], from: usize, top_n: usize) -> Result<Ve
         let end = (pos + SCORE_CHUNK).min(ids.len() - 1);
         let wanted = end > from - 1;
         let logits = model.forward(
-            &[SeqInput {
-                tokens: &ids[pos..end],
-                logits: if wanted {
+            &[SeqInput::new(
+                &ids[pos..end],
+                if wanted {
                     LogitsFor::All
                 } else {
                     LogitsFor::None
                 },
-            }],
+            )
+            .with_adapter(adapter)],
             &mut [&mut cache],
         )?;
         if let Some(l) = logits.into_iter().next().flatten() {

@@ -6,7 +6,9 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use loraplex_models::{ChatMessage, HubOptions};
-use loraplex_runtime::{GenerationParams, MinP, Penalties, Sampling, Temperature, TopP};
+use loraplex_runtime::{
+    GenRequest, GenerationParams, MinP, Penalties, Sampling, Temperature, TopP,
+};
 use serde_json::json;
 
 use super::ModelArgs;
@@ -86,9 +88,13 @@ pub fn run(args: GenerateArgs, hub: HubOptions) -> anyhow::Result<()> {
         (args.prompt.clone(), true)
     };
     let prompt_ids = lm.tokenizer.encode(&text, add_special)?;
-    let g = loraplex_runtime::generate(&lm.model, &lm.tokenizer, vec![(prompt_ids, params)])?
-        .pop()
-        .expect("one request, one generation");
+    let g = loraplex_runtime::generate(
+        &lm.model,
+        &lm.tokenizer,
+        vec![GenRequest::new(prompt_ids, params)],
+    )?
+    .pop()
+    .expect("one request, one generation");
     if args.json {
         let prefill = g.prefill.as_secs_f64();
         let decode = g.decode.as_secs_f64();

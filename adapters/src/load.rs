@@ -1,0 +1,299 @@
+//! Reading a PEFT adapter and checking it against the base model. Everything is validated before
+//! any `LoraWeights` exists, so a refused adapter leaves no trace.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use loraplex_models::{LlamaConfig, LoraDelta, LoraWeights, Proj, RopeLayout};
+use sha2::{Digest, Sha256};
+
+use crate::error::{AdapterError, Result};
+use crate::peft::{check_base_name, module_name, PeftConfig, TARGETS};
+
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+/// What an adapter is checked against.
+#[derive(Debug, Clone)]
+pub struct BaseModel {
+    pub config: LlamaConfig,
+    /// The served base's name, compared with `base_model_name_or_path`.
+    pub name: String,
+    /// Dtype and device the deltas are held in (the model's activations).
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl BaseModel {
+    pub fn of(lm: &loraplex_models::LoadedModel) -> Self {
+        Self {
+            config: lm.model.config().clone(),
+            name: lm.name.clone(),
+            dtype: lm.model.dtype(),
+            device: lm.model.device().clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct AdapterLimits {
+    /// Largest rank accepted (`--max-lora-rank`).
+    pub max_rank: usize,
+}
+
+impl Default for AdapterLimits {
+    fn default() -> Self {
+        Self { max_rank: 64 }
+    }
+}
+
+/// Facts about a validated adapter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterInfo {
+    /// sha256 over the config and weights bytes: the adapter's version identity.
+    pub sha256: String,
+    pub rank: usize,
+    pub alpha: f64,
+    /// PEFT module names adapted, e.g. `q_proj`.
+    pub targets: Vec<String>,
+    pub modules: usize,
+    /// Bytes of the deltas as held in memory.
+    pub bytes: usize,
+    pub base_model: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct LoadedAdapter {
+    pub weights: LoraWeights,
+    pub info: AdapterInfo,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => AdapterError::NotFound(path.to_path_buf()),
+        _ => AdapterError::Io {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
+    })
+}
+
+/// Loads `adapter_config.json` + `adapter_model.safetensors` from a PEFT folder.
+pub fn load_dir(dir: &Path, base: &BaseModel, limits: &AdapterLimits) -> Result<LoadedAdapter> {
+    let config = read(&dir.join(CONFIG_FILE))?;
+    let weights = read(&dir.join(WEIGHTS_FILE))?;
+    load_bytes(&config, &weights, &dir.join(WEIGHTS_FILE), base, limits)
+}
+
+/// Validates and builds an adapter from the two files' bytes (`origin` names them in errors).
+pub fn load_bytes(
+    config: &[u8],
+    weights: &[u8],
+    origin: &Path,
+    base: &BaseModel,
+    limits: &AdapterLimits,
+) -> Result<LoadedAdapter> {
+    let text =
+        std::str::from_utf8(config).map_err(|_| AdapterError::InvalidConfig("not UTF-8".into()))?;
+    let cfg = PeftConfig::parse(text)?;
+    if let Some(b) = &cfg.base_model_name_or_path {
+        if check_base_name(b, &base.name)? {
+            tracing::warn!(adapter_base = %b, base = %base.name, "adapter was trained on a differently named base model");
+        }
+    }
+    if cfg.fan_in_fan_out {
+        tracing::warn!(
+            "fan_in_fan_out is set but Llama projections are plain linear layers; ignoring it"
+        );
+    }
+    let targeted = cfg.targeted(base.config.num_layers)?;
+    let st = safetensors::SafeTensors::deserialize(weights).map_err(|e| AdapterError::Corrupt {
+        path: origin.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let tensors = candle_core::safetensors::load_buffer(weights, &Device::Cpu).map_err(|e| {
+        AdapterError::Corrupt {
+            path: origin.to_path_buf(),
+            reason: e.to_string(),
+        }
+    })?;
+    let mut pairs: HashMap<(usize, Proj), (Option<Tensor>, Option<Tensor>)> = HashMap::new();
+    let by_module: HashMap<String, (usize, Proj)> = (0..base.config.num_layers)
+        .flat_map(|l| {
+            TARGETS
+                .iter()
+                .map(move |(p, _)| (module_name(l, *p), (l, *p)))
+        })
+        .collect();
+    for name in st.names() {
+        let (module, which) = parse_tensor_name(name)?;
+        let key = *by_module
+            .get(module)
+            .ok_or_else(|| AdapterError::UnknownTarget(module.to_string()))?;
+        if !targeted.contains(&key) {
+            return Err(AdapterError::BadTensor {
+                tensor: name.to_string(),
+                reason: "its module is not among target_modules/layers_to_transform".into(),
+            });
+        }
+        let t = tensors[name].clone();
+        match t.dtype() {
+            DType::F32 | DType::F16 | DType::BF16 => {}
+            other => {
+                return Err(AdapterError::BadTensor {
+                    tensor: name.to_string(),
+                    reason: format!("dtype {other:?} (expected f32, f16 or bf16)"),
+                })
+            }
+        }
+        let t = t.to_dtype(DType::F32)?;
+        check_finite(name, &t)?;
+        let slot = pairs.entry(key).or_default();
+        match which {
+            Which::A => slot.0 = Some(t),
+            Which::B => slot.1 = Some(t),
+        }
+    }
+    let c = &base.config;
+    let mut deltas = HashMap::new();
+    let mut targets = HashSet::new();
+    let mut max_rank = 0;
+    for key @ (layer, proj) in targeted {
+        let module = module_name(layer, proj);
+        let Some((a, b)) = pairs.remove(&key) else {
+            return Err(AdapterError::BadTensor {
+                tensor: format!("{module}.lora_A/lora_B"),
+                reason: "a targeted module has no weights".into(),
+            });
+        };
+        let (Some(a), Some(b)) = (a, b) else {
+            return Err(AdapterError::BadTensor {
+                tensor: module,
+                reason: "lora_A and lora_B must both be present".into(),
+            });
+        };
+        let (rank, alpha) = cfg.rank_alpha(&module)?;
+        if rank > limits.max_rank {
+            return Err(AdapterError::RankTooLarge {
+                module,
+                rank,
+                max: limits.max_rank,
+            });
+        }
+        let (out, inp) = proj_shape(c, proj);
+        expect_shape(&format!("{module}.lora_A.weight"), &a, &[rank, inp])?;
+        expect_shape(&format!("{module}.lora_B.weight"), &b, &[out, rank])?;
+        let b = match (proj, c.rope_layout) {
+            (Proj::Q, RopeLayout::Interleaved) => permute_rows_for_gguf(&b, c.num_heads)?,
+            (Proj::K, RopeLayout::Interleaved) => permute_rows_for_gguf(&b, c.num_kv_heads)?,
+            _ => b,
+        };
+        let scale = cfg.scale(rank, alpha);
+        let a = a.to_device(&base.device)?;
+        let b = b.to_device(&base.device)?;
+        deltas.insert(key, LoraDelta::new(&a, &b, scale, base.dtype)?);
+        targets.insert(
+            TARGETS
+                .iter()
+                .find(|(p, _)| *p == proj)
+                .expect("known")
+                .1
+                .to_string(),
+        );
+        max_rank = max_rank.max(rank);
+    }
+    let weights_obj = LoraWeights::new(deltas);
+    let mut targets: Vec<String> = targets.into_iter().collect();
+    targets.sort_by_key(|t| TARGETS.iter().position(|(_, n)| n == t));
+    let mut h = Sha256::new();
+    h.update((config.len() as u64).to_le_bytes());
+    h.update(config);
+    h.update(weights);
+    let info = AdapterInfo {
+        sha256: format!("{:x}", h.finalize()),
+        rank: max_rank,
+        alpha: cfg.lora_alpha,
+        targets,
+        modules: weights_obj.len(),
+        bytes: weights_obj.size_in_bytes(),
+        base_model: cfg.base_model_name_or_path.clone(),
+    };
+    Ok(LoadedAdapter {
+        weights: weights_obj,
+        info,
+    })
+}
+
+enum Which {
+    A,
+    B,
+}
+
+/// `base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight` → (module, A).
+fn parse_tensor_name(name: &str) -> Result<(&str, Which)> {
+    let bad = |reason: &str| AdapterError::BadTensor {
+        tensor: name.to_string(),
+        reason: reason.to_string(),
+    };
+    let rest = name
+        .strip_prefix("base_model.model.")
+        .ok_or_else(|| bad("expected the PEFT prefix base_model.model."))?;
+    let rest = rest
+        .strip_suffix(".weight")
+        .ok_or_else(|| bad("expected a .weight tensor"))?;
+    if let Some(m) = rest.strip_suffix(".lora_A") {
+        Ok((m, Which::A))
+    } else if let Some(m) = rest.strip_suffix(".lora_B") {
+        Ok((m, Which::B))
+    } else {
+        Err(bad(
+            "only lora_A/lora_B weights are supported (no embeddings, magnitudes or biases)",
+        ))
+    }
+}
+
+fn proj_shape(c: &LlamaConfig, p: Proj) -> (usize, usize) {
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+    match p {
+        Proj::Q => (q, h),
+        Proj::K | Proj::V => (kv, h),
+        Proj::O => (h, q),
+        Proj::Gate | Proj::Up => (i, h),
+        Proj::Down => (h, i),
+        _ => unreachable!("not a LoRA target"),
+    }
+}
+
+fn expect_shape(name: &str, t: &Tensor, want: &[usize]) -> Result<()> {
+    if t.dims() != want {
+        return Err(AdapterError::ShapeMismatch {
+            tensor: name.to_string(),
+            got: t.dims().to_vec(),
+            want: want.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+fn check_finite(name: &str, t: &Tensor) -> Result<()> {
+    let v = t.flatten_all()?.to_vec1::<f32>()?;
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(AdapterError::BadTensor {
+            tensor: name.to_string(),
+            reason: format!("non-finite value {} at flat index {i}", v[i]),
+        });
+    }
+    Ok(())
+}
+
+/// llama.cpp's converter permutes q/k rows so its adjacent-pair RoPE matches HF's `rotate_half`;
+/// an HF-layout `lora_B` must follow: `B.reshape(heads, 2, out/heads/2, r).swapaxes(1, 2)`.
+pub fn permute_rows_for_gguf(b: &Tensor, heads: usize) -> Result<Tensor> {
+    let (out, r) = b.dims2()?;
+    Ok(b.reshape((heads, 2, out / heads / 2, r))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((out, r))?)
+}

@@ -1,0 +1,404 @@
+//! Which sequences run in the next step, and how many tokens each: plain state, no model, no
+//! threads, so every policy is testable on its own.
+//!
+//! Policy, in order, within a token budget per step:
+//! 1. every running sequence that has finished its prompt decodes one token;
+//! 2. running sequences still in their prompt continue it (chunked prefill), oldest first, with
+//!    whatever budget is left, so a long prompt never stalls decoding streams;
+//! 3. waiting sequences are admitted while there is budget and a free slot, taking adapters in
+//!    round-robin order so a burst on one adapter does not starve the others. A sequence whose
+//!    adapter is not resident yet stays waiting without blocking the others.
+
+use std::collections::{HashMap, VecDeque};
+
+/// Identifies a request inside the engine.
+pub type SeqId = u64;
+
+/// Which adapter a sequence uses (`None`: the base model). Version-specific: a replaced adapter
+/// gets a new key.
+pub type AdapterKey = Option<String>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Sequences running at once (`--max-num-seqs`).
+    pub max_running: usize,
+    /// Tokens processed per step, prefill and decode together.
+    pub max_step_tokens: usize,
+    /// Sequences allowed to wait; more are refused as overloaded.
+    pub max_waiting: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            max_running: 64,
+            max_step_tokens: 512,
+            max_waiting: 1024,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// The budget must fit one decode token for every running sequence plus some prefill.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_running == 0 || self.max_waiting == 0 {
+            return Err("max_running and max_waiting must be positive".into());
+        }
+        if self.max_step_tokens <= self.max_running {
+            return Err(format!(
+                "max_step_tokens ({}) must exceed max_running ({})",
+                self.max_step_tokens, self.max_running
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The waiting queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
+#[derive(Debug, Clone)]
+struct Meta {
+    adapter: AdapterKey,
+    prompt_len: usize,
+    /// Prompt tokens already in the KV cache.
+    prefilled: usize,
+}
+
+/// One sequence's share of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scheduled {
+    pub id: SeqId,
+    /// Prompt tokens `[start, start+len)` to prefill, or one decode token when `decode`.
+    pub start: usize,
+    pub len: usize,
+    pub decode: bool,
+    /// This chunk completes the prompt: the step yields the first generated token.
+    pub completes_prompt: bool,
+}
+
+#[derive(Debug)]
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    metas: HashMap<SeqId, Meta>,
+    running: Vec<SeqId>,
+    waiting: HashMap<AdapterKey, VecDeque<SeqId>>,
+    /// Adapters with waiting sequences, in round-robin order.
+    rr: VecDeque<AdapterKey>,
+    n_waiting: usize,
+}
+
+impl Scheduler {
+    pub fn new(cfg: SchedulerConfig) -> Self {
+        Self {
+            cfg,
+            metas: HashMap::new(),
+            running: Vec::new(),
+            waiting: HashMap::new(),
+            rr: VecDeque::new(),
+            n_waiting: 0,
+        }
+    }
+
+    pub fn waiting_len(&self) -> usize {
+        self.n_waiting
+    }
+
+    pub fn running_len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.running.is_empty() && self.n_waiting == 0
+    }
+
+    pub fn running(&self) -> &[SeqId] {
+        &self.running
+    }
+
+    pub fn enqueue(
+        &mut self,
+        id: SeqId,
+        adapter: AdapterKey,
+        prompt_len: usize,
+    ) -> Result<(), QueueFull> {
+        if self.n_waiting >= self.cfg.max_waiting {
+            return Err(QueueFull);
+        }
+        self.metas.insert(
+            id,
+            Meta {
+                adapter: adapter.clone(),
+                prompt_len,
+                prefilled: 0,
+            },
+        );
+        let q = self.waiting.entry(adapter.clone()).or_default();
+        if q.is_empty() {
+            self.rr.push_back(adapter);
+        }
+        q.push_back(id);
+        self.n_waiting += 1;
+        Ok(())
+    }
+
+    /// Removes a sequence wherever it is (finished, cancelled or failed). Returns whether it was known.
+    pub fn remove(&mut self, id: SeqId) -> bool {
+        let Some(meta) = self.metas.remove(&id) else {
+            return false;
+        };
+        if let Some(pos) = self.running.iter().position(|&r| r == id) {
+            self.running.remove(pos);
+        } else if let Some(q) = self.waiting.get_mut(&meta.adapter) {
+            if let Some(pos) = q.iter().position(|&w| w == id) {
+                q.remove(pos);
+                self.n_waiting -= 1;
+                if q.is_empty() {
+                    self.waiting.remove(&meta.adapter);
+                    self.rr.retain(|a| a != &meta.adapter);
+                }
+            }
+        }
+        true
+    }
+
+    /// Sequences waiting for an adapter, with their ids (to fail them if it cannot load).
+    pub fn waiting_for(&self, adapter: &AdapterKey) -> Vec<SeqId> {
+        self.waiting
+            .get(adapter)
+            .map(|q| q.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Plans the next step. `ready(adapter)` says whether an adapter is resident; `admit(id)` is
+    /// asked before a waiting sequence starts (the engine takes the adapter lease there) and may
+    /// refuse, leaving it waiting.
+    pub fn schedule(
+        &mut self,
+        mut ready: impl FnMut(&AdapterKey) -> bool,
+        mut admit: impl FnMut(SeqId) -> bool,
+    ) -> Vec<Scheduled> {
+        let cfg = self.cfg;
+        let mut budget = cfg.max_step_tokens;
+        let mut plan = Vec::new();
+        for &id in &self.running {
+            let m = &self.metas[&id];
+            if m.prefilled >= m.prompt_len {
+                plan.push(Scheduled {
+                    id,
+                    start: 0,
+                    len: 1,
+                    decode: true,
+                    completes_prompt: false,
+                });
+                budget -= 1;
+            }
+        }
+        for &id in &self.running {
+            if budget == 0 {
+                break;
+            }
+            let m = self.metas.get_mut(&id).expect("running has meta");
+            if m.prefilled < m.prompt_len {
+                let len = (m.prompt_len - m.prefilled).min(budget);
+                plan.push(Scheduled {
+                    id,
+                    start: m.prefilled,
+                    len,
+                    decode: false,
+                    completes_prompt: m.prefilled + len == m.prompt_len,
+                });
+                m.prefilled += len;
+                budget -= len;
+            }
+        }
+        // Admission, round-robin across adapters that are ready.
+        let mut skipped = 0;
+        while budget > 0 && self.running.len() < cfg.max_running && skipped < self.rr.len() {
+            let adapter = self.rr.pop_front().expect("rr is non-empty");
+            let q = self
+                .waiting
+                .get_mut(&adapter)
+                .expect("rr entries have queues");
+            let id = *q.front().expect("queues in rr are non-empty");
+            if !ready(&adapter) || !admit(id) {
+                self.rr.push_back(adapter);
+                skipped += 1;
+                continue;
+            }
+            skipped = 0;
+            q.pop_front();
+            self.n_waiting -= 1;
+            if q.is_empty() {
+                self.waiting.remove(&adapter);
+            } else {
+                self.rr.push_back(adapter);
+            }
+            self.running.push(id);
+            let m = self.metas.get_mut(&id).expect("waiting has meta");
+            let len = m.prompt_len.min(budget);
+            plan.push(Scheduled {
+                id,
+                start: 0,
+                len,
+                decode: false,
+                completes_prompt: len == m.prompt_len,
+            });
+            m.prefilled = len;
+            budget -= len;
+        }
+        plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sched(max_running: usize, budget: usize, max_waiting: usize) -> Scheduler {
+        Scheduler::new(SchedulerConfig {
+            max_running,
+            max_step_tokens: budget,
+            max_waiting,
+        })
+    }
+
+    fn all_ready(s: &mut Scheduler) -> Vec<Scheduled> {
+        s.schedule(|_| true, |_| true)
+    }
+
+    #[test]
+    fn sequences_join_and_leave_at_token_granularity() {
+        let mut s = sched(4, 100, 10);
+        s.enqueue(1, None, 5).unwrap();
+        let p = all_ready(&mut s);
+        assert_eq!(
+            p,
+            vec![Scheduled {
+                id: 1,
+                start: 0,
+                len: 5,
+                decode: false,
+                completes_prompt: true
+            }]
+        );
+        s.enqueue(2, None, 3).unwrap();
+        let p = all_ready(&mut s);
+        assert_eq!(p.len(), 2);
+        assert!(p[0].decode && p[0].id == 1);
+        assert_eq!((p[1].id, p[1].len), (2, 3));
+        assert!(s.remove(1));
+        let p = all_ready(&mut s);
+        assert_eq!(
+            p,
+            vec![Scheduled {
+                id: 2,
+                start: 0,
+                len: 1,
+                decode: true,
+                completes_prompt: false
+            }]
+        );
+        assert!(s.remove(2));
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn long_prompts_are_chunked_and_never_stall_decoding() {
+        let mut s = sched(4, 16, 10);
+        s.enqueue(1, None, 4).unwrap();
+        all_ready(&mut s);
+        s.enqueue(2, None, 40).unwrap();
+        let mut chunks = Vec::new();
+        for _ in 0..4 {
+            let p = all_ready(&mut s);
+            assert!(
+                p.iter().any(|x| x.id == 1 && x.decode),
+                "the decoding stream runs every step"
+            );
+            assert!(p.iter().map(|x| x.len).sum::<usize>() <= 16);
+            chunks.extend(
+                p.iter()
+                    .filter(|x| x.id == 2)
+                    .map(|x| (x.start, x.len, x.completes_prompt)),
+            );
+        }
+        assert_eq!(
+            chunks,
+            vec![
+                (0, 15, false),
+                (15, 15, false),
+                (30, 10, true),
+                (0, 1, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn running_count_is_bounded() {
+        let mut s = sched(2, 100, 10);
+        for id in 0..5 {
+            s.enqueue(id, None, 2).unwrap();
+        }
+        let p = all_ready(&mut s);
+        assert_eq!(p.len(), 2);
+        assert_eq!((s.running_len(), s.waiting_len()), (2, 3));
+    }
+
+    #[test]
+    fn admission_is_fair_across_adapters() {
+        let mut s = sched(4, 1000, 100);
+        for id in 0..20 {
+            s.enqueue(id, Some("burst".into()), 2).unwrap();
+        }
+        s.enqueue(100, Some("quiet".into()), 2).unwrap();
+        s.enqueue(101, None, 2).unwrap();
+        let p = all_ready(&mut s);
+        let ids: Vec<SeqId> = p.iter().map(|x| x.id).collect();
+        assert!(ids.contains(&100) && ids.contains(&101), "{ids:?}");
+    }
+
+    #[test]
+    fn unready_adapters_wait_without_blocking_others() {
+        let mut s = sched(4, 1000, 100);
+        s.enqueue(1, Some("cold".into()), 2).unwrap();
+        s.enqueue(2, None, 2).unwrap();
+        let p = s.schedule(|a| a.is_none(), |_| true);
+        assert_eq!(p.iter().map(|x| x.id).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(s.waiting_for(&Some("cold".into())), vec![1]);
+        let p = s.schedule(|_| true, |_| true);
+        assert!(p.iter().any(|x| x.id == 1 && !x.decode));
+    }
+
+    #[test]
+    fn a_refused_admission_leaves_the_sequence_waiting() {
+        let mut s = sched(4, 1000, 100);
+        s.enqueue(1, Some("a".into()), 2).unwrap();
+        assert!(s.schedule(|_| true, |_| false).is_empty());
+        assert_eq!(s.waiting_len(), 1);
+    }
+
+    #[test]
+    fn the_queue_is_bounded() {
+        let mut s = sched(1, 100, 2);
+        s.enqueue(1, None, 1).unwrap();
+        s.enqueue(2, None, 1).unwrap();
+        assert_eq!(s.enqueue(3, None, 1), Err(QueueFull));
+        all_ready(&mut s); // admits 1
+        s.enqueue(3, None, 1).unwrap();
+    }
+
+    #[test]
+    fn cancellation_frees_running_and_waiting_slots() {
+        let mut s = sched(1, 100, 10);
+        s.enqueue(1, None, 3).unwrap();
+        s.enqueue(2, Some("x".into()), 3).unwrap();
+        all_ready(&mut s);
+        assert!(s.remove(2)); // waiting
+        assert!(s.remove(1)); // running
+        assert!(!s.remove(1));
+        assert!(s.is_idle());
+        assert!(all_ready(&mut s).is_empty());
+    }
+}

@@ -1,0 +1,83 @@
+//! Builds PEFT adapter folders for tests: random valid ones and every kind of broken one.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde_json::{json, Value};
+
+/// Deterministic values in [-scale, scale) (a 64-bit LCG), so tests need no RNG crate.
+pub fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Shapes `(out, in)` of the tiny model's projections.
+pub fn tiny_shape(proj: &str) -> (usize, usize) {
+    match proj {
+        "q_proj" | "o_proj" => (64, 64),
+        "k_proj" | "v_proj" => (32, 64),
+        "gate_proj" | "up_proj" => (128, 64),
+        "down_proj" => (64, 128),
+        other => panic!("{other}"),
+    }
+}
+
+pub struct AdapterSpec {
+    pub config: Value,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+/// A valid random adapter for the tiny model: rank `r` on `targets` in both layers.
+pub fn random_tiny_adapter(r: usize, targets: &[&str], seed: u64) -> AdapterSpec {
+    let mut tensors = HashMap::new();
+    for layer in 0..2 {
+        for (i, t) in targets.iter().enumerate() {
+            let (out, inp) = tiny_shape(t);
+            let module =
+                if t.ends_with("_proj") && ["gate_proj", "up_proj", "down_proj"].contains(t) {
+                    format!("mlp.{t}")
+                } else {
+                    format!("self_attn.{t}")
+                };
+            let base = format!("base_model.model.model.layers.{layer}.{module}");
+            let s = seed * 1000 + layer as u64 * 100 + i as u64 * 2;
+            let a =
+                Tensor::from_vec(pseudo_random(r * inp, s, 0.3), (r, inp), &Device::Cpu).unwrap();
+            let b = Tensor::from_vec(pseudo_random(out * r, s + 1, 0.3), (out, r), &Device::Cpu)
+                .unwrap();
+            tensors.insert(format!("{base}.lora_A.weight"), a);
+            tensors.insert(format!("{base}.lora_B.weight"), b);
+        }
+    }
+    AdapterSpec {
+        config: json!({
+            "peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "target_modules": targets,
+            "bias": "none", "use_dora": false, "use_rslora": false, "modules_to_save": null,
+            "base_model_name_or_path": "tiny-llama", "task_type": "CAUSAL_LM"
+        }),
+        tensors,
+    }
+}
+
+impl AdapterSpec {
+    pub fn write(&self, dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(
+            dir.join("adapter_config.json"),
+            serde_json::to_vec_pretty(&self.config).unwrap(),
+        )
+        .unwrap();
+        candle_core::safetensors::save(&self.tensors, dir.join("adapter_model.safetensors"))
+            .unwrap();
+    }
+}

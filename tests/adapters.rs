@@ -1,0 +1,418 @@
+//! PEFT adapters on the tiny exact model and on SmolLM2: golden logits, mixed-adapter batches,
+//! the merged-weights identity, and every rejection case.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use loraplex_adapters::{load_dir, AdapterError, AdapterLimits, BaseModel, LoadedAdapter};
+use loraplex_models::{LoadOptions, LoadedModel, LogitsFor, LoraWeights, SeqInput, WeightDtype};
+use loraplex_runtime::{argmax, GenRequest, GenerationParams};
+use serde_json::json;
+
+use crate::adapter_fixtures::{pseudo_random, random_tiny_adapter};
+use crate::util::{golden, golden_json, ids, max_abs_diff, read_npy_f32, smollm2, staggered, tiny};
+
+fn load(lm: &LoadedModel, dir: &Path) -> LoadedAdapter {
+    load_dir(dir, &BaseModel::of(lm), &AdapterLimits::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+}
+
+fn tiny_adapter(name: &str) -> LoadedAdapter {
+    load(tiny(), &golden().join("tiny-adapters").join(name))
+}
+
+fn last_logits(lm: &LoadedModel, prompt: &[u32], adapter: Option<&LoraWeights>) -> Vec<f32> {
+    let mut cache = lm.model.new_cache();
+    let out = lm
+        .model
+        .forward(
+            &[SeqInput::new(prompt, LogitsFor::Last).with_adapter(adapter)],
+            &mut [&mut cache],
+        )
+        .unwrap();
+    out[0]
+        .as_ref()
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+#[test]
+fn tiny_adapters_match_peft_logits_and_greedy_ids() {
+    let cases = golden_json("tiny_cases.json");
+    let variants: Vec<String> = cases["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().into())
+        .collect();
+    let (shape, all) = read_npy_f32("tiny_last_logits.npy");
+    let (n_cases, vocab) = (shape[1], shape[2]);
+    for (v, name) in variants.iter().enumerate().skip(1) {
+        let a = tiny_adapter(name);
+        for (i, case) in cases["cases"].as_array().unwrap().iter().enumerate() {
+            let prompt = ids(&case["input_ids"]);
+            let got = last_logits(tiny(), &prompt, Some(&a.weights));
+            let off = (v * n_cases + i) * vocab;
+            let diff = max_abs_diff(&got, &all[off..off + vocab]);
+            assert!(diff <= 1e-4, "{name} case {i}: max |Δlogit| {diff}");
+            let params = GenerationParams {
+                max_tokens: 16,
+                ignore_eos: true,
+                ..Default::default()
+            };
+            let g = loraplex_runtime::generate(
+                &tiny().model,
+                &tiny().tokenizer,
+                vec![GenRequest::new(prompt, params).with_adapter(Some(&a.weights))],
+            )
+            .unwrap();
+            assert_eq!(
+                g[0].ids,
+                ids(&case["results"][name]["greedy_ids"]),
+                "{name} case {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn mixed_adapter_batch_equals_each_request_alone() {
+    let cases = golden_json("tiny_cases.json");
+    let batch = &cases["batch_case"];
+    let names: Vec<&str> = batch["adapters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let loaded: HashMap<&str, LoadedAdapter> = names
+        .iter()
+        .filter(|n| **n != "base")
+        .map(|n| (*n, tiny_adapter(n)))
+        .collect();
+    let adapters: Vec<Option<&LoraWeights>> = names
+        .iter()
+        .map(|n| loaded.get(n).map(|a| &a.weights))
+        .collect();
+    let prompts: Vec<Vec<u32>> = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| ids(&c["input_ids"]))
+        .collect();
+    let n = prompts.len();
+    // Every forward pass mixes adapters, prefills and decodes at different positions.
+    let batched = staggered(tiny(), &prompts, &adapters, &(0..n).collect::<Vec<_>>(), 16);
+    for i in 0..n {
+        let alone = staggered(tiny(), &prompts[i..=i], &adapters[i..=i], &[0], 16);
+        let worst = batched[i]
+            .iter()
+            .zip(&alone[0])
+            .map(|(a, b)| max_abs_diff(a, b))
+            .fold(0.0, f32::max);
+        assert!(
+            worst <= 1e-5,
+            "prompt {i} ({}): batched vs alone {worst}",
+            names[i]
+        );
+        let got: Vec<u32> = batched[i].iter().map(|l| argmax(l)).collect();
+        let want = ids(&cases["cases"][i]["results"][names[i]]["greedy_ids"]);
+        assert_eq!(got, want, "prompt {i} with {}", names[i]);
+    }
+}
+
+#[test]
+fn unmerged_adapter_equals_merged_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = random_tiny_adapter(
+        6,
+        &[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        5,
+    );
+    spec.write(&dir.path().join("adapter"));
+    let adapter = load(tiny(), &dir.path().join("adapter"));
+    // Merge W + (alpha/r)·B·A into a copy of the base checkpoint.
+    let merged_dir = dir.path().join("merged");
+    std::fs::create_dir_all(&merged_dir).unwrap();
+    for e in std::fs::read_dir(golden().join("tiny-llama")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), merged_dir.join(e.file_name())).unwrap();
+    }
+    let st = merged_dir.join("model.safetensors");
+    let mut weights = candle_core::safetensors::load(&st, &candle_core::Device::Cpu).unwrap();
+    for (name, a) in &spec.tensors {
+        let Some(module) = name.strip_suffix(".lora_A.weight") else {
+            continue;
+        };
+        let b = &spec.tensors[&format!("{module}.lora_B.weight")];
+        let key = format!(
+            "{}.weight",
+            module.strip_prefix("base_model.model.").unwrap()
+        );
+        let update = (b.matmul(a).unwrap() * 2.0).unwrap(); // alpha/r = 12/6
+        let w = weights.get_mut(&key).unwrap();
+        *w = (&*w + update).unwrap();
+    }
+    candle_core::safetensors::save(&weights, &st).unwrap();
+    let merged = loraplex_models::load(
+        merged_dir.to_str().unwrap(),
+        &LoadOptions {
+            dtype: WeightDtype::F32,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for case in golden_json("tiny_cases.json")["cases"].as_array().unwrap() {
+        let prompt = ids(&case["input_ids"]);
+        let unmerged = last_logits(tiny(), &prompt, Some(&adapter.weights));
+        let merged_logits = last_logits(&merged, &prompt, None);
+        let d = max_abs_diff(&unmerged, &merged_logits);
+        assert!(d <= 1e-4, "merged vs unmerged {d}");
+        assert!(
+            max_abs_diff(&unmerged, &last_logits(tiny(), &prompt, None)) > 1e-2,
+            "the adapter must matter"
+        );
+    }
+}
+
+fn smollm2_case_ids() -> Vec<(Vec<u32>, serde_json::Value)> {
+    golden_json("smollm2_cases.json")["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (ids(&c["input_ids"]), c["results"].clone()))
+        .collect()
+}
+
+#[test]
+fn smollm2_adapter_on_gguf_f32_matches_peft() {
+    let lm = smollm2(WeightDtype::F32);
+    let a = load(lm, &golden().join("smollm2-adapters/rand-r8-qv"));
+    assert_eq!((a.info.rank, a.info.modules), (8, 60));
+    for (prompt, results) in smollm2_case_ids() {
+        let r = &results["rand-r8-qv"];
+        let got = last_logits(lm, &prompt, Some(&a.weights));
+        for pair in r["top"].as_array().unwrap() {
+            let d =
+                (got[pair[0].as_u64().unwrap() as usize] - pair[1].as_f64().unwrap() as f32).abs();
+            assert!(d <= 2e-3, "logit {} off by {d}", pair[0]);
+        }
+        let want = ids(&r["greedy_ids"]);
+        let params = GenerationParams {
+            max_tokens: want.len(),
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let g = loraplex_runtime::generate(
+            &lm.model,
+            &lm.tokenizer,
+            vec![GenRequest::new(prompt.clone(), params).with_adapter(Some(&a.weights))],
+        )
+        .unwrap();
+        let n = r["greedy_steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|s| s["margin"].as_f64().unwrap() < 0.01)
+            .unwrap_or(want.len());
+        assert_eq!(g[0].ids[..n], want[..n]);
+        assert_ne!(
+            ids(&results["base"]["greedy_ids"]),
+            want,
+            "the adapter changes the continuation"
+        );
+    }
+}
+
+#[test]
+fn smollm2_adapter_on_quantized_path_agrees_when_teacher_forced() {
+    let lm = smollm2(WeightDtype::Auto);
+    let a = load(lm, &golden().join("smollm2-adapters/rand-r8-qv"));
+    let (mut agree, mut total, mut differs) = (0, 0, 0);
+    for (prompt, results) in smollm2_case_ids() {
+        let r = &results["rand-r8-qv"];
+        let cont = ids(&r["greedy_ids"]);
+        let seq: Vec<u32> = prompt.iter().chain(&cont).copied().collect();
+        let scored =
+            loraplex_runtime::score(&lm.model, Some(&a.weights), &seq, prompt.len(), 0).unwrap();
+        let base = loraplex_runtime::score(&lm.model, None, &seq, prompt.len(), 0).unwrap();
+        for (k, step) in r["greedy_steps"].as_array().unwrap().iter().enumerate() {
+            if step["margin"].as_f64().unwrap() >= 0.5 {
+                total += 1;
+                agree += (scored[k].argmax == step["id"].as_u64().unwrap() as u32) as usize;
+            }
+            differs += (scored[k].logprob.logprob != base[k].logprob.logprob) as usize;
+        }
+    }
+    eprintln!("adapter on the quantized path: teacher-forced agreement {agree}/{total}");
+    assert!(
+        total >= 50 && agree as f64 >= 0.9 * total as f64,
+        "{agree}/{total}"
+    );
+    assert!(differs > 0);
+}
+
+/// Writes a broken variant of a valid tiny adapter and checks the typed error.
+fn rejects(
+    label: &str,
+    edit: impl FnOnce(&mut crate::adapter_fixtures::AdapterSpec),
+    check: impl Fn(&AdapterError) -> bool,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = random_tiny_adapter(4, &["q_proj", "v_proj"], 9);
+    edit(&mut spec);
+    spec.write(dir.path());
+    match load_dir(
+        dir.path(),
+        &BaseModel::of(tiny()),
+        &AdapterLimits { max_rank: 32 },
+    ) {
+        Ok(_) => panic!("{label}: accepted"),
+        Err(e) => assert!(check(&e), "{label}: wrong error {e:?}"),
+    }
+}
+
+#[test]
+fn bad_adapters_are_refused_with_typed_errors() {
+    let key_b = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
+    let key_a = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight";
+    let dev = candle_core::Device::Cpu;
+    rejects(
+        "shape",
+        |s| {
+            s.tensors.insert(
+                key_b.into(),
+                candle_core::Tensor::zeros((48, 4), candle_core::DType::F32, &dev).unwrap(),
+            );
+        },
+        |e| matches!(e, AdapterError::ShapeMismatch { tensor, .. } if tensor.contains("q_proj.lora_B")),
+    );
+    rejects(
+        "rank",
+        |s| {
+            *s = random_tiny_adapter(33, &["q_proj"], 1);
+        },
+        |e| {
+            matches!(
+                e,
+                AdapterError::RankTooLarge {
+                    rank: 33,
+                    max: 32,
+                    ..
+                }
+            )
+        },
+    );
+    rejects(
+        "nan",
+        |s| {
+            let mut v = pseudo_random(4 * 64, 3, 0.1);
+            v[17] = f32::NAN;
+            s.tensors.insert(
+                key_a.into(),
+                candle_core::Tensor::from_vec(v, (4, 64), &dev).unwrap(),
+            );
+        },
+        |e| matches!(e, AdapterError::BadTensor { tensor, reason } if tensor == key_a && reason.contains("NaN")),
+    );
+    rejects(
+        "inf",
+        |s| {
+            let mut v = pseudo_random(4 * 64, 3, 0.1);
+            v[0] = f32::INFINITY;
+            s.tensors.insert(
+                key_a.into(),
+                candle_core::Tensor::from_vec(v, (4, 64), &dev).unwrap(),
+            );
+        },
+        |e| matches!(e, AdapterError::BadTensor { .. }),
+    );
+    rejects(
+        "dora",
+        |s| s.config["use_dora"] = json!(true),
+        |e| matches!(e, AdapterError::Unsupported(m) if m.contains("DoRA")),
+    );
+    rejects(
+        "modules_to_save",
+        |s| s.config["modules_to_save"] = json!(["lm_head"]),
+        |e| matches!(e, AdapterError::Unsupported(m) if m.contains("modules_to_save")),
+    );
+    rejects(
+        "bias",
+        |s| s.config["bias"] = json!("lora_only"),
+        |e| matches!(e, AdapterError::Unsupported(m) if m.contains("bias")),
+    );
+    rejects(
+        "unknown target",
+        |s| s.config["target_modules"] = json!(["q_proj", "v_proj", "fc_in"]),
+        |e| matches!(e, AdapterError::UnknownTarget(t) if t == "fc_in"),
+    );
+    rejects(
+        "no match",
+        |s| s.config["target_modules"] = json!("lm_head"),
+        |e| matches!(e, AdapterError::NoMatchingModule),
+    );
+    rejects(
+        "architecture",
+        |s| s.config["base_model_name_or_path"] = json!("openai-community/gpt2"),
+        |e| matches!(e, AdapterError::ArchitectureMismatch { .. }),
+    );
+    rejects(
+        "missing B",
+        |s| {
+            s.tensors.remove(key_b);
+        },
+        |e| matches!(e, AdapterError::BadTensor { .. }),
+    );
+    rejects(
+        "extra module",
+        |s| {
+            s.tensors.insert(
+                "base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight".into(),
+                candle_core::Tensor::zeros((4, 64), candle_core::DType::F32, &dev).unwrap(),
+            );
+        },
+        |e| matches!(e, AdapterError::UnknownTarget(t) if t.contains("layers.7")),
+    );
+    rejects(
+        "bad json",
+        |s| s.config = json!("not an object"),
+        |e| matches!(e, AdapterError::InvalidConfig(_)),
+    );
+
+    // Truncated weights file.
+    let dir = tempfile::tempdir().unwrap();
+    random_tiny_adapter(4, &["q_proj"], 2).write(dir.path());
+    let st = dir.path().join("adapter_model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_dir(
+        dir.path(),
+        &BaseModel::of(tiny()),
+        &AdapterLimits::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, AdapterError::Corrupt { path, .. } if path == &st),
+        "{e:?}"
+    );
+    // Missing folder.
+    let e = load_dir(
+        &dir.path().join("absent"),
+        &BaseModel::of(tiny()),
+        &AdapterLimits::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, AdapterError::NotFound(_)));
+}
