@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Generate text for one prompt.
     Generate(cli::generate::GenerateArgs),
+    /// Serve the OpenAI-compatible HTTP API.
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +46,6 @@ fn main() -> anyhow::Result<()> {
     let hub = cli::hub_options_from_env();
     match cli.command {
         Command::Generate(args) => cli::generate::run(args, hub),
+        Command::Serve(args) => cli::serve::run(args, hub),
     }
 }

@@ -71,3 +71,28 @@ fn bad_arguments_fail_with_a_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("int3"));
 }
+
+#[test]
+fn generate_with_an_adapter_matches_peft() {
+    let case = &golden_json("tiny_cases.json")["cases"][4];
+    let dir = golden().join("tiny-llama");
+    let adapters = golden().join("tiny-adapters");
+    let v = generate(&[
+        dir.to_str().unwrap(),
+        "--prompt",
+        case["prompt"].as_str().unwrap(),
+        "--max-tokens",
+        "16",
+        "--ignore-eos",
+        "--adapter",
+        "b-r16-all",
+        "--adapter-dir",
+        adapters.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(
+        ids(&v["ids"]),
+        ids(&case["results"]["b-r16-all"]["greedy_ids"])
+    );
+    assert_eq!(v["adapter"]["rank"], 16);
+}

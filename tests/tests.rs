@@ -4,8 +4,11 @@
 mod adapter_fixtures;
 mod util;
 
+mod adapter_cache;
 mod adapters;
 mod cli;
+mod engine;
+mod gateway;
 mod golden_smollm2;
 mod golden_tiny;
 mod hub;

@@ -109,10 +109,13 @@ pub type Lease = Arc<Resident>;
 
 #[derive(Debug, Clone, Copy)]
 pub struct CacheConfig {
-    /// Adapters resident at once (`--max-loras`); also bounds distinct adapters in a batch.
+    /// Adapters active at once (`--max-loras`); also bounds distinct adapters in a batch.
     pub max_loras: usize,
-    /// Bytes of resident adapter weights.
+    /// Bytes of active adapter weights.
     pub max_bytes: usize,
+    /// Validated adapters kept after leaving the active set (`--max-cpu-loras`), so that coming
+    /// back costs no disk read or validation. Counts the active ones too, as in vLLM.
+    pub max_cpu_loras: usize,
 }
 
 impl Default for CacheConfig {
@@ -120,6 +123,7 @@ impl Default for CacheConfig {
         Self {
             max_loras: 8,
             max_bytes: 1 << 30,
+            max_cpu_loras: 16,
         }
     }
 }
@@ -137,8 +141,11 @@ struct Entry {
 #[derive(Debug)]
 pub struct AdapterCache {
     cfg: CacheConfig,
-    /// Keyed by content hash.
+    /// The active tier, keyed by content hash.
     entries: HashMap<String, Entry>,
+    /// The second tier: evicted from the active set, still validated and in memory; LRU order
+    /// (front = oldest).
+    warm: std::collections::VecDeque<Lease>,
     /// Name → hash of the version resident for it.
     by_name: HashMap<String, String>,
     tick: u64,
@@ -151,10 +158,28 @@ impl AdapterCache {
         Self {
             cfg,
             entries: HashMap::new(),
+            warm: std::collections::VecDeque::new(),
             by_name: HashMap::new(),
             tick: 0,
             loads: 0,
             evictions: 0,
+        }
+    }
+
+    /// Takes the current version of `src` from the second tier, if it is there.
+    pub fn take_warm(&mut self, src: &AdapterSource) -> Option<LoadedAdapter> {
+        let pos = self
+            .warm
+            .iter()
+            .position(|l| l.name == src.name && l.generation == src.generation)?;
+        let lease = self.warm.remove(pos).expect("position is valid");
+        match Arc::try_unwrap(lease) {
+            Ok(r) => Some(LoadedAdapter {
+                weights: r.weights,
+                info: r.info,
+            }),
+            // Still leased by a running sequence: it is active somewhere; load afresh.
+            Err(_) => None,
         }
     }
 
@@ -219,6 +244,8 @@ impl AdapterCache {
             },
         );
         self.by_name.insert(src.name.clone(), hash);
+        self.warm.retain(|l| l.name != src.name);
+        self.trim_warm();
         self.loads += 1;
         Ok(lease)
     }
@@ -237,14 +264,31 @@ impl AdapterCache {
             self.by_name.remove(&e.lease.name);
         }
         self.evictions += 1;
+        self.warm.retain(|l| l.name != e.lease.name);
+        self.warm.push_back(e.lease);
+        self.trim_warm();
         true
     }
 
-    /// Forgets `name`; leased weights stay alive until their sequences finish.
+    fn trim_warm(&mut self) {
+        while !self.warm.is_empty()
+            && self.warm.len() + self.entries.len() > self.cfg.max_cpu_loras.max(self.cfg.max_loras)
+        {
+            self.warm.pop_front();
+        }
+    }
+
+    /// Forgets `name` in both tiers; leased weights stay alive until their sequences finish.
     pub fn unload(&mut self, name: &str) {
         if let Some(h) = self.by_name.remove(name) {
             self.entries.remove(&h);
         }
+        self.warm.retain(|l| l.name != name);
+    }
+
+    /// Adapters in the second tier.
+    pub fn warm_len(&self) -> usize {
+        self.warm.len()
     }
 
     pub fn len(&self) -> usize {

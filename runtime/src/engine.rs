@@ -385,8 +385,12 @@ impl Engine {
                 self.start_load(src.clone());
             }
         }
-        // The handle already bounded the queue; the scheduler's own bound is the same number.
-        let _ = self.sched.enqueue(id, key, req.prompt.len());
+        // The handle already bounded the queue with the same number; this only guards it.
+        if self.sched.enqueue(id, key, req.prompt.len()).is_err() {
+            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
+            let _ = tx.send(TokenEvent::Failed(RuntimeError::Overloaded));
+            return;
+        }
         self.seqs.insert(
             id,
             Seq {
@@ -403,9 +407,14 @@ impl Engine {
     }
 
     fn start_load(&mut self, src: AdapterSource) {
-        if !self.loading.insert((src.name.clone(), src.generation)) {
+        if self.loading.contains(&(src.name.clone(), src.generation)) {
             return;
         }
+        if let Some(loaded) = self.cache.take_warm(&src) {
+            self.parked.push((src, loaded));
+            return;
+        }
+        self.loading.insert((src.name.clone(), src.generation));
         let base = self.base.clone();
         let limits = self.cfg.limits;
         let tx = self.self_tx.clone();
@@ -449,13 +458,24 @@ impl Engine {
     }
 
     fn step(&mut self) {
-        let ready: HashSet<AdapterKey> = self
+        let mut ready: HashSet<AdapterKey> = HashSet::new();
+        let mut missing: Vec<AdapterSource> = Vec::new();
+        for src in self
             .seqs
             .values()
+            .filter(|s| s.cache.is_none())
             .filter_map(|s| s.adapter.as_ref())
-            .filter(|src| self.cache.contains(src))
-            .map(adapter_key)
-            .collect();
+        {
+            if self.cache.contains(src) {
+                ready.insert(adapter_key(src));
+            } else if !self.parked.iter().any(|(p, _)| p == src) {
+                missing.push(src.clone());
+            }
+        }
+        // Waiting on an adapter that is neither resident nor on its way (evicted meanwhile): load it.
+        for src in missing {
+            self.start_load(src);
+        }
         let (seqs, cache, stats) = (&mut self.seqs, &mut self.cache, &self.stats);
         let model = &self.model.model;
         let plan = self.sched.schedule(

@@ -46,6 +46,15 @@ pub struct GenerateArgs {
     /// Print prompt ids, generated ids, text and timings as JSON.
     #[arg(long)]
     pub json: bool,
+    /// A PEFT LoRA adapter: a folder, or the name of a folder in --adapter-dir.
+    #[arg(long)]
+    pub adapter: Option<String>,
+    /// Where adapter names are looked up.
+    #[arg(long)]
+    pub adapter_dir: Option<std::path::PathBuf>,
+    /// Largest adapter rank accepted.
+    #[arg(long, default_value_t = 64)]
+    pub max_lora_rank: usize,
 }
 
 impl GenerateArgs {
@@ -88,18 +97,36 @@ pub fn run(args: GenerateArgs, hub: HubOptions) -> anyhow::Result<()> {
         (args.prompt.clone(), true)
     };
     let prompt_ids = lm.tokenizer.encode(&text, add_special)?;
-    let g = loraplex_runtime::generate(
-        &lm.model,
-        &lm.tokenizer,
-        vec![GenRequest::new(prompt_ids, params)],
-    )?
-    .pop()
-    .expect("one request, one generation");
+    let adapter = match &args.adapter {
+        None => None,
+        Some(a) => {
+            let dir = match (std::path::Path::new(a).is_dir(), &args.adapter_dir) {
+                (true, _) => std::path::PathBuf::from(a),
+                (false, Some(d)) if d.join(a).is_dir() => d.join(a),
+                _ => {
+                    anyhow::bail!("adapter {a:?} is neither a folder nor a folder in --adapter-dir")
+                }
+            };
+            let limits = loraplex_adapters::AdapterLimits {
+                max_rank: args.max_lora_rank,
+            };
+            let loaded =
+                loraplex_adapters::load_dir(&dir, &loraplex_adapters::BaseModel::of(&lm), &limits)
+                    .with_context(|| format!("adapter {}", dir.display()))?;
+            Some(loaded)
+        }
+    };
+    let req =
+        GenRequest::new(prompt_ids, params).with_adapter(adapter.as_ref().map(|a| &a.weights));
+    let g = loraplex_runtime::generate(&lm.model, &lm.tokenizer, vec![req])?
+        .pop()
+        .expect("one request, one generation");
     if args.json {
         let prefill = g.prefill.as_secs_f64();
         let decode = g.decode.as_secs_f64();
         let out = json!({
             "model": lm.name,
+            "adapter": adapter.as_ref().map(|a| json!({"sha256": a.info.sha256, "rank": a.info.rank, "targets": a.info.targets})),
             "prompt_ids": g.prompt_ids,
             "ids": g.ids,
             "text": g.text,

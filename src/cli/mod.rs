@@ -1,6 +1,7 @@
 //! Subcommands and the flags they share.
 
 pub mod generate;
+pub mod serve;
 
 use std::path::PathBuf;
 

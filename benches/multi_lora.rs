@@ -1,0 +1,168 @@
+//! Multi-LoRA serving through the engine: N concurrent synthetic requests spread over M random
+//! r=16 all-projection adapters, against the same N requests on the base model in the same run.
+//! `cargo bench --bench multi_lora`; env `LORAPLEX_BENCH_N` (32), `LORAPLEX_BENCH_M` (8),
+//! `LORAPLEX_BENCH_PROMPT` (64), `LORAPLEX_BENCH_OUTPUT` (32).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use loraplex_adapters::{AdapterRegistry, CacheConfig};
+use loraplex_models::{LoadOptions, Proj};
+use loraplex_runtime::{
+    EngineConfig, EngineHandle, GenerationParams, GenerationRequest, SchedulerConfig, TokenEvent,
+};
+use serde_json::json;
+
+fn env(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn write_adapter(dir: &Path, cfg: &loraplex_models::LlamaConfig, r: usize, seed: u64) {
+    let mut tensors = HashMap::new();
+    let mut s = seed;
+    let mut rand = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.02
+            })
+            .collect()
+    };
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let (q, kv) = (
+        cfg.num_heads * cfg.head_dim,
+        cfg.num_kv_heads * cfg.head_dim,
+    );
+    for l in 0..cfg.num_layers {
+        for (p, (out, inp)) in [
+            (Proj::Q, (q, h)),
+            (Proj::K, (kv, h)),
+            (Proj::V, (kv, h)),
+            (Proj::O, (h, q)),
+            (Proj::Gate, (i, h)),
+            (Proj::Up, (i, h)),
+            (Proj::Down, (h, i)),
+        ] {
+            let m = loraplex_adapters::module_name(l, p);
+            let a = Tensor::from_vec(rand(r * inp), (r, inp), &Device::Cpu).unwrap();
+            let b = Tensor::from_vec(rand(out * r), (out, r), &Device::Cpu).unwrap();
+            tensors.insert(format!("base_model.model.{m}.lora_A.weight"), a);
+            tensors.insert(format!("base_model.model.{m}.lora_B.weight"), b);
+        }
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let config = json!({"peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "target_modules":
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "bias": "none"});
+    std::fs::write(dir.join("adapter_config.json"), config.to_string()).unwrap();
+    candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors")).unwrap();
+}
+
+fn run(
+    h: &EngineHandle,
+    n: usize,
+    adapters: &[String],
+    prompt_len: usize,
+    out_len: usize,
+) -> serde_json::Value {
+    let t0 = Instant::now();
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let h = h.clone();
+            let adapter = (!adapters.is_empty()).then(|| adapters[i % adapters.len()].clone());
+            let prompt: Vec<u32> = (0..prompt_len as u32)
+                .map(|j| 100 + (j * 7919 + i as u32 * 131) % 40000)
+                .collect();
+            std::thread::spawn(move || {
+                let params = GenerationParams {
+                    max_tokens: out_len,
+                    ignore_eos: true,
+                    ..Default::default()
+                };
+                let mut s = h
+                    .submit(GenerationRequest {
+                        adapter,
+                        ..GenerationRequest::new(prompt, params)
+                    })
+                    .unwrap();
+                let start = Instant::now();
+                let mut ttft = None;
+                loop {
+                    match s.blocking_next().unwrap() {
+                        TokenEvent::Token { .. } => {
+                            ttft.get_or_insert(start.elapsed().as_secs_f64());
+                        }
+                        TokenEvent::Finished { .. } => break,
+                        TokenEvent::Failed(e) => panic!("{e}"),
+                        TokenEvent::PromptLogprobs(_) => {}
+                    }
+                }
+                ttft.unwrap()
+            })
+        })
+        .collect();
+    let mut ttfts: Vec<f64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let wall = t0.elapsed().as_secs_f64();
+    ttfts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    json!({
+        "requests": n, "adapters": adapters.len(), "wall_s": wall,
+        "output_tok_per_s": (n * out_len) as f64 / wall,
+        "ttft_p50_s": ttfts[ttfts.len() / 2], "ttft_p95_s": ttfts[(ttfts.len() * 95 / 100).min(ttfts.len() - 1)],
+    })
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return; // built and skipped by `cargo test --all-targets`
+    }
+    let (n, m) = (env("LORAPLEX_BENCH_N", 32), env("LORAPLEX_BENCH_M", 8));
+    let (prompt_len, out_len) = (
+        env("LORAPLEX_BENCH_PROMPT", 64),
+        env("LORAPLEX_BENCH_OUTPUT", 32),
+    );
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let lm =
+        Arc::new(loraplex_models::load(path.to_str().unwrap(), &LoadOptions::default()).unwrap());
+    let dir = std::env::temp_dir().join(format!("loraplex-bench-adapters-{}", std::process::id()));
+    let reg = AdapterRegistry::new();
+    let names: Vec<String> = (0..m)
+        .map(|k| {
+            let name = format!("bench-{k}");
+            write_adapter(&dir.join(&name), lm.model.config(), 16, k as u64 + 1);
+            reg.register(&name, dir.join(&name));
+            name
+        })
+        .collect();
+    let cfg = EngineConfig {
+        scheduler: SchedulerConfig {
+            max_running: n.max(1),
+            max_step_tokens: 512.max(n + 1),
+            max_waiting: 4 * n + 16,
+        },
+        cache: CacheConfig {
+            max_loras: m.max(1),
+            max_bytes: 1 << 32,
+            max_cpu_loras: m.max(1),
+        },
+        ..Default::default()
+    };
+    let h = loraplex_runtime::start(lm.clone(), reg.clone(), cfg).unwrap();
+    // Warm-up loads every adapter once so both runs measure serving, not disk.
+    let warm = run(&h, m.max(1), &names, 8, 1);
+    let base = run(&h, n, &[], prompt_len, out_len);
+    let lora = run(&h, n, &names, prompt_len, out_len);
+    h.shutdown();
+    let ratio =
+        lora["output_tok_per_s"].as_f64().unwrap() / base["output_tok_per_s"].as_f64().unwrap();
+    let report = json!({"warmup": warm, "base_only": base, "mixed_adapters": lora, "throughput_ratio_vs_base": ratio});
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,169 @@
+//! The router, its middleware (request ids, auth, metrics, body limit) and `run`, the server's
+//! entry point in mini-redis's shape: a listener and a shutdown future in, nothing global.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::{chat, completions, models};
+
+pub fn app(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat::chat))
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{id}", get(models::get))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(api)
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { ApiError::RouteNotFound })
+        .layer(RequestBodyLimitLayer::new(state.cfg.max_body_bytes))
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then refuses new requests (503) and waits up to the drain
+/// timeout for running ones.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let draining = state.draining.clone();
+    let drain_timeout = state.cfg.drain_timeout;
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining running requests");
+        draining.store(true, Ordering::SeqCst);
+        let _ = drained_tx.send(());
+    };
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(signal);
+    let server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+    tokio::select! {
+        r = server => r,
+        _ = async { let _ = drained_rx.await; tokio::time::sleep(drain_timeout).await } => {
+            tracing::warn!("drain timeout reached; closing remaining connections");
+            Ok(())
+        }
+    }
+}
+
+/// Request id (taken from `x-request-id` or made), a tracing span, and the request counter.
+async fn observe(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(String::from)
+        .unwrap_or_else(|| crate::state::new_id("req"));
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let start = Instant::now();
+    let mut resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("loraplex_requests_total", "endpoint" => endpoint, "status" => status.clone()).increment(1);
+    span.in_scope(|| tracing::info!(status = %status, elapsed_ms = start.elapsed().as_millis() as u64, "response"));
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(key) = &state.cfg.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(key.as_str()) {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    if state.draining.load(Ordering::SeqCst) {
+        return ApiError::Unavailable.into_response();
+    }
+    next.run(req).await
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    if state.draining.load(Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "draining"})),
+        )
+            .into_response();
+    }
+    Json(serde_json::json!({"status": "ok", "model": state.cfg.served_model_name})).into_response()
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let s = state.engine.stats();
+    metrics::gauge!("loraplex_num_requests_running").set(s.running.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("loraplex_num_requests_waiting").set(s.waiting.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("loraplex_resident_adapters")
+        .set(s.resident_adapters.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("loraplex_resident_adapter_bytes")
+        .set(s.resident_adapter_bytes.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("loraplex_adapter_loads").set(s.adapter_loads.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("loraplex_adapter_evictions")
+        .set(s.adapter_evictions.load(Ordering::Relaxed) as f64);
+    match &state.metrics {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are disabled").into_response(),
+    }
+}
+
+/// JSON body extractor whose rejections are OpenAI errors (400), not axum's plain text.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json_type {
+            return Err(ApiError::BadRequest(
+                "Content-Type must be application/json".into(),
+            ));
+        }
+        let body = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(state.cfg.max_body_bytes)
+            } else {
+                ApiError::BadRequest(format!("cannot read the body: {e}"))
+            }
+        })?;
+        serde_json::from_slice(&body)
+            .map(ApiJson)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    }
+}

@@ -1,0 +1,143 @@
+//! The gateway's errors and their one mapping to HTTP (status, OpenAI error envelope, headers).
+//! Internal details go to the log, never to the client.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use loraplex_runtime::RuntimeError;
+
+use crate::wire::{ErrorBody, ErrorEnvelope};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A request field is wrong; names the field.
+    #[error("{message}")]
+    InvalidParameter { param: String, message: String },
+    /// The body is not valid JSON for this endpoint, or the content type is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("The model `{0}` does not exist.")]
+    ModelNotFound(String),
+    #[error("prompt ({prompt} tokens) plus max_tokens ({max_tokens}) exceeds the model's context length of {context} tokens")]
+    ContextLength {
+        prompt: usize,
+        max_tokens: usize,
+        context: usize,
+    },
+    #[error("missing or invalid API key")]
+    Unauthorized,
+    #[error("the server is overloaded; retry later")]
+    Overloaded,
+    #[error("the server is shutting down")]
+    Unavailable,
+    #[error("the request timed out")]
+    Timeout,
+    #[error("not found")]
+    RouteNotFound,
+    #[error("the request body exceeds {0} bytes")]
+    PayloadTooLarge(usize),
+    /// Anything unexpected; the detail is logged, the client gets a generic message.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(param: &str, message: impl Into<String>) -> Self {
+        ApiError::InvalidParameter {
+            param: param.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidParameter { .. }
+            | ApiError::BadRequest(_)
+            | ApiError::ContextLength { .. } => StatusCode::BAD_REQUEST,
+            ApiError::ModelNotFound(_) | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The OpenAI error body.
+    pub fn body(&self) -> ErrorEnvelope {
+        let (kind, param, code) = match self {
+            ApiError::InvalidParameter { param, .. } => {
+                ("invalid_request_error", Some(param.clone()), None)
+            }
+            ApiError::BadRequest(_) | ApiError::PayloadTooLarge(_) => {
+                ("invalid_request_error", None, None)
+            }
+            ApiError::ContextLength { .. } => (
+                "invalid_request_error",
+                Some("messages".into()),
+                Some("context_length_exceeded".into()),
+            ),
+            ApiError::ModelNotFound(_) => (
+                "invalid_request_error",
+                Some("model".into()),
+                Some("model_not_found".into()),
+            ),
+            ApiError::RouteNotFound => ("invalid_request_error", None, Some("not_found".into())),
+            ApiError::Unauthorized => {
+                ("authentication_error", None, Some("invalid_api_key".into()))
+            }
+            ApiError::Overloaded => ("rate_limit_error", None, Some("overloaded".into())),
+            ApiError::Unavailable => ("server_error", None, Some("unavailable".into())),
+            ApiError::Timeout => ("server_error", None, Some("timeout".into())),
+            ApiError::Internal(_) => ("server_error", None, None),
+        };
+        ErrorEnvelope {
+            error: ErrorBody {
+                message: self.to_string(),
+                kind,
+                param,
+                code,
+            },
+        }
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::InvalidParameter { param, message } => ApiError::invalid(param, message),
+            RuntimeError::ContextOverflow {
+                prompt,
+                max_tokens,
+                context,
+            } => ApiError::ContextLength {
+                prompt,
+                max_tokens,
+                context,
+            },
+            RuntimeError::EmptyPrompt => ApiError::invalid("prompt", "the prompt is empty"),
+            RuntimeError::UnknownAdapter(name) => ApiError::ModelNotFound(name),
+            RuntimeError::Overloaded => ApiError::Overloaded,
+            RuntimeError::ShuttingDown => ApiError::Unavailable,
+            other @ (RuntimeError::AdapterLoad { .. }
+            | RuntimeError::StepFailed(_)
+            | RuntimeError::Model(_)) => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let status = self.status();
+        let mut resp = (status, Json(self.body())).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

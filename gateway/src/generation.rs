@@ -1,0 +1,147 @@
+//! Submitting choices to the engine and turning their event streams into finished results or
+//! into a merged live stream, recording latency metrics on the way.
+
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, BoxStream, StreamExt};
+use loraplex_runtime::{
+    FinishReason, GenerationRequest, TokenEvent, TokenLogprob, TokenStream, Usage,
+};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// One finished choice.
+#[derive(Debug, Default)]
+pub struct ChoiceResult {
+    pub text: String,
+    pub ids: Vec<u32>,
+    pub logprobs: Vec<TokenLogprob>,
+    pub prompt_logprobs: Option<Vec<TokenLogprob>>,
+    pub finish: Option<FinishReason>,
+    pub usage: Usage,
+}
+
+/// A live event of one choice.
+#[derive(Debug)]
+pub enum ChoiceEvent {
+    PromptLogprobs(Vec<TokenLogprob>),
+    Token {
+        text: String,
+        id: u32,
+        logprob: Option<TokenLogprob>,
+    },
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+    },
+    Failed(ApiError),
+}
+
+/// Submits one engine request per choice; all or nothing (a refusal drops the others).
+pub fn submit_all(
+    state: &AppState,
+    reqs: Vec<GenerationRequest>,
+) -> Result<Vec<TokenStream>, ApiError> {
+    let adapter = reqs
+        .first()
+        .and_then(|r| r.adapter.clone())
+        .unwrap_or_else(|| "base".into());
+    metrics::counter!("loraplex_adapter_requests_total", "adapter" => adapter).increment(1);
+    reqs.into_iter()
+        .map(|r| state.engine.submit(r).map_err(ApiError::from))
+        .collect()
+}
+
+/// Per-stream latency bookkeeping.
+struct Timing {
+    start: Instant,
+    last: Option<Instant>,
+}
+
+impl Timing {
+    fn token(&mut self) {
+        let now = Instant::now();
+        match self.last {
+            None => metrics::histogram!("loraplex_time_to_first_token_seconds")
+                .record((now - self.start).as_secs_f64()),
+            Some(l) => metrics::histogram!("loraplex_inter_token_latency_seconds")
+                .record((now - l).as_secs_f64()),
+        }
+        self.last = Some(now);
+    }
+
+    fn finished(&self, usage: &Usage) {
+        metrics::histogram!("loraplex_e2e_request_latency_seconds")
+            .record(self.start.elapsed().as_secs_f64());
+        metrics::counter!("loraplex_prompt_tokens_total").increment(usage.prompt_tokens as u64);
+        metrics::counter!("loraplex_generation_tokens_total")
+            .increment(usage.completion_tokens as u64);
+    }
+}
+
+/// One choice's events as a stream that ends after its final event.
+pub fn events(index: usize, s: TokenStream) -> BoxStream<'static, (usize, ChoiceEvent)> {
+    let timing = Timing {
+        start: Instant::now(),
+        last: None,
+    };
+    stream::unfold((Some(s), timing), move |(s, mut timing)| async move {
+        let mut s = s?;
+        let ev = match s.next().await {
+            None => ChoiceEvent::Failed(ApiError::Internal(
+                "the engine closed a stream without a final event".into(),
+            )),
+            Some(TokenEvent::PromptLogprobs(v)) => ChoiceEvent::PromptLogprobs(v),
+            Some(TokenEvent::Token { id, text, logprob }) => {
+                timing.token();
+                ChoiceEvent::Token { text, id, logprob }
+            }
+            Some(TokenEvent::Finished { reason, usage }) => {
+                timing.finished(&usage);
+                ChoiceEvent::Finished { reason, usage }
+            }
+            Some(TokenEvent::Failed(e)) => ChoiceEvent::Failed(e.into()),
+        };
+        let done = matches!(ev, ChoiceEvent::Finished { .. } | ChoiceEvent::Failed(_));
+        Some(((index, ev), (if done { None } else { Some(s) }, timing)))
+    })
+    .boxed()
+}
+
+/// All choices' events, interleaved as they come.
+pub fn merged(streams: Vec<TokenStream>) -> BoxStream<'static, (usize, ChoiceEvent)> {
+    stream::select_all(streams.into_iter().enumerate().map(|(i, s)| events(i, s))).boxed()
+}
+
+/// Waits for every choice to finish (bounded by `timeout`).
+pub async fn collect(
+    streams: Vec<TokenStream>,
+    timeout: Duration,
+) -> Result<Vec<ChoiceResult>, ApiError> {
+    let n = streams.len();
+    let work = async move {
+        let mut results: Vec<ChoiceResult> = (0..n).map(|_| ChoiceResult::default()).collect();
+        let mut all = merged(streams);
+        while let Some((i, ev)) = all.next().await {
+            let r = &mut results[i];
+            match ev {
+                ChoiceEvent::PromptLogprobs(v) => r.prompt_logprobs = Some(v),
+                ChoiceEvent::Token { text, id, logprob } => {
+                    r.text.push_str(&text);
+                    r.ids.push(id);
+                    r.logprobs.extend(logprob);
+                }
+                ChoiceEvent::Finished { reason, usage } => {
+                    r.finish = Some(reason);
+                    r.usage = usage;
+                }
+                ChoiceEvent::Failed(e) => return Err(e),
+            }
+        }
+        Ok(results)
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| ApiError::Timeout)?
+}

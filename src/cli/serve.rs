@@ -1,0 +1,175 @@
+//! `loraplex serve`: the OpenAI-compatible server, with vLLM-style flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use loraplex_adapters::{AdapterLimits, AdapterRegistry, CacheConfig};
+use loraplex_gateway::{AppState, GatewayConfig};
+use loraplex_models::{HubOptions, WeightDtype};
+use loraplex_runtime::{EngineConfig, SchedulerConfig};
+
+pub const DEFAULT_MODEL: &str = "weights/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A `.gguf` file, a Hugging Face model directory, or a hub id.
+    #[arg(default_value = DEFAULT_MODEL)]
+    pub model: String,
+    #[arg(long, default_value = "auto")]
+    pub dtype: WeightDtype,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port (printed at start-up).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// The id clients use for the base model (default: the model's file or folder name).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Adapters as `name=path`, repeatable.
+    #[arg(long, num_args = 1..)]
+    pub lora_modules: Vec<String>,
+    /// Every PEFT folder in this directory becomes an adapter named after the folder.
+    #[arg(long)]
+    pub adapter_dir: Option<PathBuf>,
+    /// Adapters active at once (and distinct adapters in one batch).
+    #[arg(long, default_value_t = 8)]
+    pub max_loras: usize,
+    #[arg(long, default_value_t = 64)]
+    pub max_lora_rank: usize,
+    /// Validated adapters kept in memory, active ones included.
+    #[arg(long, default_value_t = 32)]
+    pub max_cpu_loras: usize,
+    /// Bytes of active adapter weights.
+    #[arg(long, default_value_t = 2 << 30)]
+    pub max_lora_bytes: usize,
+    #[arg(long, default_value_t = 64)]
+    pub max_num_seqs: usize,
+    /// Tokens per engine step (prefill chunks and decodes together).
+    #[arg(long, default_value_t = 512)]
+    pub max_num_batched_tokens: usize,
+    /// Longest prompt + completion (default: the model's context).
+    #[arg(long)]
+    pub max_model_len: Option<usize>,
+    /// Requests allowed to wait; more get 429.
+    #[arg(long, default_value_t = 1024)]
+    pub max_queue: usize,
+    #[arg(long, env = "LORAPLEX_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Seconds before a request is abandoned.
+    #[arg(long, default_value_t = 600)]
+    pub request_timeout: u64,
+    /// Seconds a graceful shutdown waits for running requests.
+    #[arg(long, default_value_t = 30)]
+    pub drain_timeout: u64,
+}
+
+pub fn run(args: ServeArgs, hub: HubOptions) -> anyhow::Result<()> {
+    let opts = loraplex_models::LoadOptions {
+        dtype: args.dtype,
+        device: loraplex_models::parse_device(&args.device)?,
+        hub,
+    };
+    let lm = Arc::new(
+        loraplex_models::load(&args.model, &opts)
+            .with_context(|| format!("loading {}", args.model))?,
+    );
+    let context = lm.model.config().max_position_embeddings;
+    let max_model_len = args.max_model_len.unwrap_or(context);
+    anyhow::ensure!(
+        max_model_len <= context,
+        "--max-model-len {max_model_len} exceeds the model's context {context}"
+    );
+    let registry = AdapterRegistry::new();
+    if let Some(dir) = &args.adapter_dir {
+        let names = registry
+            .scan_dir(dir)
+            .with_context(|| format!("--adapter-dir {}", dir.display()))?;
+        tracing::info!(?names, "adapters from {}", dir.display());
+    }
+    for spec in &args.lora_modules {
+        let (name, path) = spec
+            .split_once('=')
+            .with_context(|| format!("--lora-modules {spec:?}: expected name=path"))?;
+        anyhow::ensure!(
+            std::path::Path::new(path).is_dir(),
+            "--lora-modules {name}: {path} is not a folder"
+        );
+        registry.register(name, PathBuf::from(path));
+    }
+    let served = args
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| lm.name.clone());
+    anyhow::ensure!(
+        registry.get(&served).is_none(),
+        "an adapter is named like the base model ({served})"
+    );
+    let engine_cfg = EngineConfig {
+        scheduler: SchedulerConfig {
+            max_running: args.max_num_seqs,
+            max_step_tokens: args.max_num_batched_tokens,
+            max_waiting: args.max_queue,
+        },
+        cache: CacheConfig {
+            max_loras: args.max_loras,
+            max_bytes: args.max_lora_bytes,
+            max_cpu_loras: args.max_cpu_loras,
+        },
+        limits: AdapterLimits {
+            max_rank: args.max_lora_rank,
+        },
+    };
+    let engine = loraplex_runtime::start(lm.clone(), registry, engine_cfg)?;
+    let cfg = GatewayConfig {
+        served_model_name: served,
+        api_key: args.api_key.clone(),
+        max_model_len,
+        max_body_bytes: args.max_body_bytes,
+        request_timeout: Duration::from_secs(args.request_timeout),
+        drain_timeout: Duration::from_secs(args.drain_timeout),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let state = AppState::new(cfg, engine.clone(), lm, loraplex_gateway::install_metrics());
+        let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+            .parse()
+            .context("--host/--port")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!("listening on http://{local}");
+        eprintln!("loraplex: listening on http://{local}");
+        loraplex_gateway::run(listener, state, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    engine.shutdown();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,350 @@
+//! The engine through its only door, `EngineHandle`: continuous batching across adapters,
+//! chunked prefill, cancellation, backpressure, cold adapter loads, replacement under load.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loraplex_adapters::{AdapterRegistry, CacheConfig};
+use loraplex_models::{LoadOptions, LoadedModel, WeightDtype};
+use loraplex_runtime::{
+    EngineConfig, EngineHandle, FinishReason, GenerationParams, GenerationRequest, RuntimeError,
+    SchedulerConfig, TokenEvent, TokenStream, Usage,
+};
+
+use crate::util::{golden, golden_json, ids};
+
+fn tiny_arc() -> Arc<LoadedModel> {
+    Arc::new(
+        loraplex_models::load(
+            golden().join("tiny-llama").to_str().unwrap(),
+            &LoadOptions {
+                dtype: WeightDtype::F32,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    )
+}
+
+fn registry() -> AdapterRegistry {
+    let r = AdapterRegistry::new();
+    r.scan_dir(&golden().join("tiny-adapters")).unwrap();
+    r
+}
+
+fn engine(cfg: EngineConfig) -> EngineHandle {
+    loraplex_runtime::start(tiny_arc(), registry(), cfg).unwrap()
+}
+
+fn greedy(max_tokens: usize) -> GenerationParams {
+    GenerationParams {
+        max_tokens,
+        ignore_eos: true,
+        ..Default::default()
+    }
+}
+
+fn request(prompt: Vec<u32>, adapter: &str, max_tokens: usize) -> GenerationRequest {
+    GenerationRequest {
+        adapter: (adapter != "base").then(|| adapter.to_string()),
+        ..GenerationRequest::new(prompt, greedy(max_tokens))
+    }
+}
+
+/// Drains a stream: (token ids, final event). Panics if events follow the final one.
+fn collect(mut s: TokenStream) -> (Vec<u32>, Result<(FinishReason, Usage), RuntimeError>) {
+    let mut toks = Vec::new();
+    let fin = loop {
+        match s
+            .blocking_next()
+            .expect("a final event before the stream closes")
+        {
+            TokenEvent::Token { id, .. } => toks.push(id),
+            TokenEvent::PromptLogprobs(_) => {}
+            TokenEvent::Finished { reason, usage } => break Ok((reason, usage)),
+            TokenEvent::Failed(e) => break Err(e),
+        }
+    };
+    assert!(s.blocking_next().is_none(), "exactly one final event");
+    (toks, fin)
+}
+
+fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn concurrent_requests_over_mixed_adapters_match_the_golden_outputs() {
+    let cases = golden_json("tiny_cases.json");
+    let names = [
+        "base",
+        "a-r8-qv",
+        "b-r16-all",
+        "c-r4-rslora",
+        "a-r8-qv",
+        "base",
+    ];
+    // A small step budget forces chunked prefill of the 251-token prompt while others decode.
+    let cfg = EngineConfig {
+        scheduler: SchedulerConfig {
+            max_running: 8,
+            max_step_tokens: 48,
+            max_waiting: 64,
+        },
+        ..Default::default()
+    };
+    let h = engine(cfg);
+    let streams: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            h.submit(request(ids(&cases["cases"][i]["input_ids"]), n, 16))
+                .unwrap()
+        })
+        .collect();
+    for (i, s) in streams.into_iter().enumerate() {
+        let (toks, fin) = collect(s);
+        assert_eq!(
+            toks,
+            ids(&cases["cases"][i]["results"][names[i]]["greedy_ids"]),
+            "prompt {i} ({})",
+            names[i]
+        );
+        let (reason, usage) = fin.unwrap();
+        assert_eq!(reason, FinishReason::Length);
+        assert_eq!(usage.completion_tokens, 16);
+        assert_eq!(
+            usage.prompt_tokens,
+            cases["cases"][i]["input_ids"].as_array().unwrap().len()
+        );
+    }
+    wait_until("idle", || {
+        h.stats().running.load(std::sync::atomic::Ordering::Relaxed) == 0
+    });
+    h.shutdown();
+}
+
+#[test]
+fn dropping_the_stream_cancels_and_frees_the_sequence() {
+    let h = engine(EngineConfig::default());
+    let prompt = ids(&golden_json("tiny_cases.json")["cases"][1]["input_ids"]);
+    let mut s = h.submit(request(prompt.clone(), "base", 400)).unwrap();
+    assert!(matches!(s.blocking_next(), Some(TokenEvent::Token { .. })));
+    drop(s);
+    wait_until("cancellation", || {
+        h.stats().running.load(std::sync::atomic::Ordering::Relaxed) == 0
+            && h.stats().waiting.load(std::sync::atomic::Ordering::Relaxed) == 0
+    });
+    let (toks, fin) = collect(h.submit(request(prompt, "base", 4)).unwrap());
+    assert_eq!(toks.len(), 4);
+    assert!(fin.is_ok());
+    h.shutdown();
+}
+
+#[test]
+fn a_full_queue_is_refused_as_overloaded() {
+    let cfg = EngineConfig {
+        scheduler: SchedulerConfig {
+            max_running: 1,
+            max_step_tokens: 64,
+            max_waiting: 2,
+        },
+        ..Default::default()
+    };
+    let h = engine(cfg);
+    let prompt = ids(&golden_json("tiny_cases.json")["cases"][1]["input_ids"]);
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        match h.submit(request(prompt.clone(), "base", 50)) {
+            Ok(s) => accepted.push(s),
+            Err(RuntimeError::Overloaded) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(refused >= 7, "refused {refused}");
+    for s in accepted {
+        assert!(collect(s).1.is_ok(), "accepted requests complete");
+    }
+    h.shutdown();
+}
+
+#[test]
+fn unknown_adapters_and_oversized_prompts_are_refused_at_submit() {
+    let h = engine(EngineConfig::default());
+    assert!(
+        matches!(h.submit(request(vec![1, 2], "nope", 4)), Err(RuntimeError::UnknownAdapter(n)) if n == "nope")
+    );
+    assert!(matches!(
+        h.submit(request(vec![1; 500], "base", 100)),
+        Err(RuntimeError::ContextOverflow { .. })
+    ));
+    assert!(matches!(
+        h.submit(request(vec![], "base", 4)),
+        Err(RuntimeError::EmptyPrompt)
+    ));
+    h.shutdown();
+}
+
+#[test]
+fn one_resident_slot_serves_many_adapters_by_eviction() {
+    let cases = golden_json("tiny_cases.json");
+    let cfg = EngineConfig {
+        cache: CacheConfig {
+            max_loras: 1,
+            max_bytes: 1 << 30,
+            max_cpu_loras: 1,
+        },
+        ..Default::default()
+    };
+    let h = engine(cfg);
+    let names = [
+        "a-r8-qv",
+        "b-r16-all",
+        "c-r4-rslora",
+        "a-r8-qv",
+        "b-r16-all",
+    ];
+    let streams: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            h.submit(request(ids(&cases["cases"][i]["input_ids"]), n, 16))
+                .unwrap()
+        })
+        .collect();
+    for (i, s) in streams.into_iter().enumerate() {
+        let (toks, fin) = collect(s);
+        assert!(fin.is_ok());
+        assert_eq!(
+            toks,
+            ids(&cases["cases"][i]["results"][names[i]]["greedy_ids"]),
+            "{}",
+            names[i]
+        );
+    }
+    let st = h.stats();
+    assert!(
+        st.adapter_evictions
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
+    assert!(
+        st.resident_adapters
+            .load(std::sync::atomic::Ordering::Relaxed)
+            <= 1
+    );
+    h.shutdown();
+}
+
+#[test]
+fn a_broken_adapter_fails_its_requests_and_the_engine_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("adapter_config.json"),
+        r#"{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "use_dora": true}"#,
+    )
+    .unwrap();
+    std::fs::write(broken.join("adapter_model.safetensors"), b"garbage").unwrap();
+    let h = engine(EngineConfig::default());
+    h.registry().register("broken", broken);
+    let (_, fin) = collect(h.submit(request(vec![1, 2, 3], "broken", 4)).unwrap());
+    assert!(
+        matches!(fin, Err(RuntimeError::AdapterLoad { ref name, .. }) if name == "broken"),
+        "{fin:?}"
+    );
+    let case = &golden_json("tiny_cases.json")["cases"][2];
+    let (toks, fin) = collect(
+        h.submit(request(ids(&case["input_ids"]), "a-r8-qv", 16))
+            .unwrap(),
+    );
+    assert!(fin.is_ok());
+    assert_eq!(toks, ids(&case["results"]["a-r8-qv"]["greedy_ids"]));
+    h.shutdown();
+}
+
+#[test]
+fn replacing_an_adapter_keeps_running_sequences_on_their_version() {
+    let cases = golden_json("tiny_cases.json");
+    let h = engine(EngineConfig::default());
+    let reg = h.registry();
+    reg.register("prod", golden().join("tiny-adapters/a-r8-qv"));
+    let p = ids(&cases["cases"][3]["input_ids"]);
+    let mut old = h.submit(request(p.clone(), "prod", 16)).unwrap();
+    let first = match old.blocking_next() {
+        Some(TokenEvent::Token { id, .. }) => id,
+        other => panic!("{other:?}"),
+    };
+    reg.register("prod", golden().join("tiny-adapters/b-r16-all"));
+    let new = h.submit(request(p, "prod", 16)).unwrap();
+    let (rest, fin) = collect(old);
+    assert!(fin.is_ok());
+    let old_toks: Vec<u32> = std::iter::once(first).chain(rest).collect();
+    assert_eq!(
+        old_toks,
+        ids(&cases["cases"][3]["results"]["a-r8-qv"]["greedy_ids"])
+    );
+    let (new_toks, fin) = collect(new);
+    assert!(fin.is_ok());
+    assert_eq!(
+        new_toks,
+        ids(&cases["cases"][3]["results"]["b-r16-all"]["greedy_ids"])
+    );
+    h.shutdown();
+}
+
+#[test]
+fn prompt_logprobs_equal_teacher_forced_scoring() {
+    let lm = tiny_arc();
+    let h = loraplex_runtime::start(
+        lm.clone(),
+        registry(),
+        EngineConfig {
+            scheduler: SchedulerConfig {
+                max_running: 4,
+                max_step_tokens: 20,
+                max_waiting: 8,
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let prompt = ids(&golden_json("tiny_cases.json")["cases"][5]["input_ids"]);
+    let mut req = request(prompt.clone(), "base", 0);
+    req.prompt_logprobs = Some(3);
+    let mut s = h.submit(req).unwrap();
+    let lps = match s.blocking_next() {
+        Some(TokenEvent::PromptLogprobs(v)) => v,
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(
+        s.blocking_next(),
+        Some(TokenEvent::Finished {
+            usage: Usage {
+                completion_tokens: 0,
+                ..
+            },
+            ..
+        })
+    ));
+    let scored = loraplex_runtime::score(&lm.model, None, &prompt, 1, 3).unwrap();
+    assert_eq!(lps.len(), prompt.len() - 1);
+    for (a, b) in lps.iter().zip(&scored) {
+        assert_eq!(a.id, b.logprob.id);
+        assert!((a.logprob - b.logprob.logprob).abs() < 1e-4);
+        assert_eq!(
+            a.top.iter().map(|t| t.0).collect::<Vec<_>>(),
+            b.logprob.top.iter().map(|t| t.0).collect::<Vec<_>>()
+        );
+    }
+    h.shutdown();
+}
