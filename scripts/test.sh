@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
-# Runs every test: fetches what the tests need (the default model), then the whole workspace.
+# Runs every test: fetches what the tests need (the default model, Python test clients in a
+# venv), then the Rust workspace tests, then the end-to-end tests with the official OpenAI SDK.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-model.sh
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, pytest" 2>/dev/null; then
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet "openai>=1.40" "pytest>=8"
+fi
+cargo build
 cargo test --workspace --all-targets "$@" 2>&1
+.venv/bin/python -m pytest tests/e2e -q

@@ -84,6 +84,7 @@ pub async fn chat(
         .collect();
     let streams = generation::submit_all(&st, reqs)?;
     let (id, created, model) = (new_id("chatcmpl"), now(), req.model.clone());
+    let as_ids = req.sampling.return_tokens_as_token_ids;
     if v.stream {
         return Ok(stream_response(
             st,
@@ -93,6 +94,7 @@ pub async fn chat(
             model,
             v.include_usage,
             logprobs.is_some(),
+            as_ids,
         ));
     }
     let results = generation::collect(streams, st.cfg.request_timeout).await?;
@@ -112,7 +114,7 @@ pub async fn chat(
                     role: "assistant",
                     content: r.text,
                 },
-                logprobs: logprobs.map(|_| chat_logprobs(&st, &r.logprobs)),
+                logprobs: logprobs.map(|_| chat_logprobs(&st, &r.logprobs, as_ids)),
                 finish_reason: r.finish.map(|f| f.as_str()).unwrap_or("stop"),
             }
         })
@@ -130,10 +132,9 @@ pub async fn chat(
     Ok(Json(body).into_response())
 }
 
-pub fn chat_logprobs(st: &AppState, lps: &[TokenLogprob]) -> ChatLogprobs {
-    let tok = &st.model.tokenizer;
+pub fn chat_logprobs(st: &AppState, lps: &[TokenLogprob], as_ids: bool) -> ChatLogprobs {
     let entry = |id: u32, lp: f32| {
-        let token = tok.token_text(id);
+        let token = token_string(st, id, as_ids);
         TopLogprob {
             bytes: token.as_bytes().to_vec(),
             token,
@@ -156,6 +157,7 @@ pub fn chat_logprobs(st: &AppState, lps: &[TokenLogprob]) -> ChatLogprobs {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn stream_response(
     st: AppState,
     streams: Vec<loraplex_runtime::TokenStream>,
@@ -164,6 +166,7 @@ fn stream_response(
     model: String,
     include_usage: bool,
     want_logprobs: bool,
+    as_ids: bool,
 ) -> Response {
     let n = streams.len();
     let prompt_tokens_of = |u: &loraplex_runtime::Usage| u.prompt_tokens;
@@ -217,7 +220,8 @@ fn stream_response(
                     if text.is_empty() && logprob.is_none() {
                         vec![]
                     } else {
-                        let lp = want_logprobs.then(|| chat_logprobs(&st2, logprob.as_slice()));
+                        let lp =
+                            want_logprobs.then(|| chat_logprobs(&st2, logprob.as_slice(), as_ids));
                         vec![chunk2(
                             vec![ChatChunkChoice {
                                 index,
@@ -267,6 +271,15 @@ fn stream_response(
         .chain(body)
         .map(Ok::<_, std::convert::Infallible>);
     Sse::new(all).into_response()
+}
+
+/// A token as logprobs show it: its text, or `token_id:<id>` when the client asked for ids.
+pub fn token_string(st: &AppState, id: u32, as_ids: bool) -> String {
+    if as_ids {
+        format!("token_id:{id}")
+    } else {
+        st.model.tokenizer.token_text(id)
+    }
 }
 
 /// An error inside a stream: OpenAI's error envelope as the event's data.

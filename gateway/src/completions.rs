@@ -11,7 +11,7 @@ use futures_util::stream::{self, StreamExt};
 use loraplex_runtime::{GenerationRequest, TokenLogprob};
 
 use crate::app::ApiJson;
-use crate::chat::error_event;
+use crate::chat::{error_event, token_string};
 use crate::error::ApiError;
 use crate::generation::{self, ChoiceEvent};
 use crate::state::{new_id, now, AppState};
@@ -87,18 +87,17 @@ pub async fn completions(
     }
     let streams = generation::submit_all(&st, reqs)?;
     let (id, created, model) = (new_id("cmpl"), now(), req.model.clone());
+    let as_ids = req.sampling.return_tokens_as_token_ids;
     if v.stream {
-        return Ok(stream_response(
-            st,
-            streams,
-            &prompts,
-            v.n,
-            req.echo,
+        let opts = StreamOpts {
+            n: v.n,
+            echo: req.echo,
             logprobs,
-            id,
-            created,
-            model,
-            v.include_usage,
+            include_usage: v.include_usage,
+            as_ids,
+        };
+        return Ok(stream_response(
+            st, streams, &prompts, opts, id, created, model,
         ));
     }
     let results = generation::collect(streams, st.cfg.request_timeout).await?;
@@ -120,16 +119,16 @@ pub async fn completions(
                 text = tok.decode(prompt, false).unwrap_or_default();
                 if logprobs.is_some() {
                     let scored = r.prompt_logprobs.clone().unwrap_or_default();
-                    push_logprobs(&st, &mut lp, 0, prompt[0], None);
+                    push_logprobs(&st, &mut lp, 0, prompt[0], None, as_ids);
                     for l in &scored {
                         let offset = next_offset(&lp);
-                        push_logprobs(&st, &mut lp, offset, l.id, Some(l));
+                        push_logprobs(&st, &mut lp, offset, l.id, Some(l), as_ids);
                     }
                 }
             }
             for l in &r.logprobs {
                 let offset = next_offset(&lp);
-                push_logprobs(&st, &mut lp, offset, l.id, Some(l));
+                push_logprobs(&st, &mut lp, offset, l.id, Some(l), as_ids);
             }
             text.push_str(&r.text);
             CompletionChoice {
@@ -201,32 +200,43 @@ fn push_logprobs(
     offset: usize,
     id: u32,
     l: Option<&TokenLogprob>,
+    as_ids: bool,
 ) {
-    let tok = &st.model.tokenizer;
-    lp.tokens.push(tok.token_text(id));
+    lp.tokens.push(token_string(st, id, as_ids));
     lp.text_offset.push(offset);
     lp.token_logprobs.push(l.map(|l| l.logprob));
     lp.top_logprobs.push(l.map(|l| {
         l.top
             .iter()
-            .map(|&(t, v)| (tok.token_text(t), v))
+            .map(|&(t, v)| (token_string(st, t, as_ids), v))
             .collect::<HashMap<_, _>>()
     }));
 }
 
-#[allow(clippy::too_many_arguments)]
+struct StreamOpts {
+    n: usize,
+    echo: bool,
+    logprobs: Option<usize>,
+    include_usage: bool,
+    as_ids: bool,
+}
+
 fn stream_response(
     st: AppState,
     streams: Vec<loraplex_runtime::TokenStream>,
     prompts: &[Vec<u32>],
-    n: usize,
-    echo: bool,
-    logprobs: Option<usize>,
+    opts: StreamOpts,
     id: String,
     created: u64,
     model: String,
-    include_usage: bool,
 ) -> Response {
+    let StreamOpts {
+        n,
+        echo,
+        logprobs,
+        include_usage,
+        as_ids,
+    } = opts;
     let fp = st.fingerprint.clone();
     let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
     let chunk = move |choices: Vec<CompletionChoice>, usage: Option<Usage>| {
@@ -273,7 +283,7 @@ fn stream_response(
                 Some((index, ChoiceEvent::Token { text, id, logprob })) => {
                     let lp = logprobs.map(|_| {
                         let mut lp = CompletionLogprobs::default();
-                        push_logprobs(&st2, &mut lp, 0, id, logprob.as_ref());
+                        push_logprobs(&st2, &mut lp, 0, id, logprob.as_ref(), as_ids);
                         lp
                     });
                     vec![chunk(

@@ -63,6 +63,9 @@ pub struct SamplingFields {
     #[serde(default)]
     pub ignore_eos: bool,
     pub stop_token_ids: Option<Vec<u32>>,
+    /// vLLM's extension: logprob tokens as `token_id:<id>` (exact ids for evaluation clients).
+    #[serde(default)]
+    pub return_tokens_as_token_ids: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
