@@ -208,7 +208,7 @@ fn stream_response(
         completion_tokens: 0,
         total_tokens: 0,
     };
-    let body = generation::merged(streams)
+    let body = generation::merged(streams, st.cfg.request_timeout)
         .map(Some)
         .chain(stream::iter([None]))
         .scan(false, move |failed, item| {

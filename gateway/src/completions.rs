@@ -272,7 +272,7 @@ fn stream_response(
     }
     let mut completion_tokens = 0;
     let st2 = st.clone();
-    let body = generation::merged(streams)
+    let body = generation::merged(streams, st.cfg.request_timeout)
         .map(Some)
         .chain(stream::iter([None]))
         .scan(false, move |failed, item| {

@@ -109,9 +109,20 @@ pub fn events(index: usize, s: TokenStream) -> BoxStream<'static, (usize, Choice
     .boxed()
 }
 
-/// All choices' events, interleaved as they come.
-pub fn merged(streams: Vec<TokenStream>) -> BoxStream<'static, (usize, ChoiceEvent)> {
-    stream::select_all(streams.into_iter().enumerate().map(|(i, s)| events(i, s))).boxed()
+/// All choices' events, interleaved as they come, ending with a `Timeout` failure if the
+/// request outlives `timeout` (dropping the rest cancels the engine's sequences).
+pub fn merged(streams: Vec<TokenStream>, timeout: Duration) -> BoxStream<'static, (usize, ChoiceEvent)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let all = stream::select_all(streams.into_iter().enumerate().map(|(i, s)| events(i, s))).boxed();
+    stream::unfold(Some(all), move |all| async move {
+        let mut all = all?;
+        match tokio::time::timeout_at(deadline, all.next()).await {
+            Ok(Some(item)) => Some((item, Some(all))),
+            Ok(None) => None,
+            Err(_) => Some(((0, ChoiceEvent::Failed(ApiError::Timeout)), None)),
+        }
+    })
+    .boxed()
 }
 
 /// Waits for every choice to finish (bounded by `timeout`).
@@ -122,7 +133,7 @@ pub async fn collect(
     let n = streams.len();
     let work = async move {
         let mut results: Vec<ChoiceResult> = (0..n).map(|_| ChoiceResult::default()).collect();
-        let mut all = merged(streams);
+        let mut all = merged(streams, timeout);
         while let Some((i, ev)) = all.next().await {
             let r = &mut results[i];
             match ev {

@@ -13,47 +13,111 @@ use crate::weights::Proj;
 /// One adapted projection, with the scaling folded into `B`.
 #[derive(Debug, Clone)]
 pub struct LoraDelta {
-    /// `A`: `[r, in]`.
-    a: Tensor,
-    /// `scale·B`: `[out, r]`.
-    sb: Tensor,
+    r: usize,
+    inp: usize,
+    out: usize,
+    store: Store,
+}
+
+#[derive(Debug, Clone)]
+enum Store {
+    /// f32 on the CPU: plain vectors for the fused per-row kernel. `a` is `[r, in]`, `sbt` is
+    /// `(scale·B)ᵀ` `[r, out]`, so both passes read memory in order.
+    Host { a: Vec<f32>, sbt: Vec<f32> },
+    /// Other devices and dtypes: tensors for two matmuls.
+    Device { a: Tensor, sb: Tensor },
 }
 
 impl LoraDelta {
     /// `a`: `[r, in]`, `b`: `[out, r]` (PEFT layout), `y = Wx + scale·B(Ax)`.
     pub fn new(a: &Tensor, b: &Tensor, scale: f64, dtype: DType) -> Result<Self> {
-        let (r, _) = a.dims2()?;
-        let (_, rb) = b.dims2()?;
+        let (r, inp) = a.dims2()?;
+        let (out, rb) = b.dims2()?;
         if r != rb {
-            return Err(ModelError::InvalidBatch(format!(
-                "lora_A rank {r} != lora_B rank {rb}"
-            )));
+            return Err(ModelError::InvalidBatch(format!("lora_A rank {r} != lora_B rank {rb}")));
         }
-        Ok(Self {
-            a: a.to_dtype(dtype)?.contiguous()?,
-            sb: (b.to_dtype(DType::F64)? * scale)?
-                .to_dtype(dtype)?
-                .contiguous()?,
-        })
+        let sb = (b.to_dtype(DType::F64)? * scale)?.to_dtype(dtype)?.contiguous()?;
+        let a = a.to_dtype(dtype)?.contiguous()?;
+        let store = if a.device().is_cpu() && dtype == DType::F32 {
+            Store::Host {
+                a: a.flatten_all()?.to_vec1()?,
+                sbt: sb.t()?.contiguous()?.flatten_all()?.to_vec1()?,
+            }
+        } else {
+            Store::Device { a, sb }
+        };
+        Ok(Self { r, inp, out, store })
     }
 
     pub fn rank(&self) -> usize {
-        self.a.dims()[0]
+        self.r
     }
 
     pub fn size_in_bytes(&self) -> usize {
-        (self.a.elem_count() + self.sb.elem_count()) * self.a.dtype().size_in_bytes()
+        let elems = self.r * (self.inp + self.out);
+        match &self.store {
+            Store::Host { .. } => elems * 4,
+            Store::Device { a, .. } => elems * a.dtype().size_in_bytes(),
+        }
+    }
+
+    fn tensors(&self, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+        Ok(match &self.store {
+            Store::Host { a, sbt } => (
+                Tensor::from_slice(a, (self.r, self.inp), device)?,
+                Tensor::from_slice(sbt, (self.r, self.out), device)?.t()?.contiguous()?,
+            ),
+            Store::Device { a, sb } => (a.clone(), sb.clone()),
+        })
     }
 
     /// `x`: `[rows, in]` → the delta `[rows, out]`.
     pub fn delta(&self, x: &Tensor) -> Result<Tensor> {
-        dense_matmul(&dense_matmul(x, &self.a)?, &self.sb)
+        let (a, sb) = self.tensors(x.device())?;
+        dense_matmul(&dense_matmul(x, &a)?, &sb)
     }
 
     /// `s·B·A` as `[out, in]`: the dense update merging would add to the base weight.
     pub fn merged_update(&self) -> Result<Tensor> {
-        Ok(self.sb.matmul(&self.a)?)
+        let (a, sb) = self.tensors(&candle_core::Device::Cpu)?;
+        Ok(sb.matmul(&a)?)
     }
+
+    /// Adds this delta for one row: `out += sBᵀ·(A·x)`. The result depends on this row alone.
+    fn add_row(&self, x: &[f32], out: &mut [f32]) -> bool {
+        let Store::Host { a, sbt } = &self.store else { return false };
+        let mut tmp = [0f32; 512];
+        let tmp = &mut tmp[..self.r.min(512)];
+        if tmp.len() < self.r {
+            return false;
+        }
+        for (k, t) in tmp.iter_mut().enumerate() {
+            *t = dot(&a[k * self.inp..(k + 1) * self.inp], x);
+        }
+        for (k, &t) in tmp.iter().enumerate() {
+            for (o, &b) in out.iter_mut().zip(&sbt[k * self.out..(k + 1) * self.out]) {
+                *o += t * b;
+            }
+        }
+        true
+    }
+
+    fn is_host(&self) -> bool {
+        matches!(self.store, Store::Host { .. })
+    }
+}
+
+/// Dot product with eight independent accumulators, so the compiler vectorizes it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// All deltas of one adapter, keyed by layer and projection.
@@ -102,6 +166,7 @@ struct Group<'a> {
     weights: &'a LoraWeights,
     /// Row indices into the flattened batch.
     rows: Tensor,
+    row_ids: Vec<u32>,
     /// All rows of the batch use this adapter: no gather/scatter needed.
     all: bool,
 }
@@ -132,7 +197,8 @@ impl<'a> LoraGroups<'a> {
                 let n = rows.len();
                 Ok(Group {
                     weights,
-                    rows: Tensor::from_vec(rows, n, device)?,
+                    rows: Tensor::from_slice(&rows, n, device)?,
+                    row_ids: rows,
                     all,
                 })
             })
@@ -145,11 +211,17 @@ impl<'a> LoraGroups<'a> {
     }
 
     /// Adds each adapter's delta for `(layer, proj)` to its rows of `y = base(x)`.
-    pub fn apply(&self, layer: usize, proj: Proj, x: &Tensor, mut y: Tensor) -> Result<Tensor> {
-        for g in &self.groups {
-            let Some(d) = g.weights.get(layer, proj) else {
-                continue;
-            };
+    pub fn apply(&self, layer: usize, proj: Proj, x: &Tensor, y: Tensor) -> Result<Tensor> {
+        let deltas: Vec<(&Group<'a>, &LoraDelta)> =
+            self.groups.iter().filter_map(|g| g.weights.get(layer, proj).map(|d| (g, d))).collect();
+        if deltas.is_empty() {
+            return Ok(y);
+        }
+        if x.dtype() == DType::F32 && x.device().is_cpu() && deltas.iter().all(|(_, d)| d.is_host()) {
+            return self.apply_host(&deltas, x, y);
+        }
+        let mut y = y;
+        for (g, d) in deltas {
             if g.all {
                 y = (y + d.delta(x)?)?;
             } else {
@@ -158,5 +230,30 @@ impl<'a> LoraGroups<'a> {
             }
         }
         Ok(y)
+    }
+
+    /// CPU: one fused pass over the rows (a BGMV), instead of a handful of tensor ops per
+    /// adapter and projection, whose fixed costs dominate the tiny low-rank products.
+    fn apply_host(&self, deltas: &[(&Group<'a>, &LoraDelta)], x: &Tensor, y: Tensor) -> Result<Tensor> {
+        use rayon::prelude::*;
+        let (rows, inp) = x.dims2()?;
+        let out = y.dim(1)?;
+        let mut per_row: Vec<Option<&LoraDelta>> = vec![None; rows];
+        for (g, d) in deltas {
+            for &r in &g.row_ids {
+                per_row[r as usize] = Some(d);
+            }
+        }
+        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let mut delta = vec![0f32; rows * out];
+        let ok = delta
+            .par_chunks_mut(out)
+            .enumerate()
+            .all(|(r, o)| per_row[r].is_none_or(|d| d.add_row(&xs[r * inp..(r + 1) * inp], o)));
+        if !ok {
+            return Err(ModelError::InvalidBatch("LoRA rank above 512 on the CPU path".into()));
+        }
+        let delta = Tensor::from_vec(delta, (rows, out), x.device())?;
+        Ok((y + delta)?)
     }
 }
