@@ -1,7 +1,10 @@
-//! Multi-LoRA serving through the engine: N concurrent synthetic requests spread over M random
-//! r=16 all-projection adapters, against the same N requests on the base model in the same run.
-//! `cargo bench --bench multi_lora`; env `LORAPLEX_BENCH_N` (32), `LORAPLEX_BENCH_M` (8),
-//! `LORAPLEX_BENCH_PROMPT` (64), `LORAPLEX_BENCH_OUTPUT` (32).
+//! Multi-LoRA serving through the engine, SmolLM2 Q4_1, all in one run with C concurrent
+//! sequences (default 16): (a) base only, (b) one adapter for all, (c) C distinct adapters
+//! (r=16, all 7 projections), (d) 4·C distinct adapters with only C resident (cold loads
+//! included); plus the cold-load time of one adapter. Prints JSON with (b)/(a), (c)/(a), (d)/(a)
+//! and (d)/(c) p50 time to first token.
+//! `cargo bench --bench multi_lora`; env `LORAPLEX_BENCH_C` (16), `LORAPLEX_BENCH_PROMPT` (32),
+//! `LORAPLEX_BENCH_OUTPUT` (64).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -65,55 +68,67 @@ fn write_adapter(dir: &Path, cfg: &loraplex_models::LlamaConfig, r: usize, seed:
     candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors")).unwrap();
 }
 
+/// `clients` threads each send their share of `requests` one after another; request `i` uses
+/// `adapters[i % len]` (or the base when empty). Returns aggregate output tok/s and TTFTs.
 fn run(
     h: &EngineHandle,
-    n: usize,
+    clients: usize,
+    requests: usize,
     adapters: &[String],
     prompt_len: usize,
     out_len: usize,
 ) -> serde_json::Value {
     let t0 = Instant::now();
-    let threads: Vec<_> = (0..n)
-        .map(|i| {
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
             let h = h.clone();
-            let adapter = (!adapters.is_empty()).then(|| adapters[i % adapters.len()].clone());
-            let prompt: Vec<u32> = (0..prompt_len as u32)
-                .map(|j| 100 + (j * 7919 + i as u32 * 131) % 40000)
-                .collect();
+            let adapters = adapters.to_vec();
             std::thread::spawn(move || {
-                let params = GenerationParams {
-                    max_tokens: out_len,
-                    ignore_eos: true,
-                    ..Default::default()
-                };
-                let mut s = h
-                    .submit(GenerationRequest {
-                        adapter,
-                        ..GenerationRequest::new(prompt, params)
-                    })
-                    .unwrap();
-                let start = Instant::now();
-                let mut ttft = None;
-                loop {
-                    match s.blocking_next().unwrap() {
-                        TokenEvent::Token { .. } => {
-                            ttft.get_or_insert(start.elapsed().as_secs_f64());
+                let mut ttfts = Vec::new();
+                for i in (c..requests).step_by(clients) {
+                    let adapter =
+                        (!adapters.is_empty()).then(|| adapters[i % adapters.len()].clone());
+                    let prompt: Vec<u32> = (0..prompt_len as u32)
+                        .map(|j| 100 + (j * 7919 + i as u32 * 131) % 40000)
+                        .collect();
+                    let params = GenerationParams {
+                        max_tokens: out_len,
+                        ignore_eos: true,
+                        ..Default::default()
+                    };
+                    let mut s = h
+                        .submit(GenerationRequest {
+                            adapter,
+                            ..GenerationRequest::new(prompt, params)
+                        })
+                        .unwrap();
+                    let start = Instant::now();
+                    let mut ttft = None;
+                    loop {
+                        match s.blocking_next().unwrap() {
+                            TokenEvent::Token { .. } => {
+                                ttft.get_or_insert(start.elapsed().as_secs_f64());
+                            }
+                            TokenEvent::Finished { .. } => break,
+                            TokenEvent::Failed(e) => panic!("{e}"),
+                            TokenEvent::PromptLogprobs(_) => {}
                         }
-                        TokenEvent::Finished { .. } => break,
-                        TokenEvent::Failed(e) => panic!("{e}"),
-                        TokenEvent::PromptLogprobs(_) => {}
                     }
+                    ttfts.push(ttft.unwrap());
                 }
-                ttft.unwrap()
+                ttfts
             })
         })
         .collect();
-    let mut ttfts: Vec<f64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let mut ttfts: Vec<f64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     let wall = t0.elapsed().as_secs_f64();
     ttfts.sort_by(|a, b| a.partial_cmp(b).unwrap());
     json!({
-        "requests": n, "adapters": adapters.len(), "wall_s": wall,
-        "output_tok_per_s": (n * out_len) as f64 / wall,
+        "requests": requests, "adapters": adapters.len(), "wall_s": wall,
+        "output_tok_per_s": (requests * out_len) as f64 / wall,
         "ttft_p50_s": ttfts[ttfts.len() / 2], "ttft_p95_s": ttfts[(ttfts.len() * 95 / 100).min(ttfts.len() - 1)],
     })
 }
@@ -122,10 +137,10 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return; // built and skipped by `cargo test --all-targets`
     }
-    let (n, m) = (env("LORAPLEX_BENCH_N", 32), env("LORAPLEX_BENCH_M", 8));
+    let c = env("LORAPLEX_BENCH_C", 16);
     let (prompt_len, out_len) = (
-        env("LORAPLEX_BENCH_PROMPT", 64),
-        env("LORAPLEX_BENCH_OUTPUT", 32),
+        env("LORAPLEX_BENCH_PROMPT", 32),
+        env("LORAPLEX_BENCH_OUTPUT", 64),
     );
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -133,7 +148,7 @@ fn main() {
         Arc::new(loraplex_models::load(path.to_str().unwrap(), &LoadOptions::default()).unwrap());
     let dir = std::env::temp_dir().join(format!("loraplex-bench-adapters-{}", std::process::id()));
     let reg = AdapterRegistry::new();
-    let names: Vec<String> = (0..m)
+    let names: Vec<String> = (0..4 * c)
         .map(|k| {
             let name = format!("bench-{k}");
             write_adapter(&dir.join(&name), lm.model.config(), 16, k as u64 + 1);
@@ -141,28 +156,52 @@ fn main() {
             name
         })
         .collect();
+    // Cold load of one r=16 all-projection adapter: read, validate, build (median of 5).
+    let base = loraplex_adapters::BaseModel::of(&lm);
+    let mut loads: Vec<f64> = (0..5)
+        .map(|k| {
+            let t = Instant::now();
+            loraplex_adapters::load_dir(&dir.join(&names[k]), &base, &Default::default()).unwrap();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    loads.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let cfg = EngineConfig {
         scheduler: SchedulerConfig {
-            max_running: n.max(1),
-            max_step_tokens: 512.max(n + 1),
-            max_waiting: 4 * n + 16,
+            max_running: c,
+            max_step_tokens: 512.max(c + 1),
+            max_waiting: 1024,
         },
         cache: CacheConfig {
-            max_loras: m.max(1),
+            max_loras: c,
             max_bytes: 1 << 32,
-            max_cpu_loras: m.max(1),
+            max_cpu_loras: c,
         },
         ..Default::default()
     };
     let h = loraplex_runtime::start(lm.clone(), reg.clone(), cfg).unwrap();
-    // Warm-up loads every adapter once so both runs measure serving, not disk.
-    let warm = run(&h, m.max(1), &names, 8, 1);
-    let base = run(&h, n, &[], prompt_len, out_len);
-    let lora = run(&h, n, &names, prompt_len, out_len);
+    let resident = &names[..c];
+    run(&h, c, c, resident, 8, 1); // warm-up: loads the C adapters
+    let a = run(&h, c, c, &[], prompt_len, out_len);
+    let b = run(&h, c, c, &names[..1], prompt_len, out_len);
+    let cc = run(&h, c, c, resident, prompt_len, out_len);
     h.shutdown();
-    let ratio =
-        lora["output_tok_per_s"].as_f64().unwrap() / base["output_tok_per_s"].as_f64().unwrap();
-    let report = json!({"warmup": warm, "base_only": base, "mixed_adapters": lora, "throughput_ratio_vs_base": ratio});
+    // (d): a fresh engine, 4·C adapters cycling through C slots.
+    let h = loraplex_runtime::start(lm.clone(), reg.clone(), cfg).unwrap();
+    let d = run(&h, c, 4 * c, &names, prompt_len, out_len);
+    h.shutdown();
+    let tps = |v: &serde_json::Value| v["output_tok_per_s"].as_f64().unwrap();
+    let report = json!({
+        "concurrency": c, "prompt_tokens": prompt_len, "output_tokens": out_len,
+        "cold_load_ms_median": loads[loads.len() / 2],
+        "a_base": a, "b_one_adapter": b, "c_distinct_resident": cc, "d_distinct_cold": d,
+        "ratios": {
+            "b_over_a": tps(&b) / tps(&a),
+            "c_over_a": tps(&cc) / tps(&a),
+            "d_over_a": tps(&d) / tps(&a),
+            "d_ttft_p50_over_c": d["ttft_p50_s"].as_f64().unwrap() / cc["ttft_p50_s"].as_f64().unwrap(),
+        }
+    });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -111,9 +111,13 @@ pub fn events(index: usize, s: TokenStream) -> BoxStream<'static, (usize, Choice
 
 /// All choices' events, interleaved as they come, ending with a `Timeout` failure if the
 /// request outlives `timeout` (dropping the rest cancels the engine's sequences).
-pub fn merged(streams: Vec<TokenStream>, timeout: Duration) -> BoxStream<'static, (usize, ChoiceEvent)> {
+pub fn merged(
+    streams: Vec<TokenStream>,
+    timeout: Duration,
+) -> BoxStream<'static, (usize, ChoiceEvent)> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let all = stream::select_all(streams.into_iter().enumerate().map(|(i, s)| events(i, s))).boxed();
+    let all =
+        stream::select_all(streams.into_iter().enumerate().map(|(i, s)| events(i, s))).boxed();
     stream::unfold(Some(all), move |all| async move {
         let mut all = all?;
         match tokio::time::timeout_at(deadline, all.next()).await {

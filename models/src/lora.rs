@@ -34,9 +34,13 @@ impl LoraDelta {
         let (r, inp) = a.dims2()?;
         let (out, rb) = b.dims2()?;
         if r != rb {
-            return Err(ModelError::InvalidBatch(format!("lora_A rank {r} != lora_B rank {rb}")));
+            return Err(ModelError::InvalidBatch(format!(
+                "lora_A rank {r} != lora_B rank {rb}"
+            )));
         }
-        let sb = (b.to_dtype(DType::F64)? * scale)?.to_dtype(dtype)?.contiguous()?;
+        let sb = (b.to_dtype(DType::F64)? * scale)?
+            .to_dtype(dtype)?
+            .contiguous()?;
         let a = a.to_dtype(dtype)?.contiguous()?;
         let store = if a.device().is_cpu() && dtype == DType::F32 {
             Store::Host {
@@ -65,7 +69,9 @@ impl LoraDelta {
         Ok(match &self.store {
             Store::Host { a, sbt } => (
                 Tensor::from_slice(a, (self.r, self.inp), device)?,
-                Tensor::from_slice(sbt, (self.r, self.out), device)?.t()?.contiguous()?,
+                Tensor::from_slice(sbt, (self.r, self.out), device)?
+                    .t()?
+                    .contiguous()?,
             ),
             Store::Device { a, sb } => (a.clone(), sb.clone()),
         })
@@ -85,7 +91,9 @@ impl LoraDelta {
 
     /// Adds this delta for one row: `out += sBᵀ·(A·x)`. The result depends on this row alone.
     fn add_row(&self, x: &[f32], out: &mut [f32]) -> bool {
-        let Store::Host { a, sbt } = &self.store else { return false };
+        let Store::Host { a, sbt } = &self.store else {
+            return false;
+        };
         let mut tmp = [0f32; 512];
         let tmp = &mut tmp[..self.r.min(512)];
         if tmp.len() < self.r {
@@ -111,7 +119,12 @@ impl LoraDelta {
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
             acc[i] += x[i] * y[i];
@@ -212,12 +225,16 @@ impl<'a> LoraGroups<'a> {
 
     /// Adds each adapter's delta for `(layer, proj)` to its rows of `y = base(x)`.
     pub fn apply(&self, layer: usize, proj: Proj, x: &Tensor, y: Tensor) -> Result<Tensor> {
-        let deltas: Vec<(&Group<'a>, &LoraDelta)> =
-            self.groups.iter().filter_map(|g| g.weights.get(layer, proj).map(|d| (g, d))).collect();
+        let deltas: Vec<(&Group<'a>, &LoraDelta)> = self
+            .groups
+            .iter()
+            .filter_map(|g| g.weights.get(layer, proj).map(|d| (g, d)))
+            .collect();
         if deltas.is_empty() {
             return Ok(y);
         }
-        if x.dtype() == DType::F32 && x.device().is_cpu() && deltas.iter().all(|(_, d)| d.is_host()) {
+        if x.dtype() == DType::F32 && x.device().is_cpu() && deltas.iter().all(|(_, d)| d.is_host())
+        {
             return self.apply_host(&deltas, x, y);
         }
         let mut y = y;
@@ -234,7 +251,12 @@ impl<'a> LoraGroups<'a> {
 
     /// CPU: one fused pass over the rows (a BGMV), instead of a handful of tensor ops per
     /// adapter and projection, whose fixed costs dominate the tiny low-rank products.
-    fn apply_host(&self, deltas: &[(&Group<'a>, &LoraDelta)], x: &Tensor, y: Tensor) -> Result<Tensor> {
+    fn apply_host(
+        &self,
+        deltas: &[(&Group<'a>, &LoraDelta)],
+        x: &Tensor,
+        y: Tensor,
+    ) -> Result<Tensor> {
         use rayon::prelude::*;
         let (rows, inp) = x.dims2()?;
         let out = y.dim(1)?;
@@ -251,7 +273,9 @@ impl<'a> LoraGroups<'a> {
             .enumerate()
             .all(|(r, o)| per_row[r].is_none_or(|d| d.add_row(&xs[r * inp..(r + 1) * inp], o)));
         if !ok {
-            return Err(ModelError::InvalidBatch("LoRA rank above 512 on the CPU path".into()));
+            return Err(ModelError::InvalidBatch(
+                "LoRA rank above 512 on the CPU path".into(),
+            ));
         }
         let delta = Tensor::from_vec(delta, (rows, out), x.device())?;
         Ok((y + delta)?)
