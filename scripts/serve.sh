@@ -1,15 +1,9 @@
 #!/usr/bin/env bash
-# Sets up and runs the default model. Until the HTTP gateway lands this starts an interactive
-# chat loop on the terminal with the same engine.
+# Sets up and serves the default model (SmolLM2-135M-Instruct Q4_1) on http://127.0.0.1:8000
+# with the OpenAI-compatible API. Extra arguments go to `loraplex serve`, e.g.
+#   ./scripts/serve.sh --adapter-dir my-adapters --api-key secret
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-model.sh
 cargo build --release
-MODEL=weights/SmolLM2-135M-Instruct.Q4_1.gguf
-if [ "$#" -gt 0 ]; then
-  exec ./target/release/loraplex "$@"
-fi
-echo "Loraplex: chatting with $MODEL (Ctrl-D to quit)" >&2
-while IFS= read -r -p "> " line; do
-  [ -n "$line" ] && ./target/release/loraplex generate "$MODEL" --chat --prompt "$line"
-done
+exec ./target/release/loraplex serve weights/SmolLM2-135M-Instruct.Q4_1.gguf --served-model-name SmolLM2-135M-Instruct "$@"

@@ -1,6 +1,7 @@
 """The official OpenAI Python SDK against the real server: what a user of the OpenAI API does."""
 
 import concurrent.futures
+import signal
 
 import http.client
 import json
@@ -175,3 +176,18 @@ def test_api_key_is_enforced():
         assert [m.id for m in good.models.list().data] == ["smollm2"]
     finally:
         s.stop()
+
+
+def test_sigterm_drains_running_streams_then_exits():
+    s = Server()
+    from openai import OpenAI
+
+    c = OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
+    stream = c.completions.create(model="smollm2", prompt="Once upon a time", max_tokens=40, temperature=0, stream=True, extra_body={"ignore_eos": True})
+    chunks = iter(stream)
+    first = next(chunks)
+    assert first.choices[0].text is not None
+    s.proc.send_signal(signal.SIGTERM)
+    rest = list(chunks)
+    assert rest[-1].choices[0].finish_reason == "length", "the running stream finished normally"
+    assert s.proc.wait(timeout=30) == 0
