@@ -2,6 +2,9 @@
 //! batched decode at several batch sizes, for each `--dtype` and thread count, and llama.cpp's
 //! `llama-bench` on the same GGUF in the same run when it is available (see `benches/llamacpp.sh`).
 //!
+//! Stock candle (candle-transformers' `quantized_llama`) runs in the same invocation too, with
+//! Q8_0 and with f32 weights, so "at least stock candle's best per phase" is checked directly.
+//!
 //! `cargo bench --bench engine` runs everything: the parent re-runs itself once per thread count
 //! (rayon's pool size is fixed per process) and prints one JSON report with ratios.
 //! Environment: `LORAPLEX_BENCH_THREADS` (default "1,2"), `LORAPLEX_BENCH_DTYPES`
@@ -90,6 +93,76 @@ fn child(threads: usize) -> Value {
     Value::Array(results)
 }
 
+/// Stock candle (candle-transformers' `quantized_llama`, one sequence) on the same model with its
+/// Q4_1 weights re-quantized to Q8_0, the best stock decode; with `CANDLE_DEQUANTIZE_ALL=1` in
+/// the environment the same code runs dequantized f32 weights, the best stock prefill.
+fn stock_candle(threads: usize, label: &str) -> Value {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+    let dev = Device::Cpu;
+    let mut f = std::fs::File::open(model_path()).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    for name in content.tensor_infos.keys() {
+        let q = content.tensor(&mut f, name, &dev).unwrap();
+        let q = if q.dtype() == GgmlDType::Q4_1 {
+            QTensor::quantize(&q.dequantize(&dev).unwrap(), GgmlDType::Q8_0).unwrap()
+        } else {
+            q
+        };
+        tensors.push((name.clone(), q));
+    }
+    let tmp = std::env::temp_dir().join(format!("loraplex-stock-{}.gguf", std::process::id()));
+    {
+        let mut out = std::fs::File::create(&tmp).unwrap();
+        let md: Vec<(&str, &gguf_file::Value)> = content
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(&mut out, &md, &ts).unwrap();
+    }
+    let mut f = std::fs::File::open(&tmp).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let mut m = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+        content, &mut f, &dev,
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(&tmp);
+    let mut row =
+        json!({"engine": "stock candle quantized_llama", "weights": label, "threads": threads});
+    for n in [64usize, 512] {
+        let x = Tensor::new(tokens(n, 1).as_slice(), &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            m.forward(&x, 0).unwrap();
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        row[format!("pp{n}")] = json!(n as f64 / best);
+    }
+    let x = Tensor::new(tokens(64, 2).as_slice(), &dev)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    m.forward(&x, 0).unwrap();
+    let steps = 32;
+    let t = Instant::now();
+    for i in 0..steps {
+        let x = Tensor::new(&[tokens(1, 1000 + i as u32)[0]], &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        m.forward(&x, 64 + i).unwrap();
+    }
+    row["tg_batch1"] = json!(steps as f64 / t.elapsed().as_secs_f64());
+    row
+}
+
 fn llama_bench(threads: usize) -> Option<Value> {
     let bin = std::env::var("LLAMA_BENCH")
         .map(PathBuf::from)
@@ -141,7 +214,10 @@ fn main() {
         return;
     }
     if let Ok(t) = std::env::var("LORAPLEX_BENCH_CHILD") {
-        println!("{}", child(t.parse().unwrap()));
+        match std::env::var("LORAPLEX_BENCH_STOCK") {
+            Ok(label) => println!("{}", stock_candle(t.parse().unwrap(), &label)),
+            Err(_) => println!("{}", child(t.parse().unwrap())),
+        }
         return;
     }
     let exe = std::env::current_exe().unwrap();
@@ -160,6 +236,31 @@ fn main() {
             String::from_utf8_lossy(&out.stderr)
         );
         let ours: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let stock: Vec<Value> = [("q8_0", false), ("f32", true)]
+            .iter()
+            .map(|&(label, dequant)| {
+                let mut c = Command::new(&exe);
+                c.env("LORAPLEX_BENCH_CHILD", &t)
+                    .env("LORAPLEX_BENCH_STOCK", label)
+                    .env("RAYON_NUM_THREADS", &t);
+                if dequant {
+                    c.env("CANDLE_DEQUANTIZE_ALL", "1");
+                }
+                let out = c.output().expect("run the stock candle child");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                serde_json::from_slice(&out.stdout).unwrap()
+            })
+            .collect();
+        let best = |key: &str| {
+            stock
+                .iter()
+                .filter_map(|r| r[key].as_f64())
+                .fold(0.0, f64::max)
+        };
         let mut rows = Vec::new();
         for mut r in ours.as_array().unwrap().clone() {
             if let Some(b) = &baseline {
@@ -172,9 +273,12 @@ fn main() {
                     "tg_batch1": ratio(&r["tg_batch1"], &b["tg64"]),
                 });
             }
+            let vs = |k: &str| json!(r[k].as_f64().unwrap_or(0.0) / best(k));
+            r["vs_best_stock_candle"] =
+                json!({"pp64": vs("pp64"), "pp512": vs("pp512"), "tg_batch1": vs("tg_batch1")});
             rows.push(r);
         }
-        report.push(json!({"threads": threads, "llama_cpp": baseline, "loraplex": rows}));
+        report.push(json!({"threads": threads, "llama_cpp": baseline, "stock_candle": stock, "loraplex": rows}));
     }
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
 }
