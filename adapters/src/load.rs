@@ -4,7 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
+
 use loraplex_models::{LlamaConfig, LoraDelta, LoraWeights, Proj, RopeLayout};
 use sha2::{Digest, Sha256};
 
@@ -87,6 +88,9 @@ pub fn load_dir(dir: &Path, base: &BaseModel, limits: &AdapterLimits) -> Result<
 }
 
 /// Validates and builds an adapter from the two files' bytes (`origin` names them in errors).
+///
+/// One pass over the weights: tensors are read in place from the buffer, converted to f32 and
+/// checked for non-finite values in the same loop, while the content hash runs on another core.
 pub fn load_bytes(
     config: &[u8],
     weights: &[u8],
@@ -94,6 +98,81 @@ pub fn load_bytes(
     base: &BaseModel,
     limits: &AdapterLimits,
 ) -> Result<LoadedAdapter> {
+    let (hash, built) = rayon::join(
+        || {
+            let mut h = Sha256::new();
+            h.update((config.len() as u64).to_le_bytes());
+            h.update(config);
+            h.update(weights);
+            format!("{:x}", h.finalize())
+        },
+        || build(config, weights, origin, base, limits),
+    );
+    let (weights_obj, cfg, targets, max_rank) = built?;
+    let info = AdapterInfo {
+        sha256: hash,
+        rank: max_rank,
+        alpha: cfg.lora_alpha,
+        targets,
+        modules: weights_obj.len(),
+        bytes: weights_obj.size_in_bytes(),
+        base_model: cfg.base_model_name_or_path.clone(),
+    };
+    Ok(LoadedAdapter {
+        weights: weights_obj,
+        info,
+    })
+}
+
+/// A tensor of the file as f32, with its shape.
+struct Host {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
+fn read_tensor(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Host> {
+    let bytes = view.data();
+    let data: Vec<f32> = match view.dtype() {
+        safetensors::Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        safetensors::Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        safetensors::Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(AdapterError::BadTensor {
+                tensor: name.to_string(),
+                reason: format!("dtype {other:?} (expected f32, f16 or bf16)"),
+            })
+        }
+    };
+    if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+        return Err(AdapterError::BadTensor {
+            tensor: name.to_string(),
+            reason: format!("non-finite value {} at flat index {i}", data[i]),
+        });
+    }
+    Ok(Host {
+        shape: view.shape().to_vec(),
+        data,
+    })
+}
+
+type Built = (LoraWeights, PeftConfig, Vec<String>, usize);
+
+fn build(
+    config: &[u8],
+    weights: &[u8],
+    origin: &Path,
+    base: &BaseModel,
+    limits: &AdapterLimits,
+) -> Result<Built> {
     let text =
         std::str::from_utf8(config).map_err(|_| AdapterError::InvalidConfig("not UTF-8".into()))?;
     let cfg = PeftConfig::parse(text)?;
@@ -112,13 +191,6 @@ pub fn load_bytes(
         path: origin.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let tensors = candle_core::safetensors::load_buffer(weights, &Device::Cpu).map_err(|e| {
-        AdapterError::Corrupt {
-            path: origin.to_path_buf(),
-            reason: e.to_string(),
-        }
-    })?;
-    let mut pairs: HashMap<(usize, Proj), (Option<Tensor>, Option<Tensor>)> = HashMap::new();
     let by_module: HashMap<String, (usize, Proj)> = (0..base.config.num_layers)
         .flat_map(|l| {
             TARGETS
@@ -126,29 +198,19 @@ pub fn load_bytes(
                 .map(move |(p, _)| (module_name(l, *p), (l, *p)))
         })
         .collect();
-    for name in st.names() {
-        let (module, which) = parse_tensor_name(name)?;
+    let mut pairs: HashMap<(usize, Proj), (Option<Host>, Option<Host>)> = HashMap::new();
+    for (name, view) in st.tensors() {
+        let (module, which) = parse_tensor_name(&name)?;
         let key = *by_module
             .get(module)
             .ok_or_else(|| AdapterError::UnknownTarget(module.to_string()))?;
         if !targeted.contains(&key) {
             return Err(AdapterError::BadTensor {
-                tensor: name.to_string(),
+                tensor: name.clone(),
                 reason: "its module is not among target_modules/layers_to_transform".into(),
             });
         }
-        let t = tensors[name].clone();
-        match t.dtype() {
-            DType::F32 | DType::F16 | DType::BF16 => {}
-            other => {
-                return Err(AdapterError::BadTensor {
-                    tensor: name.to_string(),
-                    reason: format!("dtype {other:?} (expected f32, f16 or bf16)"),
-                })
-            }
-        }
-        let t = t.to_dtype(DType::F32)?;
-        check_finite(name, &t)?;
+        let t = read_tensor(&name, &view)?;
         let slot = pairs.entry(key).or_default();
         match which {
             Which::A => slot.0 = Some(t),
@@ -182,17 +244,21 @@ pub fn load_bytes(
             });
         }
         let (out, inp) = proj_shape(c, proj);
-        expect_shape(&format!("{module}.lora_A.weight"), &a, &[rank, inp])?;
-        expect_shape(&format!("{module}.lora_B.weight"), &b, &[out, rank])?;
+        expect_shape(&format!("{module}.lora_A.weight"), &a.shape, &[rank, inp])?;
+        expect_shape(&format!("{module}.lora_B.weight"), &b.shape, &[out, rank])?;
         let b = match (proj, c.rope_layout) {
-            (Proj::Q, RopeLayout::Interleaved) => permute_rows_for_gguf(&b, c.num_heads)?,
-            (Proj::K, RopeLayout::Interleaved) => permute_rows_for_gguf(&b, c.num_kv_heads)?,
-            _ => b,
+            (Proj::Q, RopeLayout::Interleaved) => {
+                permute_rows_for_gguf(&b.data, out, rank, c.num_heads)
+            }
+            (Proj::K, RopeLayout::Interleaved) => {
+                permute_rows_for_gguf(&b.data, out, rank, c.num_kv_heads)
+            }
+            _ => b.data,
         };
         let scale = cfg.scale(rank, alpha);
-        let a = a.to_device(&base.device)?;
-        let b = b.to_device(&base.device)?;
-        deltas.insert(key, LoraDelta::new(&a, &b, scale, base.dtype)?);
+        let delta =
+            LoraDelta::from_host(a.data, b, (out, rank, inp), scale, base.dtype, &base.device)?;
+        deltas.insert(key, delta);
         targets.insert(
             TARGETS
                 .iter()
@@ -203,26 +269,27 @@ pub fn load_bytes(
         );
         max_rank = max_rank.max(rank);
     }
-    let weights_obj = LoraWeights::new(deltas);
     let mut targets: Vec<String> = targets.into_iter().collect();
     targets.sort_by_key(|t| TARGETS.iter().position(|(_, n)| n == t));
-    let mut h = Sha256::new();
-    h.update((config.len() as u64).to_le_bytes());
-    h.update(config);
-    h.update(weights);
-    let info = AdapterInfo {
-        sha256: format!("{:x}", h.finalize()),
-        rank: max_rank,
-        alpha: cfg.lora_alpha,
-        targets,
-        modules: weights_obj.len(),
-        bytes: weights_obj.size_in_bytes(),
-        base_model: cfg.base_model_name_or_path.clone(),
-    };
-    Ok(LoadedAdapter {
-        weights: weights_obj,
-        info,
-    })
+    Ok((LoraWeights::new(deltas), cfg, targets, max_rank))
+}
+
+/// llama.cpp's converter permutes q/k rows so its adjacent-pair RoPE matches HF's `rotate_half`;
+/// an HF-layout `lora_B` (row-major `[out, r]`) must follow:
+/// `B.reshape(heads, 2, out/heads/2, r).swapaxes(1, 2).reshape(out, r)`.
+pub fn permute_rows_for_gguf(b: &[f32], out: usize, r: usize, heads: usize) -> Vec<f32> {
+    let half = out / heads / 2;
+    let mut res = vec![0f32; out * r];
+    for hh in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let new = hh * 2 * half + i * 2 + j;
+                let old = hh * 2 * half + j * half + i;
+                res[new * r..(new + 1) * r].copy_from_slice(&b[old * r..(old + 1) * r]);
+            }
+        }
+    }
+    res
 }
 
 enum Which {
@@ -266,34 +333,23 @@ fn proj_shape(c: &LlamaConfig, p: Proj) -> (usize, usize) {
     }
 }
 
-fn expect_shape(name: &str, t: &Tensor, want: &[usize]) -> Result<()> {
-    if t.dims() != want {
+fn expect_shape(name: &str, got: &[usize], want: &[usize]) -> Result<()> {
+    if got != want {
         return Err(AdapterError::ShapeMismatch {
             tensor: name.to_string(),
-            got: t.dims().to_vec(),
+            got: got.to_vec(),
             want: want.to_vec(),
         });
     }
     Ok(())
 }
 
-fn check_finite(name: &str, t: &Tensor) -> Result<()> {
-    let v = t.flatten_all()?.to_vec1::<f32>()?;
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(AdapterError::BadTensor {
-            tensor: name.to_string(),
-            reason: format!("non-finite value {} at flat index {i}", v[i]),
-        });
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn gguf_row_permutation_interleaves_the_two_halves_of_each_head() {
+        let b: Vec<f32> = (0..8).map(|x| x as f32).collect();
+        let p = super::permute_rows_for_gguf(&b, 8, 1, 2);
+        assert_eq!(p, vec![0., 2., 1., 3., 4., 6., 5., 7.]);
     }
-    Ok(())
-}
-
-/// llama.cpp's converter permutes q/k rows so its adjacent-pair RoPE matches HF's `rotate_half`;
-/// an HF-layout `lora_B` must follow: `B.reshape(heads, 2, out/heads/2, r).swapaxes(1, 2)`.
-pub fn permute_rows_for_gguf(b: &Tensor, heads: usize) -> Result<Tensor> {
-    let (out, r) = b.dims2()?;
-    Ok(b.reshape((heads, 2, out / heads / 2, r))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((out, r))?)
 }

@@ -90,28 +90,35 @@ impl Linear {
     }
 }
 
+/// Row counts up to which `x·wᵀ` is computed as `(w·xᵀ)ᵀ`.
+const TRANSPOSED_MAX_ROWS: usize = 32;
+
 /// `x · wᵀ`, with a result for each row that does not depend on how many rows share the call.
 ///
-/// Computed as `(w · xᵀ)ᵀ`: gemm 0.19 then packs the small activation panel instead of re-packing
-/// the whole weight matrix on every call (1.5-2.3× faster at 16 rows, measured here). Its blocked
-/// kernel sums each output along `k` in an order that depends only on `k`; but a single row goes
-/// to a GEMV kernel and tiny outputs (`rows·out ≤ 256`) to "horizontal" kernels, which sum in
-/// other orders. Padding such calls with zero rows keeps a sequence's logits identical whether it
-/// runs alone or in a batch. For real models this only pads a lone row to two, which makes f32
-/// single-stream decode slower; `--dtype auto` decodes few rows on quantized weights instead.
+/// For few rows it is computed as `(w·xᵀ)ᵀ`: gemm 0.19 then packs the small activation panel
+/// instead of re-packing the whole weight matrix on every call (1.5-2.3× faster at 16 rows,
+/// measured here); for many rows (prefill) the direct form is faster. gemm's blocked kernel sums
+/// each output along `k` in an order that depends only on `k`, in both forms; but a single row
+/// goes to a GEMV kernel and tiny outputs (`rows·out ≤ 256`) to "horizontal" kernels, which sum
+/// in other orders. Padding such calls with zero rows keeps a sequence's logits the same whether
+/// it runs alone or in a batch. For real models this only pads a lone row to two, which makes
+/// f32 single-stream decode slower; `--dtype auto` decodes few rows on quantized weights instead.
 pub(crate) fn dense_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (rows, out) = (x.dim(0)?, w.dim(0)?);
     let min_rows = (256 / out.max(1) + 1).max(2);
-    if rows < min_rows {
-        let pad = Tensor::zeros((min_rows - rows, x.dim(1)?), x.dtype(), x.device())?;
-        let padded = Tensor::cat(&[x, &pad], 0)?;
-        return Ok(w
-            .matmul(&padded.t()?)?
-            .t()?
-            .narrow(0, 0, rows)?
-            .contiguous()?);
-    }
-    Ok(w.matmul(&x.t()?)?.t()?.contiguous()?)
+    let (x, pad) = if rows < min_rows {
+        let zeros = Tensor::zeros((min_rows - rows, x.dim(1)?), x.dtype(), x.device())?;
+        (Tensor::cat(&[x, &zeros], 0)?, true)
+    } else {
+        (x.clone(), false)
+    };
+    let y = if x.dim(0)? <= TRANSPOSED_MAX_ROWS {
+        w.matmul(&x.t()?)?.t()?
+    } else {
+        x.matmul(&w.t()?)?
+    };
+    let y = if pad { y.narrow(0, 0, rows)? } else { y };
+    Ok(y.contiguous()?)
 }
 
 #[derive(Debug, Clone)]

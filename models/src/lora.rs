@@ -53,6 +53,40 @@ impl LoraDelta {
         Ok(Self { r, inp, out, store })
     }
 
+    /// From host buffers: `a` `[r, in]` and `b` `[out, r]` row-major (`dims` = (out, r, in)).
+    /// On the CPU in f32 this is one pass over `b` (scale and transpose) and none over `a`.
+    pub fn from_host(
+        a: Vec<f32>,
+        b: Vec<f32>,
+        (out, r, inp): (usize, usize, usize),
+        scale: f64,
+        dtype: DType,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        if a.len() != r * inp || b.len() != out * r {
+            return Err(ModelError::InvalidBatch(format!(
+                "LoRA buffers do not match [{r}, {inp}] and [{out}, {r}]"
+            )));
+        }
+        if !(device.is_cpu() && dtype == DType::F32) {
+            let a = Tensor::from_vec(a, (r, inp), device)?;
+            let b = Tensor::from_vec(b, (out, r), device)?;
+            return Self::new(&a, &b, scale, dtype);
+        }
+        let mut sbt = vec![0f32; r * out];
+        for o in 0..out {
+            for k in 0..r {
+                sbt[k * out + o] = (b[o * r + k] as f64 * scale) as f32;
+            }
+        }
+        Ok(Self {
+            r,
+            inp,
+            out,
+            store: Store::Host { a, sbt },
+        })
+    }
+
     pub fn rank(&self) -> usize {
         self.r
     }
