@@ -5,12 +5,14 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use loraplex_adapters::{load_dir, AdapterError, AdapterLimits, BaseModel, LoadedAdapter};
-use loraplex_models::{LoadOptions, LoadedModel, LogitsFor, LoraWeights, SeqInput, WeightDtype};
+use loraplex_models::{LoadOptions, LoadedModel, LoraWeights, WeightDtype};
 use loraplex_runtime::{argmax, GenRequest, GenerationParams};
 use serde_json::json;
 
 use crate::adapter_fixtures::{pseudo_random, random_tiny_adapter};
-use crate::util::{golden, golden_json, ids, max_abs_diff, read_npy_f32, smollm2, staggered, tiny};
+use crate::util::{
+    golden, golden_json, ids, last_logits, max_abs_diff, read_npy_f32, smollm2, staggered, tiny,
+};
 
 fn load(lm: &LoadedModel, dir: &Path) -> LoadedAdapter {
     load_dir(dir, &BaseModel::of(lm), &AdapterLimits::default())
@@ -19,24 +21,6 @@ fn load(lm: &LoadedModel, dir: &Path) -> LoadedAdapter {
 
 fn tiny_adapter(name: &str) -> LoadedAdapter {
     load(tiny(), &golden().join("tiny-adapters").join(name))
-}
-
-fn last_logits(lm: &LoadedModel, prompt: &[u32], adapter: Option<&LoraWeights>) -> Vec<f32> {
-    let mut cache = lm.model.new_cache();
-    let out = lm
-        .model
-        .forward(
-            &[SeqInput::new(prompt, LogitsFor::Last).with_adapter(adapter)],
-            &mut [&mut cache],
-        )
-        .unwrap();
-    out[0]
-        .as_ref()
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 #[test]

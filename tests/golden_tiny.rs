@@ -1,25 +1,10 @@
 //! The tiny random Llama (HF safetensors) against transformers' exact f32 logits, alone and as
 //! one batch of sequences at different positions.
 
-use loraplex_models::{LoadedModel, LogitsFor, SeqInput};
+use loraplex_models::{LogitsFor, SeqInput};
 use loraplex_runtime::{argmax, GenRequest, GenerationParams};
 
-use crate::util::{golden_json, ids, max_abs_diff, read_npy_f32, staggered, tiny};
-
-fn last_logits(lm: &LoadedModel, prompt: &[u32]) -> Vec<f32> {
-    let mut cache = lm.model.new_cache();
-    let out = lm
-        .model
-        .forward(&[SeqInput::new(prompt, LogitsFor::Last)], &mut [&mut cache])
-        .unwrap();
-    out[0]
-        .as_ref()
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
+use crate::util::{golden_json, ids, last_logits, max_abs_diff, read_npy_f32, staggered, tiny};
 
 fn logsumexp(v: &[f32]) -> f64 {
     let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -34,7 +19,7 @@ fn last_position_logits_match_transformers() {
     let vocab = shape[2];
     for (i, case) in cases["cases"].as_array().unwrap().iter().enumerate() {
         let prompt = ids(&case["input_ids"]);
-        let got = last_logits(lm, &prompt);
+        let got = last_logits(lm, &prompt, None);
         let want = &all[i * vocab..(i + 1) * vocab]; // variant 0 = base
         let diff = max_abs_diff(&got, want);
         assert!(diff <= 1e-4, "case {i}: max |Δlogit| {diff}");
@@ -120,7 +105,7 @@ fn chunked_prefill_equals_whole_prefill() {
     let lm = tiny();
     let cases = golden_json("tiny_cases.json");
     let prompt = ids(&cases["cases"][5]["input_ids"]); // the long one (251 tokens)
-    let whole = last_logits(lm, &prompt);
+    let whole = last_logits(lm, &prompt, None);
     let mut cache = lm.model.new_cache();
     let mut last = None;
     for chunk in prompt.chunks(37) {

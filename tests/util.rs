@@ -171,3 +171,22 @@ pub fn staggered(
     }
     logits
 }
+
+/// Logits at the last prompt position, from one fresh forward pass.
+pub fn last_logits(lm: &LoadedModel, prompt: &[u32], adapter: Option<&LoraWeights>) -> Vec<f32> {
+    let mut cache = lm.model.new_cache();
+    let out = lm
+        .model
+        .forward(
+            &[SeqInput::new(prompt, LogitsFor::Last).with_adapter(adapter)],
+            &mut [&mut cache],
+        )
+        .unwrap();
+    out[0]
+        .as_ref()
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}

@@ -1,10 +1,9 @@
 //! `POST /v1/chat/completions`.
 
 use axum::extract::State;
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::stream::{self, StreamExt};
 use loraplex_runtime::{GenerationRequest, TokenLogprob};
 
 use crate::app::ApiJson;
@@ -169,7 +168,6 @@ fn stream_response(
     as_ids: bool,
 ) -> Response {
     let n = streams.len();
-    let prompt_tokens_of = |u: &loraplex_runtime::Usage| u.prompt_tokens;
     let chunk = {
         let (id, model, fp) = (id.clone(), model.clone(), st.fingerprint.clone());
         move |choices: Vec<ChatChunkChoice>, usage: Option<Usage>| {
@@ -208,69 +206,46 @@ fn stream_response(
         completion_tokens: 0,
         total_tokens: 0,
     };
-    let body = generation::merged(streams, st.cfg.request_timeout)
-        .map(Some)
-        .chain(stream::iter([None]))
-        .scan(false, move |failed, item| {
-            if *failed {
-                return std::future::ready(None);
+    let events = generation::merged(streams, st.cfg.request_timeout);
+    generation::sse_response(first, events, move |item| match item {
+        Some((index, ChoiceEvent::Token { text, logprob, .. })) => {
+            if text.is_empty() && logprob.is_none() {
+                return vec![];
             }
-            let events: Vec<Event> = match item {
-                Some((index, ChoiceEvent::Token { text, logprob, .. })) => {
-                    if text.is_empty() && logprob.is_none() {
-                        vec![]
-                    } else {
-                        let lp =
-                            want_logprobs.then(|| chat_logprobs(&st2, logprob.as_slice(), as_ids));
-                        vec![chunk2(
-                            vec![ChatChunkChoice {
-                                index,
-                                delta: Delta {
-                                    role: None,
-                                    content: Some(text),
-                                },
-                                logprobs: lp,
-                                finish_reason: None,
-                            }],
-                            None,
-                        )]
-                    }
-                }
-                Some((index, ChoiceEvent::Finished { reason, usage: u })) => {
-                    usage.prompt_tokens = prompt_tokens_of(&u);
-                    usage.completion_tokens += u.completion_tokens;
-                    vec![chunk2(
-                        vec![ChatChunkChoice {
-                            index,
-                            delta: Delta::default(),
-                            logprobs: None,
-                            finish_reason: Some(reason.as_str()),
-                        }],
-                        None,
-                    )]
-                }
-                Some((_, ChoiceEvent::PromptLogprobs(_))) => vec![],
-                Some((_, ChoiceEvent::Failed(e))) => {
-                    *failed = true;
-                    vec![error_event(&e), Event::default().data("[DONE]")]
-                }
-                None => {
-                    let mut v = Vec::new();
-                    if include_usage {
-                        usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
-                        v.push(chunk2(vec![], Some(usage.clone())));
-                    }
-                    v.push(Event::default().data("[DONE]"));
-                    v
-                }
-            };
-            std::future::ready(Some(events))
-        })
-        .flat_map(stream::iter);
-    let all = stream::iter(first)
-        .chain(body)
-        .map(Ok::<_, std::convert::Infallible>);
-    Sse::new(all).into_response()
+            let lp = want_logprobs.then(|| chat_logprobs(&st2, logprob.as_slice(), as_ids));
+            vec![chunk2(
+                vec![ChatChunkChoice {
+                    index,
+                    delta: Delta {
+                        role: None,
+                        content: Some(text),
+                    },
+                    logprobs: lp,
+                    finish_reason: None,
+                }],
+                None,
+            )]
+        }
+        Some((index, ChoiceEvent::Finished { reason, usage: u })) => {
+            usage.prompt_tokens = u.prompt_tokens;
+            usage.completion_tokens += u.completion_tokens;
+            vec![chunk2(
+                vec![ChatChunkChoice {
+                    index,
+                    delta: Delta::default(),
+                    logprobs: None,
+                    finish_reason: Some(reason.as_str()),
+                }],
+                None,
+            )]
+        }
+        Some(_) => vec![],
+        None if include_usage => {
+            usage.total_tokens = usage.prompt_tokens + usage.completion_tokens;
+            vec![chunk2(vec![], Some(usage.clone()))]
+        }
+        None => vec![],
+    })
 }
 
 /// A token as logprobs show it: its text, or `token_id:<id>` when the client asked for ids.
@@ -280,12 +255,4 @@ pub fn token_string(st: &AppState, id: u32, as_ids: bool) -> String {
     } else {
         st.model.tokenizer.token_text(id)
     }
-}
-
-/// An error inside a stream: OpenAI's error envelope as the event's data.
-pub fn error_event(e: &ApiError) -> Event {
-    if let ApiError::Internal(detail) = e {
-        tracing::error!(%detail, "stream failed");
-    }
-    Event::default().data(serde_json::to_string(&e.body()).expect("errors serialize"))
 }

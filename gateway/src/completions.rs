@@ -4,14 +4,13 @@
 use std::collections::HashMap;
 
 use axum::extract::State;
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::stream::{self, StreamExt};
 use loraplex_runtime::{GenerationRequest, TokenLogprob};
 
 use crate::app::ApiJson;
-use crate::chat::{error_event, token_string};
+use crate::chat::token_string;
 use crate::error::ApiError;
 use crate::generation::{self, ChoiceEvent};
 use crate::state::{new_id, now, AppState};
@@ -272,66 +271,45 @@ fn stream_response(
     }
     let mut completion_tokens = 0;
     let st2 = st.clone();
-    let body = generation::merged(streams, st.cfg.request_timeout)
-        .map(Some)
-        .chain(stream::iter([None]))
-        .scan(false, move |failed, item| {
-            if *failed {
-                return std::future::ready(None);
-            }
-            let events = match item {
-                Some((index, ChoiceEvent::Token { text, id, logprob })) => {
-                    let lp = logprobs.map(|_| {
-                        let mut lp = CompletionLogprobs::default();
-                        push_logprobs(&st2, &mut lp, 0, id, logprob.as_ref(), as_ids);
-                        lp
-                    });
-                    vec![chunk(
-                        vec![CompletionChoice {
-                            index,
-                            text,
-                            logprobs: lp,
-                            finish_reason: None,
-                        }],
-                        None,
-                    )]
-                }
-                Some((index, ChoiceEvent::Finished { reason, usage })) => {
-                    completion_tokens += usage.completion_tokens;
-                    vec![chunk(
-                        vec![CompletionChoice {
-                            index,
-                            text: String::new(),
-                            logprobs: None,
-                            finish_reason: Some(reason.as_str()),
-                        }],
-                        None,
-                    )]
-                }
-                Some((_, ChoiceEvent::PromptLogprobs(_))) => vec![],
-                Some((_, ChoiceEvent::Failed(e))) => {
-                    *failed = true;
-                    vec![error_event(&e), Event::default().data("[DONE]")]
-                }
-                None => {
-                    let mut v = Vec::new();
-                    if include_usage {
-                        let u = Usage {
-                            prompt_tokens,
-                            completion_tokens,
-                            total_tokens: prompt_tokens + completion_tokens,
-                        };
-                        v.push(chunk(vec![], Some(u)));
-                    }
-                    v.push(Event::default().data("[DONE]"));
-                    v
-                }
+    let events = generation::merged(streams, st.cfg.request_timeout);
+    generation::sse_response(first, events, move |item| match item {
+        Some((index, ChoiceEvent::Token { text, id, logprob })) => {
+            let lp = logprobs.map(|_| {
+                let mut lp = CompletionLogprobs::default();
+                push_logprobs(&st2, &mut lp, 0, id, logprob.as_ref(), as_ids);
+                lp
+            });
+            vec![chunk(
+                vec![CompletionChoice {
+                    index,
+                    text,
+                    logprobs: lp,
+                    finish_reason: None,
+                }],
+                None,
+            )]
+        }
+        Some((index, ChoiceEvent::Finished { reason, usage })) => {
+            completion_tokens += usage.completion_tokens;
+            vec![chunk(
+                vec![CompletionChoice {
+                    index,
+                    text: String::new(),
+                    logprobs: None,
+                    finish_reason: Some(reason.as_str()),
+                }],
+                None,
+            )]
+        }
+        Some(_) => vec![],
+        None if include_usage => {
+            let u = Usage {
+                prompt_tokens,
+                completion_tokens,
+                total_tokens: prompt_tokens + completion_tokens,
             };
-            std::future::ready(Some(events))
-        })
-        .flat_map(stream::iter);
-    let all = stream::iter(first)
-        .chain(body)
-        .map(Ok::<_, std::convert::Infallible>);
-    Sse::new(all).into_response()
+            vec![chunk(vec![], Some(u))]
+        }
+        None => vec![],
+    })
 }
