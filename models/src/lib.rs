@@ -1,6 +1,7 @@
 //! Loraplex models: architectures, weight loading (GGUF, safetensors, hub), tokenizer and chat
 //! template. Synchronous and free of any async runtime: `models` never depends on tokio.
 
+mod attention_cpu;
 mod chat;
 mod config;
 mod error;

@@ -7,6 +7,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::attention_cpu::{decode_attention, DecodeJob};
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvCache;
@@ -205,6 +206,7 @@ impl Llama {
         };
 
         let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
+        let cpu_f32 = self.device.is_cpu() && self.dtype == DType::F32;
         let mut x = self.embed.forward(&ids, self.dtype)?;
         for (l, b) in self.blocks.iter().enumerate() {
             let h = b.attn_norm.forward(&x)?;
@@ -218,18 +220,43 @@ impl Llama {
                 .rotary
                 .apply(&k.reshape((total, nkv, hd))?, &cos, &sin)?;
             let v = v.reshape((total, nkv, hd))?;
-            let mut outs = Vec::with_capacity(inputs.len());
+            let mut outs: Vec<Option<Tensor>> = vec![None; inputs.len()];
+            let mut decodes = Vec::new();
             let mut off = 0;
-            for (inp, cache) in inputs.iter().zip(caches.iter_mut()) {
+            for (i, (inp, cache)) in inputs.iter().zip(caches.iter_mut()).enumerate() {
                 let t = inp.tokens.len();
                 let start = cache.len();
-                let qi = q.narrow(0, off, t)?.transpose(0, 1)?.contiguous()?;
                 let ki = k.narrow(0, off, t)?.transpose(0, 1)?;
                 let vi = v.narrow(0, off, t)?.transpose(0, 1)?;
                 let (k_all, v_all) = cache.append(l, &ki, &vi)?;
-                outs.push(self.attention(&qi, &k_all, &v_all, start)?);
+                if t == 1 && cpu_f32 {
+                    decodes.push((
+                        i,
+                        DecodeJob {
+                            row: off,
+                            k: k_all,
+                            v: v_all,
+                        },
+                    ));
+                } else {
+                    let qi = q.narrow(0, off, t)?.transpose(0, 1)?.contiguous()?;
+                    outs[i] = Some(self.attention(&qi, &k_all, &v_all, start)?);
+                }
                 off += t;
             }
+            if !decodes.is_empty() {
+                let (idx, jobs): (Vec<usize>, Vec<DecodeJob>) = decodes.into_iter().unzip();
+                for (i, o) in idx
+                    .into_iter()
+                    .zip(decode_attention(&q, &jobs, nh, nkv, hd)?)
+                {
+                    outs[i] = Some(o);
+                }
+            }
+            let mut outs: Vec<Tensor> = outs
+                .into_iter()
+                .map(|o| o.expect("every sequence attended"))
+                .collect();
             let attn = if outs.len() == 1 {
                 outs.pop().expect("one")
             } else {

@@ -1,0 +1,111 @@
+//! Decode attention on the CPU: one new token per sequence, attending over that sequence's cache
+//! in place. Replaces a dozen tensor ops per sequence and layer (whose fixed costs dominate at
+//! one query row) with one pass over all decoding sequences. Each output depends only on its own
+//! sequence, so batching cannot change it.
+
+use candle_core::{Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::error::{ModelError, Result};
+
+/// One decoding sequence: the row of its query in `q`, and its cache views `[nkv, len, hd]`.
+pub(crate) struct DecodeJob {
+    pub row: usize,
+    pub k: Tensor,
+    pub v: Tensor,
+}
+
+/// Reads `[nkv, len, hd]` views of contiguous `[nkv, cap, hd]` f32 buffers.
+struct View<'a> {
+    data: &'a [f32],
+    start: usize,
+    head_stride: usize,
+    len: usize,
+}
+
+impl View<'_> {
+    fn row(&self, g: usize, j: usize, hd: usize) -> &[f32] {
+        let o = self.start + g * self.head_stride + j * hd;
+        &self.data[o..o + hd]
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn view<'a>(s: &'a Storage, l: &candle_core::Layout) -> Result<View<'a>> {
+    let Storage::Cpu(c) = s else {
+        return Err(ModelError::InvalidBatch(
+            "CPU decode attention on a non-CPU cache".into(),
+        ));
+    };
+    Ok(View {
+        data: c.as_slice::<f32>()?,
+        start: l.start_offset(),
+        head_stride: l.stride()[0],
+        len: l.dims()[1],
+    })
+}
+
+/// `q`: `[rows, nh, hd]` (all rows of the step); returns one `[1, nh·hd]` output per job.
+pub(crate) fn decode_attention(
+    q: &Tensor,
+    jobs: &[DecodeJob],
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+) -> Result<Vec<Tensor>> {
+    let qv: Vec<f32> = q.flatten_all()?.to_vec1()?;
+    let guards: Vec<_> = jobs
+        .iter()
+        .map(|j| (j.k.storage_and_layout(), j.v.storage_and_layout()))
+        .collect();
+    let mut views = Vec::with_capacity(jobs.len());
+    for ((ks, kl), (vs, vl)) in &guards {
+        views.push((view(ks, kl)?, view(vs, vl)?));
+    }
+    let groups = nh / nkv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut out = vec![0f32; jobs.len() * nh * hd];
+    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+        let (s, h) = (idx / nh, idx % nh);
+        let (k, v) = &views[s];
+        let g = h / groups;
+        let qh = &qv[(jobs[s].row * nh + h) * hd..(jobs[s].row * nh + h + 1) * hd];
+        let mut scores: Vec<f32> = (0..k.len)
+            .map(|j| dot(qh, k.row(g, j, hd)) * scale)
+            .collect();
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        for (j, p) in scores.iter().enumerate() {
+            let w = p / sum;
+            for (od, vd) in o.iter_mut().zip(v.row(g, j, hd)) {
+                *od += w * vd;
+            }
+        }
+    });
+    drop(views);
+    drop(guards);
+    let dev = q.device();
+    out.chunks_exact(nh * hd)
+        .map(|c| Ok(Tensor::from_slice(c, (1, nh * hd), dev)?))
+        .collect()
+}
