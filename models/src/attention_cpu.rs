@@ -7,6 +7,7 @@ use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
+use crate::lora::dot;
 
 /// One decoding sequence: the row of its query in `q`, and its cache views `[nkv, len, hd]`.
 pub(crate) struct DecodeJob {
@@ -28,23 +29,6 @@ impl View<'_> {
         let o = self.start + g * self.head_stride + j * hd;
         &self.data[o..o + hd]
     }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 fn view<'a>(s: &'a Storage, l: &candle_core::Layout) -> Result<View<'a>> {

@@ -149,8 +149,9 @@ impl LoraDelta {
     }
 }
 
-/// Dot product with eight independent accumulators, so the compiler vectorizes it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// Dot product with eight independent accumulators, so the compiler vectorizes it (shared by
+/// the CPU LoRA and decode-attention kernels).
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca
