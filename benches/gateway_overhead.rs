@@ -3,6 +3,9 @@
 //! interleaved in one process on the default model. `cargo bench --bench gateway_overhead`;
 //! env `LORAPLEX_BENCH_SAMPLES` (200).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -49,7 +52,7 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    pin_thread_count();
+    common::pin_thread_count();
     let samples: usize = std::env::var("LORAPLEX_BENCH_SAMPLES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -118,14 +121,4 @@ fn main() {
     let (h, d) = (p50(http), p50(direct));
     let report = serde_json::json!({"samples": samples, "http_p50_ms": h, "engine_p50_ms": d, "gateway_overhead_p50_ms": h - d});
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
-}
-
-/// As `main` does: candle re-derives the thread count on every matmul unless this is set.
-fn pin_thread_count() {
-    if std::env::var("RAYON_NUM_THREADS").is_err() {
-        let n = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
 }

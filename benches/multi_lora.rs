@@ -6,6 +6,9 @@
 //! `cargo bench --bench multi_lora`; env `LORAPLEX_BENCH_C` (16), `LORAPLEX_BENCH_PROMPT` (32),
 //! `LORAPLEX_BENCH_OUTPUT` (64).
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -137,7 +140,7 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return; // built and skipped by `cargo test --all-targets`
     }
-    pin_thread_count();
+    common::pin_thread_count();
     let c = env("LORAPLEX_BENCH_C", 16);
     let (prompt_len, out_len) = (
         env("LORAPLEX_BENCH_PROMPT", 32),
@@ -205,14 +208,4 @@ fn main() {
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// As `main` does: candle re-derives the thread count on every matmul unless this is set.
-fn pin_thread_count() {
-    if std::env::var("RAYON_NUM_THREADS").is_err() {
-        let n = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
 }
