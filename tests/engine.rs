@@ -1,39 +1,18 @@
 //! The engine through its only door, `EngineHandle`: continuous batching across adapters,
 //! chunked prefill, cancellation, backpressure, cold adapter loads, replacement under load.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use loraplex_adapters::{AdapterRegistry, CacheConfig};
-use loraplex_models::{LoadOptions, LoadedModel, WeightDtype};
+use loraplex_adapters::CacheConfig;
 use loraplex_runtime::{
     EngineConfig, EngineHandle, FinishReason, GenerationParams, GenerationRequest, RuntimeError,
     SchedulerConfig, TokenEvent, TokenStream, Usage,
 };
 
-use crate::util::{golden, golden_json, ids};
-
-fn tiny_arc() -> Arc<LoadedModel> {
-    Arc::new(
-        loraplex_models::load(
-            golden().join("tiny-llama").to_str().unwrap(),
-            &LoadOptions {
-                dtype: WeightDtype::F32,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-    )
-}
-
-fn registry() -> AdapterRegistry {
-    let r = AdapterRegistry::new();
-    r.scan_dir(&golden().join("tiny-adapters")).unwrap();
-    r
-}
+use crate::util::{golden, golden_json, ids, tiny_arc, tiny_registry};
 
 fn engine(cfg: EngineConfig) -> EngineHandle {
-    loraplex_runtime::start(tiny_arc(), registry(), cfg).unwrap()
+    loraplex_runtime::start(tiny_arc(), tiny_registry(), cfg).unwrap()
 }
 
 fn greedy(max_tokens: usize) -> GenerationParams {
@@ -307,7 +286,7 @@ fn prompt_logprobs_equal_teacher_forced_scoring() {
     let lm = tiny_arc();
     let h = loraplex_runtime::start(
         lm.clone(),
-        registry(),
+        tiny_registry(),
         EngineConfig {
             scheduler: SchedulerConfig {
                 max_running: 4,

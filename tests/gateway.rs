@@ -1,34 +1,20 @@
 //! The HTTP contract through `app().oneshot(...)`: every error case, shapes of the responses.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use loraplex_adapters::AdapterRegistry;
 use loraplex_gateway::{app, AppState, GatewayConfig};
-use loraplex_models::{LoadOptions, WeightDtype};
 use loraplex_runtime::{EngineConfig, GenerationParams, GenerationRequest, SchedulerConfig};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::util::{golden, golden_json, ids};
+use crate::util::{golden, golden_json, ids, tiny_arc, tiny_registry};
 
 fn state_with(cfg: GatewayConfig, engine_cfg: EngineConfig) -> AppState {
-    let lm = Arc::new(
-        loraplex_models::load(
-            golden().join("tiny-llama").to_str().unwrap(),
-            &LoadOptions {
-                dtype: WeightDtype::F32,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-    );
-    let reg = AdapterRegistry::new();
-    reg.scan_dir(&golden().join("tiny-adapters")).unwrap();
-    let engine = loraplex_runtime::start(lm.clone(), reg, engine_cfg).unwrap();
+    let lm = tiny_arc();
+    let engine = loraplex_runtime::start(lm.clone(), tiny_registry(), engine_cfg).unwrap();
     AppState::new(cfg, engine, lm, None)
 }
 

@@ -47,6 +47,21 @@ pub fn load(spec: &str, dtype: WeightDtype) -> LoadedModel {
     .unwrap_or_else(|e| panic!("load {spec}: {e}"))
 }
 
+/// A fresh tiny model (for tests that start their own engine).
+pub fn tiny_arc() -> std::sync::Arc<LoadedModel> {
+    std::sync::Arc::new(load(
+        golden().join("tiny-llama").to_str().unwrap(),
+        WeightDtype::F32,
+    ))
+}
+
+/// A registry holding the three golden tiny adapters under their folder names.
+pub fn tiny_registry() -> loraplex_adapters::AdapterRegistry {
+    let r = loraplex_adapters::AdapterRegistry::new();
+    r.scan_dir(&golden().join("tiny-adapters")).unwrap();
+    r
+}
+
 pub fn tiny() -> &'static LoadedModel {
     static M: OnceLock<LoadedModel> = OnceLock::new();
     M.get_or_init(|| {
