@@ -25,9 +25,11 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Serve the OpenAI-compatible HTTP API.
     Serve(cli::serve::ServeArgs),
+    /// Manage a running server's adapters (upload, pull, list, show, delete).
+    Adapters(cli::adapters::AdaptersArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -45,7 +47,9 @@ fn main() -> anyhow::Result<()> {
     }
     let hub = cli::hub_options_from_env();
     match cli.command {
-        Command::Generate(args) => cli::generate::run(args, hub),
-        Command::Serve(args) => cli::serve::run(args, hub),
+        Command::Generate(args) => cli::generate::run(args, hub)?,
+        Command::Serve(args) => cli::serve::run(args, hub)?,
+        Command::Adapters(args) => return Ok(cli::adapters::run(args)),
     }
+    Ok(std::process::ExitCode::SUCCESS)
 }

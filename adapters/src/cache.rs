@@ -22,6 +22,9 @@ pub struct AdapterSource {
     pub dir: PathBuf,
     /// Bumped on every replace: distinguishes versions before their hash is known.
     pub generation: u64,
+    /// The content hash the store recorded; a load whose bytes hash differently is refused
+    /// (the files changed or rotted on disk).
+    pub sha256: Option<String>,
 }
 
 /// Name → source. Cheap to clone and share; request handlers consult it to refuse unknown
@@ -39,6 +42,16 @@ impl AdapterRegistry {
 
     /// Adds or replaces `name`; returns the new source.
     pub fn register(&self, name: &str, dir: PathBuf) -> AdapterSource {
+        self.register_version(name, dir, None)
+    }
+
+    /// Adds or replaces `name` with a stored version of known content hash.
+    pub fn register_version(
+        &self,
+        name: &str,
+        dir: PathBuf,
+        sha256: Option<String>,
+    ) -> AdapterSource {
         let generation = self
             .next_gen
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -47,6 +60,7 @@ impl AdapterRegistry {
             name: name.to_string(),
             dir,
             generation,
+            sha256,
         };
         self.inner
             .write()

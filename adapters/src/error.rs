@@ -52,6 +52,9 @@ pub enum AdapterError {
     #[error("unknown adapter {0:?}")]
     UnknownAdapter(String),
 
+    #[error("invalid adapter name {0:?}: use 1-64 of A-Z a-z 0-9 . _ -, not starting with a dot")]
+    InvalidName(String),
+
     #[error("adapter {0:?} already exists")]
     AlreadyExists(String),
 

@@ -1,17 +1,25 @@
-//! Loraplex adapters: PEFT LoRA format and validation (shared by start-up loading, the engine and,
-//! later, uploads), and the resident adapter cache.
+//! Loraplex adapters: PEFT LoRA format and validation (shared by start-up loading, the engine and
+//! uploads), the resident adapter cache, and the durable store of uploaded versions.
 
 mod cache;
+mod dir_store;
 mod error;
+mod inspect;
 mod load;
 mod peft;
+mod store;
 
 pub use cache::{
     AdapterCache, AdapterRegistry, AdapterSource, CacheConfig, CacheFull, Lease, Resident,
 };
+pub use dir_store::DirStore;
 pub use error::{AdapterError, Result};
 pub use load::{
     load_bytes, load_dir, permute_rows_for_gguf, AdapterInfo, AdapterLimits, BaseModel,
     LoadedAdapter, CONFIG_FILE, WEIGHTS_FILE,
 };
+pub use inspect::{inspect_dir, AdapterSummary};
 pub use peft::{module_name, PeftConfig, TargetModules, TARGETS};
+pub use store::{
+    check_name, AdapterStore, Manifest, Staging, StoreCheck, StoredAdapter, VersionMeta,
+};

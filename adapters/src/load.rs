@@ -70,7 +70,7 @@ pub struct LoadedAdapter {
     pub info: AdapterInfo,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => AdapterError::NotFound(path.to_path_buf()),
         _ => AdapterError::Io {
@@ -125,12 +125,12 @@ pub fn load_bytes(
 }
 
 /// A tensor of the file as f32, with its shape.
-struct Host {
-    shape: Vec<usize>,
-    data: Vec<f32>,
+pub(crate) struct Host {
+    pub(crate) shape: Vec<usize>,
+    pub(crate) data: Vec<f32>,
 }
 
-fn read_tensor(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Host> {
+pub(crate) fn read_tensor(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Host> {
     let bytes = view.data();
     let data: Vec<f32> = match view.dtype() {
         safetensors::Dtype::F32 => bytes
@@ -292,13 +292,13 @@ pub fn permute_rows_for_gguf(b: &[f32], out: usize, r: usize, heads: usize) -> V
     res
 }
 
-enum Which {
+pub(crate) enum Which {
     A,
     B,
 }
 
 /// `base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight` → (module, A).
-fn parse_tensor_name(name: &str) -> Result<(&str, Which)> {
+pub(crate) fn parse_tensor_name(name: &str) -> Result<(&str, Which)> {
     let bad = |reason: &str| AdapterError::BadTensor {
         tensor: name.to_string(),
         reason: reason.to_string(),

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -17,21 +17,40 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{chat, completions, models};
+use crate::{admin, chat, completions, models};
 
 pub fn app(state: AppState) -> Router {
+    let body_limit = state.cfg.max_body_bytes;
+    let upload_limit = state.cfg.max_upload_bytes;
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(RequestBodyLimitLayer::new(body_limit));
+    // Uploads stream to disk, so only they get the (much larger) upload limit; multipart
+    // reads would otherwise stop at axum's default limit.
+    let uploads = Router::new()
+        .route("/v1/adapters", post(admin::upload))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth))
+        .layer(DefaultBodyLimit::max(upload_limit))
+        .layer(RequestBodyLimitLayer::new(upload_limit));
+    let admin = Router::new()
+        .route("/v1/adapters", get(admin::list))
+        .route("/v1/adapters/pull", post(admin::pull))
+        .route("/v1/adapters/{name}", get(admin::show).delete(admin::delete))
+        .route("/v1/load_lora_adapter", post(admin::load_lora))
+        .route("/v1/unload_lora_adapter", post(admin::unload_lora))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth))
+        .layer(RequestBodyLimitLayer::new(body_limit));
     Router::new()
         .merge(api)
+        .merge(uploads)
+        .merge(admin)
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(|| async { ApiError::RouteNotFound })
-        .layer(RequestBodyLimitLayer::new(state.cfg.max_body_bytes))
         .layer(middleware::from_fn(observe))
         .with_state(state)
 }
@@ -89,15 +108,48 @@ async fn observe(req: Request, next: Next) -> Response {
     resp
 }
 
+fn bearer(req: &Request) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
 async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(key) = &state.cfg.api_key {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(key.as_str()) {
+        if bearer(&req) != Some(key.as_str()) {
             return ApiError::Unauthorized.into_response();
+        }
+    }
+    if state.draining.load(Ordering::SeqCst) {
+        return ApiError::Unavailable.into_response();
+    }
+    next.run(req).await
+}
+
+/// Admin routes take the admin key only. An inference key is recognised and refused (403), so a
+/// client learns it has the wrong kind of key; no key or an unknown one is 401. A server with
+/// neither key (a local development setup) leaves the admin API open, like the inference API.
+async fn admin_auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let given = bearer(&req);
+    let cfg = &state.cfg;
+    let inference_key = given.is_some() && given == cfg.api_key.as_deref();
+    match (&cfg.admin_api_key, &cfg.api_key) {
+        (Some(admin), _) if given == Some(admin.as_str()) => {}
+        (None, None) => {}
+        (_, _) if inference_key => {
+            return ApiError::Forbidden(
+                "this key may call the inference API only; the admin API needs the admin key"
+                    .into(),
+            )
+            .into_response()
+        }
+        (Some(_), _) => return ApiError::Unauthorized.into_response(),
+        (None, Some(_)) => {
+            return ApiError::Forbidden(
+                "the admin API is disabled: start the server with --admin-api-key".into(),
+            )
+            .into_response()
         }
     }
     if state.draining.load(Ordering::SeqCst) {

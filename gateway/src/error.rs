@@ -4,6 +4,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use loraplex_adapters::AdapterError;
 use loraplex_runtime::RuntimeError;
 
 use crate::wire::{ErrorBody, ErrorEnvelope};
@@ -34,6 +35,15 @@ pub enum ApiError {
     Timeout,
     #[error("not found")]
     RouteNotFound,
+    #[error("{0}")]
+    Forbidden(String),
+    /// An uploaded or pulled adapter was refused; says why.
+    #[error("invalid adapter: {0}")]
+    InvalidAdapter(String),
+    #[error("The adapter `{0}` does not exist.")]
+    AdapterNotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("the request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
     /// Anything unexpected; the detail is logged, the client gets a generic message.
@@ -53,8 +63,13 @@ impl ApiError {
         match self {
             ApiError::InvalidParameter { .. }
             | ApiError::BadRequest(_)
-            | ApiError::ContextLength { .. } => StatusCode::BAD_REQUEST,
-            ApiError::ModelNotFound(_) | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            | ApiError::ContextLength { .. }
+            | ApiError::InvalidAdapter(_) => StatusCode::BAD_REQUEST,
+            ApiError::ModelNotFound(_) | ApiError::RouteNotFound | ApiError::AdapterNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
@@ -84,6 +99,18 @@ impl ApiError {
                 Some("model_not_found".into()),
             ),
             ApiError::RouteNotFound => ("invalid_request_error", None, Some("not_found".into())),
+            ApiError::InvalidAdapter(_) => (
+                "invalid_request_error",
+                None,
+                Some("invalid_adapter".into()),
+            ),
+            ApiError::AdapterNotFound(_) => (
+                "invalid_request_error",
+                Some("name".into()),
+                Some("adapter_not_found".into()),
+            ),
+            ApiError::Forbidden(_) => ("permission_error", None, Some("forbidden".into())),
+            ApiError::Conflict(_) => ("invalid_request_error", None, Some("conflict".into())),
             ApiError::Unauthorized => {
                 ("authentication_error", None, Some("invalid_api_key".into()))
             }
@@ -123,6 +150,21 @@ impl From<RuntimeError> for ApiError {
             other @ (RuntimeError::AdapterLoad { .. }
             | RuntimeError::StepFailed(_)
             | RuntimeError::Model(_)) => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<AdapterError> for ApiError {
+    fn from(e: AdapterError) -> Self {
+        match e {
+            AdapterError::InvalidName(_) => ApiError::invalid("name", e.to_string()),
+            AdapterError::UnknownAdapter(n) => ApiError::AdapterNotFound(n),
+            AdapterError::AlreadyExists(n) => {
+                ApiError::Conflict(format!("adapter {n:?} already exists"))
+            }
+            // The server's own disk or device failed, not the adapter.
+            AdapterError::Io { .. } | AdapterError::Candle(_) => ApiError::Internal(e.to_string()),
+            other => ApiError::InvalidAdapter(other.to_string()),
         }
     }
 }

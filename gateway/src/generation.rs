@@ -45,10 +45,13 @@ pub fn submit_all(
     state: &AppState,
     reqs: Vec<GenerationRequest>,
 ) -> Result<Vec<TokenStream>, ApiError> {
-    let adapter = reqs
-        .first()
-        .and_then(|r| r.adapter.clone())
-        .unwrap_or_else(|| "base".into());
+    let adapter = match reqs.first().and_then(|r| r.adapter.clone()) {
+        Some(name) => {
+            state.count_adapter_request(&name);
+            name
+        }
+        None => "base".into(),
+    };
     metrics::counter!("loraplex_adapter_requests_total", "adapter" => adapter).increment(1);
     reqs.into_iter()
         .map(|r| state.engine.submit(r).map_err(ApiError::from))

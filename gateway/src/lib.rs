@@ -2,6 +2,7 @@
 //! Flow: wire types (`wire`) → validation (`validate`) → `GenerationRequest` → engine →
 //! `TokenEvent`s → JSON or SSE (`chat`, `completions`); errors map to HTTP in `error` only.
 
+mod admin;
 mod app;
 mod chat;
 mod completions;
@@ -10,6 +11,7 @@ mod generation;
 mod models;
 mod state;
 mod validate;
+mod upload;
 pub mod wire;
 
 pub use app::{app, run};

@@ -5,7 +5,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use loraplex_models::LoadedModel;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use loraplex_adapters::AdapterStore;
+use loraplex_models::{HubOptions, LoadedModel};
 use loraplex_runtime::EngineHandle;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -21,6 +26,14 @@ pub struct GatewayConfig {
     pub request_timeout: Duration,
     /// How long a graceful shutdown waits for running requests.
     pub drain_timeout: Duration,
+    /// Key of the admin API (`/v1/adapters`, `load_lora_adapter`); inference keys get 403 there.
+    pub admin_api_key: Option<String>,
+    /// Largest adapter upload, and largest size an uploaded archive may unpack to.
+    pub max_upload_bytes: usize,
+    /// Server folders that pulls and `load_lora_adapter` may read from; `None` refuses paths.
+    pub allowed_local_adapter_root: Option<PathBuf>,
+    /// Hub access for `POST /v1/adapters/pull`.
+    pub hub: HubOptions,
 }
 
 impl Default for GatewayConfig {
@@ -32,6 +45,10 @@ impl Default for GatewayConfig {
             max_body_bytes: 4 << 20,
             request_timeout: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(30),
+            admin_api_key: None,
+            max_upload_bytes: 512 << 20,
+            allowed_local_adapter_root: None,
+            hub: HubOptions::default(),
         }
     }
 }
@@ -47,6 +64,10 @@ pub struct AppState {
     /// Unix time the server started (the `created` of model cards).
     pub started: u64,
     pub fingerprint: String,
+    /// Durable adapter versions (uploads, pulls); `None` disables the admin API's writes.
+    pub store: Option<Arc<dyn AdapterStore>>,
+    /// Completion requests per adapter name since start-up.
+    requests_by_adapter: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl AppState {
@@ -65,7 +86,32 @@ impl AppState {
             metrics,
             draining: Arc::new(AtomicBool::new(false)),
             started,
+            store: None,
+            requests_by_adapter: Arc::default(),
         }
+    }
+
+    pub fn with_store(mut self, store: Arc<dyn AdapterStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    pub fn count_adapter_request(&self, name: &str) {
+        *self
+            .requests_by_adapter
+            .lock()
+            .expect("counter lock")
+            .entry(name.to_string())
+            .or_default() += 1;
+    }
+
+    pub fn adapter_requests(&self, name: &str) -> u64 {
+        self.requests_by_adapter
+            .lock()
+            .expect("counter lock")
+            .get(name)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// `None` for the base model, `Some(name)` for an adapter, `Err` when unknown.
@@ -75,6 +121,18 @@ impl AppState {
         }
         if self.engine.registry().get(model).is_some() {
             return Ok(Some(model.to_string()));
+        }
+        // The resolver: a version another gateway (sharing the store) committed is served on
+        // first request, as LoRAX loads adapters on demand.
+        if let Some(store) = &self.store {
+            if let Ok(Some(s)) = store.current(model) {
+                self.engine.registry().register_version(
+                    model,
+                    s.dir,
+                    Some(s.manifest.sha256),
+                );
+                return Ok(Some(model.to_string()));
+            }
         }
         Err(crate::error::ApiError::ModelNotFound(model.to_string()))
     }

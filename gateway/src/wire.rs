@@ -247,3 +247,58 @@ pub struct ErrorBody {
 pub struct ErrorEnvelope {
     pub error: ErrorBody,
 }
+
+/// An adapter as the admin API shows it. Fields from the store's manifest are absent for
+/// adapters given by `--lora-modules`/`--adapter-dir`, which the store does not hold.
+#[derive(Debug, Serialize)]
+pub struct AdapterCard {
+    pub id: String,
+    pub object: &'static str,
+    /// `store` (uploaded or pulled, survives restarts) or `local` (from a start-up flag).
+    pub source: &'static str,
+    pub path: Option<String>,
+    pub version: Option<u64>,
+    pub sha256: Option<String>,
+    pub size: Option<u64>,
+    pub rank: Option<usize>,
+    pub targets: Vec<String>,
+    pub base_model: Option<String>,
+    pub created: Option<u64>,
+    pub description: Option<String>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// In the engine's active tier now.
+    pub resident: bool,
+    /// Completion requests served since start-up.
+    pub requests: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionCard>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VersionCard {
+    pub version: u64,
+    pub sha256: String,
+    pub size: u64,
+    pub rank: usize,
+    pub created: u64,
+    pub description: Option<String>,
+}
+
+impl From<&loraplex_adapters::Manifest> for VersionCard {
+    fn from(m: &loraplex_adapters::Manifest) -> Self {
+        Self {
+            version: m.version,
+            sha256: m.sha256.clone(),
+            size: m.size,
+            rank: m.rank,
+            created: m.created,
+            description: m.description.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct AdapterList {
+    pub object: &'static str,
+    pub data: Vec<AdapterCard>,
+}

@@ -26,7 +26,7 @@ pub use kv::KvCache;
 pub use layers::{Linear, WeightMatrix, DENSE_MIN_ROWS};
 pub use llama::{Llama, LogitsFor, SeqInput};
 pub use lora::{LoraDelta, LoraWeights};
-pub use source::{resolve, HubOptions, HubRef, ModelFiles};
+pub use source::{fetch_files, resolve, HubOptions, HubRef, ModelFiles};
 pub use tokenizer::{IncrementalDecoder, SpecialTokens, Tokenizer};
 pub use weights::{Naming, Proj, WeightDtype};
 

@@ -132,6 +132,22 @@ fn fetch(r: &HubRef, hub: &HubOptions) -> Result<ModelFiles> {
     Ok(ModelFiles::HfDir(dir))
 }
 
+/// Fetches the named files of a hub repo (a PEFT adapter, say) into the hub cache and returns
+/// the snapshot folder holding them.
+pub fn fetch_files(r: &HubRef, hub: &HubOptions, files: &[&str]) -> Result<PathBuf> {
+    let getter = Getter::new(r, hub)?;
+    let mut dir = None;
+    for f in files {
+        let p = getter.get(f)?;
+        dir = p.parent().map(Path::to_path_buf);
+    }
+    dir.ok_or_else(|| ModelError::Hub {
+        repo: r.repo.clone(),
+        file: String::new(),
+        reason: "no files requested".into(),
+    })
+}
+
 enum Getter {
     Cache(hf_hub::CacheRepo, String),
     Api(hf_hub::api::sync::ApiRepo, String),

@@ -115,6 +115,9 @@ pub struct EngineStats {
     pub adapter_loads: AtomicU64,
     pub adapter_evictions: AtomicU64,
     pub steps: AtomicU64,
+    /// Names of the adapters in the active tier, most recently used first; refreshed when the
+    /// cache changes (for the admin API's residency column).
+    pub resident_names: std::sync::RwLock<Vec<String>>,
 }
 
 enum Msg {
@@ -140,6 +143,7 @@ pub struct EngineHandle {
     registry: AdapterRegistry,
     max_waiting: usize,
     context: usize,
+    limits: AdapterLimits,
     thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -183,6 +187,11 @@ impl EngineHandle {
 
     pub fn registry(&self) -> &AdapterRegistry {
         &self.registry
+    }
+
+    /// What the engine accepts as an adapter; uploads are validated against the same limits.
+    pub fn adapter_limits(&self) -> AdapterLimits {
+        self.limits
     }
 
     /// Drops the resident copy of `name` (after the registry no longer lists it, or to force a
@@ -276,6 +285,7 @@ pub fn start(
         registry,
         max_waiting: cfg.scheduler.max_waiting,
         context,
+        limits: cfg.limits,
         thread: Arc::new(std::sync::Mutex::new(Some(thread))),
     })
 }
@@ -419,7 +429,15 @@ impl Engine {
         let limits = self.cfg.limits;
         let tx = self.self_tx.clone();
         std::thread::spawn(move || {
-            let result = load_dir(&src.dir, &base, &limits).map_err(|e| e.to_string());
+            let result = load_dir(&src.dir, &base, &limits)
+                .map_err(|e| e.to_string())
+                .and_then(|a| match &src.sha256 {
+                    Some(want) if *want != a.info.sha256 => Err(format!(
+                        "{} no longer matches its recorded sha256 {want}",
+                        src.dir.display()
+                    )),
+                    _ => Ok(a),
+                });
             let _ = tx.send(Msg::Loaded { src, result });
         });
     }
@@ -623,12 +641,14 @@ impl Engine {
     fn publish(&self) {
         let s = &self.stats;
         s.running.store(self.sched.running_len(), Ordering::Relaxed);
-        s.resident_adapters
-            .store(self.cache.len(), Ordering::Relaxed);
         s.resident_adapter_bytes
             .store(self.cache.bytes(), Ordering::Relaxed);
-        s.adapter_loads.store(self.cache.loads, Ordering::Relaxed);
-        s.adapter_evictions
-            .store(self.cache.evictions, Ordering::Relaxed);
+        let changed = s.adapter_loads.swap(self.cache.loads, Ordering::Relaxed) != self.cache.loads
+            || s.adapter_evictions.swap(self.cache.evictions, Ordering::Relaxed)
+                != self.cache.evictions
+            || s.resident_adapters.swap(self.cache.len(), Ordering::Relaxed) != self.cache.len();
+        if changed {
+            *s.resident_names.write().expect("stats lock") = self.cache.resident_names();
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Subcommands and the flags they share.
 
+pub mod adapters;
 pub mod generate;
 pub mod serve;
 

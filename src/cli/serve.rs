@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use loraplex_adapters::{AdapterLimits, AdapterRegistry, CacheConfig};
+use loraplex_adapters::{AdapterLimits, AdapterRegistry, AdapterStore, CacheConfig, DirStore};
 use loraplex_gateway::{AppState, GatewayConfig};
 use loraplex_models::{HubOptions, WeightDtype};
 use loraplex_runtime::{EngineConfig, SchedulerConfig};
@@ -69,13 +69,33 @@ pub struct ServeArgs {
     /// Seconds a graceful shutdown waits for running requests.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout: u64,
+    /// Where uploaded and pulled adapters are kept (default: the user's data dir).
+    #[arg(long, env = "LORAPLEX_ADAPTER_STORE")]
+    pub adapter_store: Option<PathBuf>,
+    /// Key of the admin API (adapter upload/pull/delete); inference keys are refused there.
+    #[arg(long, env = "LORAPLEX_ADMIN_KEY", hide_env_values = true)]
+    pub admin_api_key: Option<String>,
+    /// Largest adapter upload in bytes (also bounds what an archive may unpack to).
+    #[arg(long, default_value_t = 512 << 20)]
+    pub max_upload_bytes: usize,
+    /// Server folder under which pulls and `load_lora_adapter` may read adapters.
+    #[arg(long)]
+    pub allowed_local_adapter_root: Option<PathBuf>,
+}
+
+/// `$XDG_DATA_HOME/loraplex/adapters` or the platform's equivalent.
+fn default_store() -> anyhow::Result<PathBuf> {
+    Ok(dirs::data_dir()
+        .context("no data directory for this user; pass --adapter-store")?
+        .join("loraplex")
+        .join("adapters"))
 }
 
 pub fn run(args: ServeArgs, hub: HubOptions) -> anyhow::Result<()> {
     let opts = loraplex_models::LoadOptions {
         dtype: args.dtype,
         device: loraplex_models::parse_device(&args.device)?,
-        hub,
+        hub: hub.clone(),
     };
     let lm = Arc::new(
         loraplex_models::load(&args.model, &opts)
@@ -88,6 +108,16 @@ pub fn run(args: ServeArgs, hub: HubOptions) -> anyhow::Result<()> {
         "--max-model-len {max_model_len} exceeds the model's context {context}"
     );
     let registry = AdapterRegistry::new();
+    let store_dir = match &args.adapter_store {
+        Some(d) => d.clone(),
+        None => default_store()?,
+    };
+    let (store, check) = DirStore::open(&store_dir)
+        .with_context(|| format!("opening the adapter store {}", store_dir.display()))?;
+    tracing::info!(store = %store_dir.display(), ?check, "adapter store opened");
+    for s in store.list()? {
+        registry.register_version(&s.manifest.name, s.dir, Some(s.manifest.sha256));
+    }
     if let Some(dir) = &args.adapter_dir {
         let names = registry
             .scan_dir(dir)
@@ -102,6 +132,9 @@ pub fn run(args: ServeArgs, hub: HubOptions) -> anyhow::Result<()> {
             std::path::Path::new(path).is_dir(),
             "--lora-modules {name}: {path} is not a folder"
         );
+        if registry.get(name).is_some() {
+            tracing::warn!(adapter = name, "--lora-modules overrides the stored adapter of this name");
+        }
         registry.register(name, PathBuf::from(path));
     }
     let served = args
@@ -135,13 +168,22 @@ pub fn run(args: ServeArgs, hub: HubOptions) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         request_timeout: Duration::from_secs(args.request_timeout),
         drain_timeout: Duration::from_secs(args.drain_timeout),
+        admin_api_key: args.admin_api_key.clone(),
+        max_upload_bytes: args.max_upload_bytes,
+        allowed_local_adapter_root: args.allowed_local_adapter_root.clone(),
+        hub: hub.clone(),
     };
+    let is_loopback = args.host == "127.0.0.1" || args.host == "::1" || args.host == "localhost";
+    if cfg.admin_api_key.is_none() && cfg.api_key.is_none() && !is_loopback {
+        tracing::warn!("the admin API is open to the network: set --admin-api-key");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let state = AppState::new(cfg, engine.clone(), lm, loraplex_gateway::install_metrics());
+        let state = AppState::new(cfg, engine.clone(), lm, loraplex_gateway::install_metrics())
+            .with_store(Arc::new(store));
         let addr: SocketAddr = format!("{}:{}", args.host, args.port)
             .parse()
             .context("--host/--port")?;
