@@ -81,3 +81,71 @@ impl AdapterSpec {
             .unwrap();
     }
 }
+
+/// The corpus of broken adapters: each label one way an adapter must be refused.
+pub const BAD_CASES: &[&str] = &[
+    "shape",
+    "rank",
+    "nan",
+    "inf",
+    "dora",
+    "modules_to_save",
+    "bias",
+    "unknown target",
+    "no match",
+    "architecture",
+    "missing B",
+    "extra module",
+    "bad json",
+    "truncated",
+];
+
+/// Writes the broken variant `label` of a valid rank-4 q/v tiny adapter into `dir`
+/// (ranks up to 32 are otherwise fine).
+pub fn write_bad_tiny_adapter(label: &str, dir: &Path) {
+    let key_b = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
+    let key_a = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight";
+    let dev = Device::Cpu;
+    let mut s = random_tiny_adapter(4, &["q_proj", "v_proj"], 9);
+    let with_bad_value = |s: &mut AdapterSpec, at: usize, v: f32| {
+        let mut data = pseudo_random(4 * 64, 3, 0.1);
+        data[at] = v;
+        s.tensors
+            .insert(key_a.into(), Tensor::from_vec(data, (4, 64), &dev).unwrap());
+    };
+    match label {
+        "shape" => {
+            s.tensors.insert(
+                key_b.into(),
+                Tensor::zeros((48, 4), candle_core::DType::F32, &dev).unwrap(),
+            );
+        }
+        "rank" => s = random_tiny_adapter(33, &["q_proj"], 1),
+        "nan" => with_bad_value(&mut s, 17, f32::NAN),
+        "inf" => with_bad_value(&mut s, 0, f32::INFINITY),
+        "dora" => s.config["use_dora"] = json!(true),
+        "modules_to_save" => s.config["modules_to_save"] = json!(["lm_head"]),
+        "bias" => s.config["bias"] = json!("lora_only"),
+        "unknown target" => s.config["target_modules"] = json!(["q_proj", "v_proj", "fc_in"]),
+        "no match" => s.config["target_modules"] = json!("lm_head"),
+        "architecture" => s.config["base_model_name_or_path"] = json!("openai-community/gpt2"),
+        "missing B" => {
+            s.tensors.remove(key_b);
+        }
+        "extra module" => {
+            s.tensors.insert(
+                "base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight".into(),
+                Tensor::zeros((4, 64), candle_core::DType::F32, &dev).unwrap(),
+            );
+        }
+        "bad json" => s.config = json!("not an object"),
+        "truncated" => {}
+        other => panic!("unknown bad case {other}"),
+    }
+    s.write(dir);
+    if label == "truncated" {
+        let st = dir.join("adapter_model.safetensors");
+        let bytes = std::fs::read(&st).unwrap();
+        std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    }
+}

@@ -7,9 +7,8 @@ use std::path::Path;
 use loraplex_adapters::{load_dir, AdapterError, AdapterLimits, BaseModel, LoadedAdapter};
 use loraplex_models::{LoadOptions, LoadedModel, LoraWeights, WeightDtype};
 use loraplex_runtime::{argmax, GenRequest, GenerationParams};
-use serde_json::json;
 
-use crate::adapter_fixtures::{pseudo_random, random_tiny_adapter};
+use crate::adapter_fixtures::{random_tiny_adapter, write_bad_tiny_adapter, BAD_CASES};
 use crate::util::{
     golden, golden_json, ids, last_logits, max_abs_diff, read_npy_f32, smollm2, staggered, tiny,
 };
@@ -247,150 +246,58 @@ fn smollm2_adapter_on_quantized_path_agrees_when_teacher_forced() {
     assert!(differs > 0);
 }
 
-/// Writes a broken variant of a valid tiny adapter and checks the typed error.
-fn rejects(
-    label: &str,
-    edit: impl FnOnce(&mut crate::adapter_fixtures::AdapterSpec),
-    check: impl Fn(&AdapterError) -> bool,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut spec = random_tiny_adapter(4, &["q_proj", "v_proj"], 9);
-    edit(&mut spec);
-    spec.write(dir.path());
-    match load_dir(
-        dir.path(),
-        &BaseModel::of(tiny()),
-        &AdapterLimits { max_rank: 32 },
-    ) {
-        Ok(_) => panic!("{label}: accepted"),
-        Err(e) => assert!(check(&e), "{label}: wrong error {e:?}"),
+/// Each case of the bad-adapter corpus gets its own typed error naming the field or tensor.
+fn expected(label: &str, e: &AdapterError) -> bool {
+    let key_a = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight";
+    match label {
+        "shape" => {
+            matches!(e, AdapterError::ShapeMismatch { tensor, .. } if tensor.contains("q_proj.lora_B"))
+        }
+        "rank" => matches!(
+            e,
+            AdapterError::RankTooLarge {
+                rank: 33,
+                max: 32,
+                ..
+            }
+        ),
+        "nan" => {
+            matches!(e, AdapterError::BadTensor { tensor, reason } if tensor == key_a && reason.contains("NaN"))
+        }
+        "inf" => matches!(e, AdapterError::BadTensor { .. }),
+        "dora" => matches!(e, AdapterError::Unsupported(m) if m.contains("DoRA")),
+        "modules_to_save" => {
+            matches!(e, AdapterError::Unsupported(m) if m.contains("modules_to_save"))
+        }
+        "bias" => matches!(e, AdapterError::Unsupported(m) if m.contains("bias")),
+        "unknown target" => matches!(e, AdapterError::UnknownTarget(t) if t == "fc_in"),
+        "no match" => matches!(e, AdapterError::NoMatchingModule),
+        "architecture" => matches!(e, AdapterError::ArchitectureMismatch { .. }),
+        "missing B" => matches!(e, AdapterError::BadTensor { .. }),
+        "extra module" => matches!(e, AdapterError::UnknownTarget(t) if t.contains("layers.7")),
+        "bad json" => matches!(e, AdapterError::InvalidConfig(_)),
+        "truncated" => {
+            matches!(e, AdapterError::Corrupt { path, .. } if path.ends_with("adapter_model.safetensors"))
+        }
+        other => panic!("no expectation for {other}"),
     }
 }
 
 #[test]
 fn bad_adapters_are_refused_with_typed_errors() {
-    let key_b = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
-    let key_a = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight";
-    let dev = candle_core::Device::Cpu;
-    rejects(
-        "shape",
-        |s| {
-            s.tensors.insert(
-                key_b.into(),
-                candle_core::Tensor::zeros((48, 4), candle_core::DType::F32, &dev).unwrap(),
-            );
-        },
-        |e| matches!(e, AdapterError::ShapeMismatch { tensor, .. } if tensor.contains("q_proj.lora_B")),
-    );
-    rejects(
-        "rank",
-        |s| {
-            *s = random_tiny_adapter(33, &["q_proj"], 1);
-        },
-        |e| {
-            matches!(
-                e,
-                AdapterError::RankTooLarge {
-                    rank: 33,
-                    max: 32,
-                    ..
-                }
-            )
-        },
-    );
-    rejects(
-        "nan",
-        |s| {
-            let mut v = pseudo_random(4 * 64, 3, 0.1);
-            v[17] = f32::NAN;
-            s.tensors.insert(
-                key_a.into(),
-                candle_core::Tensor::from_vec(v, (4, 64), &dev).unwrap(),
-            );
-        },
-        |e| matches!(e, AdapterError::BadTensor { tensor, reason } if tensor == key_a && reason.contains("NaN")),
-    );
-    rejects(
-        "inf",
-        |s| {
-            let mut v = pseudo_random(4 * 64, 3, 0.1);
-            v[0] = f32::INFINITY;
-            s.tensors.insert(
-                key_a.into(),
-                candle_core::Tensor::from_vec(v, (4, 64), &dev).unwrap(),
-            );
-        },
-        |e| matches!(e, AdapterError::BadTensor { .. }),
-    );
-    rejects(
-        "dora",
-        |s| s.config["use_dora"] = json!(true),
-        |e| matches!(e, AdapterError::Unsupported(m) if m.contains("DoRA")),
-    );
-    rejects(
-        "modules_to_save",
-        |s| s.config["modules_to_save"] = json!(["lm_head"]),
-        |e| matches!(e, AdapterError::Unsupported(m) if m.contains("modules_to_save")),
-    );
-    rejects(
-        "bias",
-        |s| s.config["bias"] = json!("lora_only"),
-        |e| matches!(e, AdapterError::Unsupported(m) if m.contains("bias")),
-    );
-    rejects(
-        "unknown target",
-        |s| s.config["target_modules"] = json!(["q_proj", "v_proj", "fc_in"]),
-        |e| matches!(e, AdapterError::UnknownTarget(t) if t == "fc_in"),
-    );
-    rejects(
-        "no match",
-        |s| s.config["target_modules"] = json!("lm_head"),
-        |e| matches!(e, AdapterError::NoMatchingModule),
-    );
-    rejects(
-        "architecture",
-        |s| s.config["base_model_name_or_path"] = json!("openai-community/gpt2"),
-        |e| matches!(e, AdapterError::ArchitectureMismatch { .. }),
-    );
-    rejects(
-        "missing B",
-        |s| {
-            s.tensors.remove(key_b);
-        },
-        |e| matches!(e, AdapterError::BadTensor { .. }),
-    );
-    rejects(
-        "extra module",
-        |s| {
-            s.tensors.insert(
-                "base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight".into(),
-                candle_core::Tensor::zeros((4, 64), candle_core::DType::F32, &dev).unwrap(),
-            );
-        },
-        |e| matches!(e, AdapterError::UnknownTarget(t) if t.contains("layers.7")),
-    );
-    rejects(
-        "bad json",
-        |s| s.config = json!("not an object"),
-        |e| matches!(e, AdapterError::InvalidConfig(_)),
-    );
-
-    // Truncated weights file.
+    for label in BAD_CASES {
+        let dir = tempfile::tempdir().unwrap();
+        write_bad_tiny_adapter(label, dir.path());
+        match load_dir(
+            dir.path(),
+            &BaseModel::of(tiny()),
+            &AdapterLimits { max_rank: 32 },
+        ) {
+            Ok(_) => panic!("{label}: accepted"),
+            Err(e) => assert!(expected(label, &e), "{label}: wrong error {e:?}"),
+        }
+    }
     let dir = tempfile::tempdir().unwrap();
-    random_tiny_adapter(4, &["q_proj"], 2).write(dir.path());
-    let st = dir.path().join("adapter_model.safetensors");
-    let bytes = std::fs::read(&st).unwrap();
-    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
-    let e = load_dir(
-        dir.path(),
-        &BaseModel::of(tiny()),
-        &AdapterLimits::default(),
-    )
-    .unwrap_err();
-    assert!(
-        matches!(&e, AdapterError::Corrupt { path, .. } if path == &st),
-        "{e:?}"
-    );
     // Missing folder.
     let e = load_dir(
         &dir.path().join("absent"),

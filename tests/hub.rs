@@ -8,14 +8,14 @@ use loraplex_runtime::{GenRequest, GenerationParams};
 use crate::util::{golden, golden_json, ids};
 
 /// Lays out `<cache>/models--org--name/{refs/main, snapshots/<sha>/...}` as huggingface_hub does.
-fn lay_out_cache(cache: &Path, repo: &str) {
+pub fn lay_out_cache(cache: &Path, repo: &str, from: &Path) {
     let folder = cache.join(format!("models--{}", repo.replace('/', "--")));
     let sha = "0123456789abcdef0123456789abcdef01234567";
     std::fs::create_dir_all(folder.join("refs")).unwrap();
     std::fs::write(folder.join("refs/main"), sha).unwrap();
     let snap = folder.join("snapshots").join(sha);
     std::fs::create_dir_all(&snap).unwrap();
-    for e in std::fs::read_dir(golden().join("tiny-llama")).unwrap() {
+    for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), snap.join(e.file_name())).unwrap();
     }
@@ -38,7 +38,11 @@ fn opts(cache: &Path, offline: bool) -> LoadOptions {
 #[test]
 fn offline_hub_id_loads_from_the_cache() {
     let cache = tempfile::tempdir().unwrap();
-    lay_out_cache(cache.path(), "loraplex-test/tiny-llama");
+    lay_out_cache(
+        cache.path(),
+        "loraplex-test/tiny-llama",
+        &golden().join("tiny-llama"),
+    );
     for offline in [true, false] {
         // Online mode also serves cached files without a request.
         let lm = loraplex_models::load("loraplex-test/tiny-llama", &opts(cache.path(), offline))

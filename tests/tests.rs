@@ -5,7 +5,9 @@ mod adapter_fixtures;
 mod util;
 
 mod adapter_cache;
+mod adapter_store;
 mod adapters;
+mod admin;
 mod cli;
 mod engine;
 mod gateway;

@@ -123,10 +123,7 @@ impl DirStore {
 
 impl AdapterStore for DirStore {
     fn stage(&self) -> Result<Staging> {
-        let dir = self
-            .root
-            .join(STAGING)
-            .join(format!("{:016x}", rand_u64()));
+        let dir = self.root.join(STAGING).join(format!("{:016x}", rand_u64()));
         std::fs::create_dir(&dir).map_err(|e| io_err(&dir, e))?;
         Ok(Staging::new(dir))
     }

@@ -26,14 +26,15 @@ pub struct AdapterSummary {
 pub fn inspect_dir(dir: &Path) -> Result<AdapterSummary> {
     let config = read(&dir.join(CONFIG_FILE))?;
     let weights = read(&dir.join(WEIGHTS_FILE))?;
-    let text =
-        std::str::from_utf8(&config).map_err(|_| AdapterError::InvalidConfig("not UTF-8".into()))?;
+    let text = std::str::from_utf8(&config)
+        .map_err(|_| AdapterError::InvalidConfig("not UTF-8".into()))?;
     let cfg = PeftConfig::parse(text)?;
     let origin = dir.join(WEIGHTS_FILE);
-    let st = safetensors::SafeTensors::deserialize(&weights).map_err(|e| AdapterError::Corrupt {
-        path: origin.clone(),
-        reason: e.to_string(),
-    })?;
+    let st =
+        safetensors::SafeTensors::deserialize(&weights).map_err(|e| AdapterError::Corrupt {
+            path: origin.clone(),
+            reason: e.to_string(),
+        })?;
     let mut pairs: HashMap<String, [Option<Vec<usize>>; 2]> = HashMap::new();
     for (name, view) in st.tensors() {
         let (module, which) = parse_tensor_name(&name)?;
@@ -57,7 +58,9 @@ pub fn inspect_dir(dir: &Path) -> Result<AdapterSummary> {
         if a.len() != 2 || b.len() != 2 || a[0] != r || b[1] != r {
             return Err(AdapterError::BadTensor {
                 tensor: module.clone(),
-                reason: format!("lora_A {a:?} and lora_B {b:?} do not have the configured rank {r}"),
+                reason: format!(
+                    "lora_A {a:?} and lora_B {b:?} do not have the configured rank {r}"
+                ),
             });
         }
         rank = rank.max(r);

@@ -14,11 +14,11 @@ pub use cache::{
 };
 pub use dir_store::DirStore;
 pub use error::{AdapterError, Result};
+pub use inspect::{inspect_dir, AdapterSummary};
 pub use load::{
     load_bytes, load_dir, permute_rows_for_gguf, AdapterInfo, AdapterLimits, BaseModel,
     LoadedAdapter, CONFIG_FILE, WEIGHTS_FILE,
 };
-pub use inspect::{inspect_dir, AdapterSummary};
 pub use peft::{module_name, PeftConfig, TargetModules, TARGETS};
 pub use store::{
     check_name, AdapterStore, Manifest, Staging, StoreCheck, StoredAdapter, VersionMeta,

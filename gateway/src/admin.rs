@@ -192,7 +192,12 @@ pub async fn pull(
     Ok((StatusCode::CREATED, Json(card)).into_response())
 }
 
-fn card(st: &AppState, name: &str, stored: Option<&StoredAdapter>, with_versions: bool) -> AdapterCard {
+fn card(
+    st: &AppState,
+    name: &str,
+    stored: Option<&StoredAdapter>,
+    with_versions: bool,
+) -> AdapterCard {
     let resident = st
         .engine
         .stats()

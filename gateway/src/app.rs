@@ -39,7 +39,10 @@ pub fn app(state: AppState) -> Router {
     let admin = Router::new()
         .route("/v1/adapters", get(admin::list))
         .route("/v1/adapters/pull", post(admin::pull))
-        .route("/v1/adapters/{name}", get(admin::show).delete(admin::delete))
+        .route(
+            "/v1/adapters/{name}",
+            get(admin::show).delete(admin::delete),
+        )
         .route("/v1/load_lora_adapter", post(admin::load_lora))
         .route("/v1/unload_lora_adapter", post(admin::unload_lora))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth))
@@ -51,7 +54,7 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(|| async { ApiError::RouteNotFound })
-        .layer(middleware::from_fn(observe))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
@@ -83,7 +86,7 @@ pub async fn run(
 }
 
 /// Request id (taken from `x-request-id` or made), a tracing span, and the request counter.
-async fn observe(req: Request, next: Next) -> Response {
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get("x-request-id")
@@ -98,7 +101,21 @@ async fn observe(req: Request, next: Next) -> Response {
         .unwrap_or_else(|| "unmatched".into());
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     let start = Instant::now();
+    let upload = req.uri().path() == "/v1/adapters";
     let mut resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    // The body-limit layer answers a declared oversize body itself, in plain text.
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
+        let limit = if upload {
+            state.cfg.max_upload_bytes
+        } else {
+            state.cfg.max_body_bytes
+        };
+        resp = ApiError::PayloadTooLarge(limit).into_response();
+    }
     let status = resp.status().as_u16().to_string();
     metrics::counter!("loraplex_requests_total", "endpoint" => endpoint, "status" => status.clone()).increment(1);
     span.in_scope(|| tracing::info!(status = %status, elapsed_ms = start.elapsed().as_millis() as u64, "response"));

@@ -10,8 +10,8 @@ mod error;
 mod generation;
 mod models;
 mod state;
-mod validate;
 mod upload;
+mod validate;
 pub mod wire;
 
 pub use app::{app, run};

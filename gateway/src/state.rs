@@ -126,11 +126,9 @@ impl AppState {
         // first request, as LoRAX loads adapters on demand.
         if let Some(store) = &self.store {
             if let Ok(Some(s)) = store.current(model) {
-                self.engine.registry().register_version(
-                    model,
-                    s.dir,
-                    Some(s.manifest.sha256),
-                );
+                self.engine
+                    .registry()
+                    .register_version(model, s.dir, Some(s.manifest.sha256));
                 return Ok(Some(model.to_string()));
             }
         }

@@ -74,7 +74,9 @@ pub async fn read_form(
         while let Some(chunk) = field.chunk().await.map_err(|e| multipart_err(e, limit))? {
             text.extend_from_slice(&chunk);
             if text.len() > MAX_FIELD {
-                return Err(bad(format!("field {field_name:?} exceeds {MAX_FIELD} bytes")));
+                return Err(bad(format!(
+                    "field {field_name:?} exceeds {MAX_FIELD} bytes"
+                )));
             }
         }
         let text = String::from_utf8(text)
@@ -83,9 +85,8 @@ pub async fn read_form(
             "name" => form.name = Some(text.trim().to_string()),
             "description" => form.description = Some(text),
             "labels" => {
-                form.labels = serde_json::from_str(&text).map_err(|e| {
-                    bad(format!("labels must be a JSON object of strings: {e}"))
-                })?
+                form.labels = serde_json::from_str(&text)
+                    .map_err(|e| bad(format!("labels must be a JSON object of strings: {e}")))?
             }
             "label" => {
                 let (k, v) = text
@@ -149,7 +150,9 @@ pub fn assemble(staging: &Path, files: &[(String, PathBuf)], limit: u64) -> Resu
 fn member_target(name: &str, is_dir: bool) -> Result<Option<&'static str>, ApiError> {
     let refuse = |why: &str| bad(format!("archive member {name:?}: {why}"));
     if name.contains('\\') || name.contains('\0') {
-        return Err(refuse("backslashes and NUL are not allowed in member names"));
+        return Err(refuse(
+            "backslashes and NUL are not allowed in member names",
+        ));
     }
     let mut parts = Vec::new();
     for c in Path::new(name).components() {
@@ -167,7 +170,9 @@ fn member_target(name: &str, is_dir: bool) -> Result<Option<&'static str>, ApiEr
         };
     }
     if parts.is_empty() || parts.len() > 2 {
-        return Err(refuse("expected the adapter files at the top or in one folder"));
+        return Err(refuse(
+            "expected the adapter files at the top or in one folder",
+        ));
     }
     let file = parts.last().expect("not empty").as_str();
     match file {
@@ -268,7 +273,10 @@ mod tests {
 
     #[test]
     fn member_names_are_confined_to_the_two_files() {
-        assert_eq!(member_target("adapter_config.json", false).unwrap(), Some("adapter_config.json"));
+        assert_eq!(
+            member_target("adapter_config.json", false).unwrap(),
+            Some("adapter_config.json")
+        );
         assert_eq!(
             member_target("./my-adapter/adapter_model.safetensors", false).unwrap(),
             Some("adapter_model.safetensors")

@@ -644,9 +644,12 @@ impl Engine {
         s.resident_adapter_bytes
             .store(self.cache.bytes(), Ordering::Relaxed);
         let changed = s.adapter_loads.swap(self.cache.loads, Ordering::Relaxed) != self.cache.loads
-            || s.adapter_evictions.swap(self.cache.evictions, Ordering::Relaxed)
+            || s.adapter_evictions
+                .swap(self.cache.evictions, Ordering::Relaxed)
                 != self.cache.evictions
-            || s.resident_adapters.swap(self.cache.len(), Ordering::Relaxed) != self.cache.len();
+            || s.resident_adapters
+                .swap(self.cache.len(), Ordering::Relaxed)
+                != self.cache.len();
         if changed {
             *s.resident_names.write().expect("stats lock") = self.cache.resident_names();
         }

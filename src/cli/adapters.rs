@@ -16,10 +16,20 @@ use serde_json::Value;
 #[derive(Args, Debug)]
 pub struct AdaptersArgs {
     /// The server's base URL.
-    #[arg(long, global = true, env = "LORAPLEX_URL", default_value = "http://127.0.0.1:8000")]
+    #[arg(
+        long,
+        global = true,
+        env = "LORAPLEX_URL",
+        default_value = "http://127.0.0.1:8000"
+    )]
     pub url: String,
     /// The server's admin key (`--admin-api-key` of `loraplex serve`).
-    #[arg(long, global = true, env = "LORAPLEX_ADMIN_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "LORAPLEX_ADMIN_KEY",
+        hide_env_values = true
+    )]
     pub admin_key: Option<String>,
     /// Print the server's JSON instead of text.
     #[arg(long, global = true)]
@@ -180,7 +190,9 @@ fn upload_form(
     }
     for l in labels {
         if !l.contains('=') {
-            return Err(Failure::Refused(format!("--label {l:?}: expected key=value")));
+            return Err(Failure::Refused(format!(
+                "--label {l:?}: expected key=value"
+            )));
         }
         form = form.text("label", l.clone());
     }
@@ -190,7 +202,10 @@ fn upload_form(
     } else if path.is_file() {
         vec![path.to_path_buf()]
     } else {
-        return Err(Failure::Invalid(format!("{} does not exist", path.display())));
+        return Err(Failure::Invalid(format!(
+            "{} does not exist",
+            path.display()
+        )));
     };
     let sizes: Vec<u64> = files
         .iter()
@@ -241,7 +256,11 @@ fn print_human(cmd: &AdaptersCommand, v: &Value) {
                     s(&a["version"]),
                     s(&a["rank"]),
                     s(&a["size"]),
-                    if a["resident"].as_bool() == Some(true) { "yes" } else { "no" },
+                    if a["resident"].as_bool() == Some(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
                     s(&a["requests"])
                 );
             }
@@ -249,8 +268,16 @@ fn print_human(cmd: &AdaptersCommand, v: &Value) {
         AdaptersCommand::Delete { name } => println!("deleted {name}"),
         _ => {
             for key in [
-                "id", "version", "sha256", "rank", "targets", "size", "base_model",
-                "description", "resident", "requests",
+                "id",
+                "version",
+                "sha256",
+                "rank",
+                "targets",
+                "size",
+                "base_model",
+                "description",
+                "resident",
+                "requests",
             ] {
                 println!("{key:<12} {}", s(&v[key]));
             }

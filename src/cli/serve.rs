@@ -133,7 +133,10 @@ pub fn run(args: ServeArgs, hub: HubOptions) -> anyhow::Result<()> {
             "--lora-modules {name}: {path} is not a folder"
         );
         if registry.get(name).is_some() {
-            tracing::warn!(adapter = name, "--lora-modules overrides the stored adapter of this name");
+            tracing::warn!(
+                adapter = name,
+                "--lora-modules overrides the stored adapter of this name"
+            );
         }
         registry.register(name, PathBuf::from(path));
     }
