@@ -9,14 +9,12 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
 use loraplex_adapters::{AdapterRegistry, CacheConfig};
-use loraplex_models::{LoadOptions, Proj};
+use loraplex_models::LoadOptions;
 use loraplex_runtime::{
     EngineConfig, EngineHandle, GenerationParams, GenerationRequest, SchedulerConfig, TokenEvent,
 };
@@ -27,48 +25,6 @@ fn env(key: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn write_adapter(dir: &Path, cfg: &loraplex_models::LlamaConfig, r: usize, seed: u64) {
-    let mut tensors = HashMap::new();
-    let mut s = seed;
-    let mut rand = |n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.02
-            })
-            .collect()
-    };
-    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let (q, kv) = (
-        cfg.num_heads * cfg.head_dim,
-        cfg.num_kv_heads * cfg.head_dim,
-    );
-    for l in 0..cfg.num_layers {
-        for (p, (out, inp)) in [
-            (Proj::Q, (q, h)),
-            (Proj::K, (kv, h)),
-            (Proj::V, (kv, h)),
-            (Proj::O, (h, q)),
-            (Proj::Gate, (i, h)),
-            (Proj::Up, (i, h)),
-            (Proj::Down, (h, i)),
-        ] {
-            let m = loraplex_adapters::module_name(l, p);
-            let a = Tensor::from_vec(rand(r * inp), (r, inp), &Device::Cpu).unwrap();
-            let b = Tensor::from_vec(rand(out * r), (out, r), &Device::Cpu).unwrap();
-            tensors.insert(format!("base_model.model.{m}.lora_A.weight"), a);
-            tensors.insert(format!("base_model.model.{m}.lora_B.weight"), b);
-        }
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    let config = json!({"peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "target_modules":
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], "bias": "none"});
-    std::fs::write(dir.join("adapter_config.json"), config.to_string()).unwrap();
-    candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors")).unwrap();
 }
 
 /// `clients` threads each send their share of `requests` one after another; request `i` uses
@@ -155,7 +111,14 @@ fn main() {
     let names: Vec<String> = (0..4 * c)
         .map(|k| {
             let name = format!("bench-{k}");
-            write_adapter(&dir.join(&name), lm.model.config(), 16, k as u64 + 1);
+            common::write_adapter(
+                &dir.join(&name),
+                lm.model.config(),
+                16,
+                &common::ALL_PROJECTIONS,
+                candle_core::DType::F32,
+                k as u64 + 1,
+            );
             reg.register(&name, dir.join(&name));
             name
         })

@@ -695,3 +695,19 @@ async fn vllm_load_and_unload_and_pulls_from_allowed_paths_and_the_hub() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploaded_adapter_is_served_from_memory_without_a_second_load() {
+    let f = fixture();
+    let mut parts = folder_parts(&tiny_adapter("b-r16-all"));
+    parts.push(Part::Text("name", "fresh"));
+    let (status, card) = upload(&f.st, &parts).await;
+    assert_eq!(status, StatusCode::CREATED, "{card}");
+    // The engine was handed the validated weights: its first request needs no file.
+    let dir = PathBuf::from(card["path"].as_str().unwrap());
+    std::fs::remove_file(dir.join(WEIGHTS_FILE)).unwrap();
+    let (status, out) = complete(&f.st, "fresh").await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    let (_, reference) = complete(&f.st, "b-r16-all").await;
+    assert_eq!(tokens(&out), tokens(&reference));
+}

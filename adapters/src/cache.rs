@@ -197,6 +197,22 @@ impl AdapterCache {
         }
     }
 
+    /// Adds a validated adapter to the second tier (dropping the oldest there if full); the
+    /// active tier is untouched.
+    pub fn offer_warm(&mut self, src: &AdapterSource, loaded: LoadedAdapter) {
+        if self.contains(src) {
+            return;
+        }
+        self.warm.retain(|l| l.name != src.name);
+        self.warm.push_back(Arc::new(Resident {
+            name: src.name.clone(),
+            generation: src.generation,
+            weights: loaded.weights,
+            info: loaded.info,
+        }));
+        self.trim_warm();
+    }
+
     /// A lease on the resident version of `src`, if it is the current one.
     pub fn get(&mut self, src: &AdapterSource) -> Option<Lease> {
         let hash = self.by_name.get(&src.name)?;

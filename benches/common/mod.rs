@@ -1,4 +1,11 @@
-//! Shared by the bench binaries.
+//! Shared by the bench binaries (each uses a part of it).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use loraplex_models::Proj;
 
 /// As `main` does: candle re-derives the thread count on every matmul unless this is set.
 pub fn pin_thread_count() {
@@ -8,4 +15,79 @@ pub fn pin_thread_count() {
             .unwrap_or(1);
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+}
+
+pub const ALL_PROJECTIONS: [Proj; 7] = [
+    Proj::Q,
+    Proj::K,
+    Proj::V,
+    Proj::O,
+    Proj::Gate,
+    Proj::Up,
+    Proj::Down,
+];
+
+fn peft_name(p: Proj) -> &'static str {
+    loraplex_adapters::TARGETS
+        .iter()
+        .find(|(q, _)| *q == p)
+        .expect("a LoRA target")
+        .1
+}
+
+/// A random PEFT adapter for the base `cfg`: rank `r` on `targets` in every layer, saved as
+/// `dtype`; `seed` makes each adapter's content distinct.
+pub fn write_adapter(
+    dir: &Path,
+    cfg: &loraplex_models::LlamaConfig,
+    r: usize,
+    targets: &[Proj],
+    dtype: DType,
+    seed: u64,
+) {
+    let mut tensors = HashMap::new();
+    let mut s = seed;
+    let mut rand = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.02
+            })
+            .collect()
+    };
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let (q, kv) = (
+        cfg.num_heads * cfg.head_dim,
+        cfg.num_kv_heads * cfg.head_dim,
+    );
+    for l in 0..cfg.num_layers {
+        for &p in targets {
+            let (out, inp) = match p {
+                Proj::Q => (q, h),
+                Proj::K | Proj::V => (kv, h),
+                Proj::O => (h, q),
+                Proj::Gate | Proj::Up => (i, h),
+                _ => (h, i),
+            };
+            let m = loraplex_adapters::module_name(l, p);
+            let a = Tensor::from_vec(rand(r * inp), (r, inp), &Device::Cpu).unwrap();
+            let b = Tensor::from_vec(rand(out * r), (out, r), &Device::Cpu).unwrap();
+            tensors.insert(
+                format!("base_model.model.{m}.lora_A.weight"),
+                a.to_dtype(dtype).unwrap(),
+            );
+            tensors.insert(
+                format!("base_model.model.{m}.lora_B.weight"),
+                b.to_dtype(dtype).unwrap(),
+            );
+        }
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let names: Vec<&str> = targets.iter().map(|p| peft_name(*p)).collect();
+    let config = serde_json::json!({"peft_type": "LORA", "r": r, "lora_alpha": 2 * r,
+        "target_modules": names, "bias": "none"});
+    std::fs::write(dir.join("adapter_config.json"), config.to_string()).unwrap();
+    candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors")).unwrap();
 }

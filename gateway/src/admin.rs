@@ -61,18 +61,44 @@ async fn install(
     let store = store(st)?;
     let base = BaseModel::of(&st.model);
     let limits = st.engine.adapter_limits();
-    let n = name.clone();
-    let stored = blocking(move || {
-        let loaded = load_dir(staging.path(), &base, &limits)?;
-        Ok(store.commit(staging, &n, &loaded.info, meta)?)
+    let t0 = std::time::Instant::now();
+    let (staging, loaded) = blocking(move || {
+        // The files must reach the disk before the commit; flush them while validating.
+        let loaded = std::thread::scope(|s| {
+            s.spawn(|| {
+                for f in [CONFIG_FILE, WEIGHTS_FILE] {
+                    let _ = std::fs::File::open(staging.path().join(f)).and_then(|f| f.sync_all());
+                }
+            });
+            load_dir(staging.path(), &base, &limits)
+        })?;
+        Ok((staging, loaded))
     })
     .await?;
-    st.engine.registry().register_version(
+    let info = loaded.info.clone();
+    // Commit and register as one step, so that two uploads racing on a name leave the store's
+    // current version and the served one the same.
+    let _writer = st.admin_lock.lock().await;
+    let validated = t0.elapsed();
+    let n = name.clone();
+    let stored = blocking(move || Ok(store.commit(staging, &n, &info, meta)?)).await?;
+    let committed = t0.elapsed() - validated;
+    let src = st.engine.registry().register_version(
         &name,
         stored.dir.clone(),
         Some(stored.manifest.sha256.clone()),
     );
-    tracing::info!(adapter = %name, version = stored.manifest.version, sha256 = %stored.manifest.sha256, "adapter installed");
+    // The validated weights are what a first request would load: hand them over.
+    st.engine.offer_adapter(src, loaded);
+    metrics::counter!("loraplex_adapter_installs_total").increment(1);
+    tracing::info!(
+        adapter = %name,
+        version = stored.manifest.version,
+        sha256 = %stored.manifest.sha256,
+        validate_ms = validated.as_secs_f64() * 1e3,
+        commit_ms = committed.as_secs_f64() * 1e3,
+        "adapter installed"
+    );
     Ok(card(st, &name, Some(&stored), true))
 }
 
@@ -279,6 +305,7 @@ pub async fn show(
 /// Unregisters `name` (new requests get 404 at once), drops its resident copy once running
 /// requests release it, and deletes it from the store.
 async fn remove(st: &AppState, name: &str) -> Result<(), ApiError> {
+    let _writer = st.admin_lock.lock().await;
     let deleted = match st.store.clone() {
         Some(s) => {
             let n = name.to_string();

@@ -68,6 +68,8 @@ pub struct AppState {
     pub store: Option<Arc<dyn AdapterStore>>,
     /// Completion requests per adapter name since start-up.
     requests_by_adapter: Arc<Mutex<HashMap<String, u64>>>,
+    /// Serialises the admin API's store-and-registry changes.
+    pub(crate) admin_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
@@ -88,6 +90,7 @@ impl AppState {
             started,
             store: None,
             requests_by_adapter: Arc::default(),
+            admin_lock: Arc::default(),
         }
     }
 

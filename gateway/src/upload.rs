@@ -52,9 +52,11 @@ pub async fn read_form(
         let field_name = field.name().unwrap_or_default().to_string();
         if let Some(file_name) = field.file_name().map(str::to_string) {
             let dest = staging.join(format!("upload-{}", form.files.len()));
-            let mut f = tokio::fs::File::create(&dest)
+            let f = tokio::fs::File::create(&dest)
                 .await
                 .map_err(|e| ApiError::Internal(format!("staging {}: {e}", dest.display())))?;
+            // Multipart chunks are small; one blocking write per chunk would dominate.
+            let mut f = tokio::io::BufWriter::with_capacity(1 << 20, f);
             while let Some(chunk) = field.chunk().await.map_err(|e| multipart_err(e, limit))? {
                 total += chunk.len();
                 if total > limit {

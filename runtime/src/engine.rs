@@ -131,6 +131,11 @@ enum Msg {
         result: std::result::Result<LoadedAdapter, String>,
     },
     Unload(String),
+    /// A validated adapter from outside (an upload) for the second tier.
+    Offer {
+        src: AdapterSource,
+        loaded: LoadedAdapter,
+    },
     Shutdown,
 }
 
@@ -198,6 +203,12 @@ impl EngineHandle {
     /// reload); running sequences keep their lease.
     pub fn unload_adapter(&self, name: &str) {
         let _ = self.tx.send(Msg::Unload(name.to_string()));
+    }
+
+    /// Keeps an adapter validated elsewhere (an upload) in the second tier, so that its first
+    /// request skips the disk read and validation. Never evicts an active adapter for it.
+    pub fn offer_adapter(&self, src: AdapterSource, loaded: LoadedAdapter) {
+        let _ = self.tx.send(Msg::Offer { src, loaded });
     }
 
     /// Stops the loop after failing whatever is still queued or running, and waits for it.
@@ -347,6 +358,11 @@ impl Engine {
                 }
             }
             Msg::Unload(name) => self.cache.unload(&name),
+            Msg::Offer { src, loaded } => {
+                if self.registry.get(&src.name).as_ref() == Some(&src) {
+                    self.cache.offer_warm(&src, loaded);
+                }
+            }
             Msg::Shutdown => return false,
         }
         true

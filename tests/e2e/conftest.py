@@ -6,6 +6,7 @@ import pathlib
 import re
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.request
 
@@ -19,10 +20,13 @@ ADAPTER = GOLDEN / "smollm2-adapters" / "rand-r8-qv"
 
 
 class Server:
-    def __init__(self, *args):
+    def __init__(self, *args, store=None):
         assert BINARY.exists(), f"{BINARY} missing: run cargo build first"
+        # Never the user's own adapter store.
+        self.store = pathlib.Path(store or tempfile.mkdtemp(prefix="loraplex-store-"))
         self.proc = subprocess.Popen(
-            [str(BINARY), "serve", str(MODEL), "--port", "0", "--served-model-name", "smollm2", *args],
+            [str(BINARY), "serve", str(MODEL), "--port", "0", "--served-model-name", "smollm2",
+             "--adapter-store", str(self.store), *args],
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "RUST_LOG": "warn"},
