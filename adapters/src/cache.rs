@@ -164,6 +164,8 @@ pub struct AdapterCache {
     by_name: HashMap<String, String>,
     tick: u64,
     pub loads: u64,
+    /// Bumped by every change of either tier (for observers that refresh a copy).
+    pub changes: u64,
     pub evictions: u64,
 }
 
@@ -176,12 +178,14 @@ impl AdapterCache {
             by_name: HashMap::new(),
             tick: 0,
             loads: 0,
+            changes: 0,
             evictions: 0,
         }
     }
 
     /// Takes the current version of `src` from the second tier, if it is there.
     pub fn take_warm(&mut self, src: &AdapterSource) -> Option<LoadedAdapter> {
+        self.changes += 1;
         let pos = self
             .warm
             .iter()
@@ -200,6 +204,7 @@ impl AdapterCache {
     /// Adds a validated adapter to the second tier (dropping the oldest there if full); the
     /// active tier is untouched.
     pub fn offer_warm(&mut self, src: &AdapterSource, loaded: LoadedAdapter) {
+        self.changes += 1;
         if self.contains(src) {
             return;
         }
@@ -277,11 +282,13 @@ impl AdapterCache {
         self.warm.retain(|l| l.name != src.name);
         self.trim_warm();
         self.loads += 1;
+        self.changes += 1;
         Ok(lease)
     }
 
     /// Drops the least recently used adapter that no sequence leases.
     fn evict_one(&mut self) -> bool {
+        self.changes += 1;
         let victim = self
             .entries
             .iter()
@@ -310,10 +317,20 @@ impl AdapterCache {
 
     /// Forgets `name` in both tiers; leased weights stay alive until their sequences finish.
     pub fn unload(&mut self, name: &str) {
+        self.changes += 1;
         if let Some(h) = self.by_name.remove(name) {
             self.entries.remove(&h);
         }
         self.warm.retain(|l| l.name != name);
+    }
+
+    /// `(name, generation)` of every adapter in memory, in either tier.
+    pub fn in_memory(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.entries
+            .values()
+            .map(|e| &e.lease)
+            .chain(self.warm.iter())
+            .map(|l| (l.name.as_str(), l.generation))
     }
 
     /// Adapters in the second tier.

@@ -13,14 +13,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use loraplex_adapters::{
-    load_dir, AdapterCache, AdapterLimits, AdapterRegistry, AdapterSource, BaseModel, CacheConfig,
-    Lease, LoadedAdapter,
+    AdapterCache, AdapterLimits, AdapterRegistry, AdapterSource, BaseModel, CacheConfig, Lease,
+    LoadedAdapter,
 };
 use loraplex_models::{KvCache, LoadedModel, LogitsFor, SeqInput};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::error::{Result, RuntimeError};
 use crate::generate::check_context;
+use crate::loader::Loader;
 use crate::sampling::{logprobs_of, TokenLogprob};
 use crate::scheduler::{AdapterKey, Scheduled, Scheduler, SchedulerConfig, SeqId};
 use crate::sequence::{FinishReason, GenerationParams, SequenceState};
@@ -118,6 +119,10 @@ pub struct EngineStats {
     /// Names of the adapters in the active tier, most recently used first; refreshed when the
     /// cache changes (for the admin API's residency column).
     pub resident_names: std::sync::RwLock<Vec<String>>,
+    /// `name#generation` of every adapter in either tier: a submit for one of these starts no
+    /// load.
+    pub adapters_in_memory: std::sync::RwLock<HashSet<String>>,
+    cache_changes: AtomicU64,
 }
 
 enum Msg {
@@ -149,6 +154,7 @@ pub struct EngineHandle {
     max_waiting: usize,
     context: usize,
     limits: AdapterLimits,
+    loader: Loader<Msg>,
     thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -166,16 +172,31 @@ impl EngineHandle {
                 context: self.context,
             });
         }
-        if let Some(name) = &req.adapter {
-            if self.registry.get(name).is_none() {
-                return Err(RuntimeError::UnknownAdapter(name.clone()));
-            }
-        }
+        let src = match &req.adapter {
+            Some(name) => Some(
+                self.registry
+                    .get(name)
+                    .ok_or_else(|| RuntimeError::UnknownAdapter(name.clone()))?,
+            ),
+            None => None,
+        };
         // Reserve a waiting slot; the engine releases it when the sequence starts or ends.
         let reserved = self.stats.waiting.fetch_add(1, Ordering::SeqCst);
         if reserved >= self.max_waiting {
             self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(RuntimeError::Overloaded);
+        }
+        if let Some(src) = src {
+            let in_memory = adapter_key(&src).is_some_and(|k| {
+                self.stats
+                    .adapters_in_memory
+                    .read()
+                    .expect("stats lock")
+                    .contains(&k)
+            });
+            if !in_memory {
+                self.loader.load(src);
+            }
         }
         let (tx, rx) = unbounded_channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -238,15 +259,11 @@ struct Seq {
 
 struct Engine {
     model: Arc<LoadedModel>,
-    base: BaseModel,
-    cfg: EngineConfig,
     rx: Receiver<Msg>,
-    self_tx: Sender<Msg>,
     sched: Scheduler,
     seqs: HashMap<SeqId, Seq>,
     cache: AdapterCache,
-    /// Adapters being loaded (by name and generation).
-    loading: HashSet<(String, u64)>,
+    loader: Loader<Msg>,
     /// Loaded but not yet admitted to the cache because every slot is leased.
     parked: Vec<(AdapterSource, LoadedAdapter)>,
     stats: Arc<EngineStats>,
@@ -268,16 +285,19 @@ pub fn start(
     let (tx, rx) = std::sync::mpsc::channel();
     let stats = Arc::new(EngineStats::default());
     let context = model.model.config().max_position_embeddings;
+    let loader = Loader::new(
+        BaseModel::of(&model),
+        cfg.limits,
+        tx.clone(),
+        |src, result| Msg::Loaded { src, result },
+    );
     let engine = Engine {
-        base: BaseModel::of(&model),
         model,
-        cfg,
         rx,
-        self_tx: tx.clone(),
         sched: Scheduler::new(cfg.scheduler),
         seqs: HashMap::new(),
         cache: AdapterCache::new(cfg.cache),
-        loading: HashSet::new(),
+        loader: loader.clone(),
         parked: Vec::new(),
         stats: stats.clone(),
         registry: registry.clone(),
@@ -297,6 +317,7 @@ pub fn start(
         max_waiting: cfg.scheduler.max_waiting,
         context,
         limits: cfg.limits,
+        loader,
         thread: Arc::new(std::sync::Mutex::new(Some(thread))),
     })
 }
@@ -333,7 +354,7 @@ impl Engine {
         match m {
             Msg::Submit { id, req, tx } => self.admit_request(id, req, tx),
             Msg::Loaded { src, result } => {
-                self.loading.remove(&(src.name.clone(), src.generation));
+                self.loader.finished(&src);
                 match result {
                     Ok(loaded) => self.parked.push((src, loaded)),
                     Err(e) => {
@@ -433,29 +454,14 @@ impl Engine {
     }
 
     fn start_load(&mut self, src: AdapterSource) {
-        if self.loading.contains(&(src.name.clone(), src.generation)) {
+        if self.loader.is_loading(&src) {
             return;
         }
         if let Some(loaded) = self.cache.take_warm(&src) {
             self.parked.push((src, loaded));
             return;
         }
-        self.loading.insert((src.name.clone(), src.generation));
-        let base = self.base.clone();
-        let limits = self.cfg.limits;
-        let tx = self.self_tx.clone();
-        std::thread::spawn(move || {
-            let result = load_dir(&src.dir, &base, &limits)
-                .map_err(|e| e.to_string())
-                .and_then(|a| match &src.sha256 {
-                    Some(want) if *want != a.info.sha256 => Err(format!(
-                        "{} no longer matches its recorded sha256 {want}",
-                        src.dir.display()
-                    )),
-                    _ => Ok(a),
-                });
-            let _ = tx.send(Msg::Loaded { src, result });
-        });
+        self.loader.load(src);
     }
 
     fn retry_parked(&mut self) {
@@ -465,6 +471,10 @@ impl Engine {
             if self.registry.get(&src.name).map(|s| s.generation) != Some(src.generation)
                 && self.sched.waiting_for(&adapter_key(&src)).is_empty()
             {
+                continue;
+            }
+            // Loaded twice (a submit and an eviction raced): the resident copy stays.
+            if self.cache.contains(&src) {
                 continue;
             }
             match self.cache.insert(&src, loaded) {
@@ -659,15 +669,18 @@ impl Engine {
         s.running.store(self.sched.running_len(), Ordering::Relaxed);
         s.resident_adapter_bytes
             .store(self.cache.bytes(), Ordering::Relaxed);
-        let changed = s.adapter_loads.swap(self.cache.loads, Ordering::Relaxed) != self.cache.loads
-            || s.adapter_evictions
-                .swap(self.cache.evictions, Ordering::Relaxed)
-                != self.cache.evictions
-            || s.resident_adapters
-                .swap(self.cache.len(), Ordering::Relaxed)
-                != self.cache.len();
-        if changed {
+        s.adapter_loads.store(self.cache.loads, Ordering::Relaxed);
+        s.adapter_evictions
+            .store(self.cache.evictions, Ordering::Relaxed);
+        s.resident_adapters
+            .store(self.cache.len(), Ordering::Relaxed);
+        if s.cache_changes.swap(self.cache.changes, Ordering::Relaxed) != self.cache.changes {
             *s.resident_names.write().expect("stats lock") = self.cache.resident_names();
+            *s.adapters_in_memory.write().expect("stats lock") = self
+                .cache
+                .in_memory()
+                .map(|(name, generation)| format!("{name}#{generation}"))
+                .collect();
         }
     }
 }

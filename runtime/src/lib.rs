@@ -4,6 +4,7 @@
 mod engine;
 mod error;
 mod generate;
+mod loader;
 mod sampling;
 mod scheduler;
 mod score;

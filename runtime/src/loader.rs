@@ -1,0 +1,93 @@
+//! Adapter loads off the engine thread, started by whoever learns first that one is needed.
+//!
+//! The handle starts a load at `submit` when the adapter is not in memory, so the disk read and
+//! validation overlap the step in progress; the engine only sees messages between steps, and a
+//! load it started itself would make a cold request miss one more step. The engine also starts
+//! loads (an adapter evicted while its requests waited). Both go through one in-flight set, so
+//! each version loads once.
+
+use std::collections::HashSet;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use loraplex_adapters::{load_dir, AdapterLimits, AdapterSource, BaseModel, LoadedAdapter};
+
+type Key = (String, u64);
+
+fn key(src: &AdapterSource) -> Key {
+    (src.name.clone(), src.generation)
+}
+
+/// What a finished load reports to the engine.
+pub(crate) type LoadResult = std::result::Result<LoadedAdapter, String>;
+
+pub(crate) struct Loader<M> {
+    inflight: Arc<Mutex<HashSet<Key>>>,
+    base: Arc<BaseModel>,
+    limits: AdapterLimits,
+    /// Where results go, wrapped into the engine's message type.
+    tx: Sender<M>,
+    wrap: fn(AdapterSource, LoadResult) -> M,
+}
+
+// By hand: a derive would ask for `M: Clone`, which a sender does not need.
+impl<M> Clone for Loader<M> {
+    fn clone(&self) -> Self {
+        Self {
+            inflight: self.inflight.clone(),
+            base: self.base.clone(),
+            limits: self.limits,
+            tx: self.tx.clone(),
+            wrap: self.wrap,
+        }
+    }
+}
+
+impl<M: Send + 'static> Loader<M> {
+    pub(crate) fn new(
+        base: BaseModel,
+        limits: AdapterLimits,
+        tx: Sender<M>,
+        wrap: fn(AdapterSource, LoadResult) -> M,
+    ) -> Self {
+        Self {
+            inflight: Arc::default(),
+            base: Arc::new(base),
+            limits,
+            tx,
+            wrap,
+        }
+    }
+
+    pub(crate) fn is_loading(&self, src: &AdapterSource) -> bool {
+        self.inflight
+            .lock()
+            .expect("loader lock")
+            .contains(&key(src))
+    }
+
+    /// Starts loading `src` unless it is already on its way.
+    pub(crate) fn load(&self, src: AdapterSource) {
+        if !self.inflight.lock().expect("loader lock").insert(key(&src)) {
+            return;
+        }
+        let this = self.clone();
+        std::thread::spawn(move || {
+            let result = load_dir(&src.dir, &this.base, &this.limits)
+                .map_err(|e| e.to_string())
+                .and_then(|a| match &src.sha256 {
+                    Some(want) if *want != a.info.sha256 => Err(format!(
+                        "{} no longer matches its recorded sha256 {want}",
+                        src.dir.display()
+                    )),
+                    _ => Ok(a),
+                });
+            let _ = this.tx.send((this.wrap)(src, result));
+        });
+    }
+
+    /// The engine received the result of `src`'s load.
+    pub(crate) fn finished(&self, src: &AdapterSource) {
+        self.inflight.lock().expect("loader lock").remove(&key(src));
+    }
+}
