@@ -13,8 +13,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use loraplex_adapters::{
-    check_name, load_dir, AdapterStore, BaseModel, Manifest, Staging, StoredAdapter, VersionMeta,
-    CONFIG_FILE, WEIGHTS_FILE,
+    check_name, AdapterStore, Manifest, Staging, StoredAdapter, VersionMeta, CONFIG_FILE,
+    WEIGHTS_FILE,
 };
 use serde::Deserialize;
 
@@ -59,8 +59,7 @@ async fn install(
     meta: VersionMeta,
 ) -> Result<AdapterCard, ApiError> {
     let store = store(st)?;
-    let base = BaseModel::of(&st.model);
-    let limits = st.engine.adapter_limits();
+    let engine = st.engine.clone();
     let t0 = std::time::Instant::now();
     let (staging, loaded) = blocking(move || {
         // The files must reach the disk before the commit; flush them while validating.
@@ -70,7 +69,7 @@ async fn install(
                     let _ = std::fs::File::open(staging.path().join(f)).and_then(|f| f.sync_all());
                 }
             });
-            load_dir(staging.path(), &base, &limits)
+            engine.validate_adapter(staging.path())
         })?;
         Ok((staging, loaded))
     })

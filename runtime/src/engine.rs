@@ -226,9 +226,27 @@ impl EngineHandle {
         let _ = self.tx.send(Msg::Unload(name.to_string()));
     }
 
+    /// Validates and builds the PEFT adapter at `dir` for this engine's base model and limits,
+    /// with the code and the thread pool of the engine's own loads. Blocking.
+    pub fn validate_adapter(
+        &self,
+        dir: &std::path::Path,
+    ) -> std::result::Result<LoadedAdapter, loraplex_adapters::AdapterError> {
+        self.loader.load_dir(dir)
+    }
+
     /// Keeps an adapter validated elsewhere (an upload) in the second tier, so that its first
     /// request skips the disk read and validation. Never evicts an active adapter for it.
     pub fn offer_adapter(&self, src: AdapterSource, loaded: LoadedAdapter) {
+        // Seen as in memory from now on, so a submit racing the engine's next publish does not
+        // load it a second time.
+        if let Some(k) = adapter_key(&src) {
+            self.stats
+                .adapters_in_memory
+                .write()
+                .expect("stats lock")
+                .insert(k);
+        }
         let _ = self.tx.send(Msg::Offer { src, loaded });
     }
 

@@ -5,6 +5,11 @@
 //! load it started itself would make a cold request miss one more step. The engine also starts
 //! loads (an adapter evicted while its requests waited). Both go through one in-flight set, so
 //! each version loads once.
+//!
+//! Loads run in their own small rayon pool: validation uses `rayon::join`, and a job on the
+//! global pool would sit between the forward pass's matmul chunks (rayon jobs are not
+//! preempted), stalling the whole batch for the length of a load. In a pool of their own they
+//! are ordinary threads the OS time-slices against the engine.
 
 use std::collections::HashSet;
 use std::sync::mpsc::Sender;
@@ -28,6 +33,7 @@ pub(crate) struct Loader<M> {
     /// Where results go, wrapped into the engine's message type.
     tx: Sender<M>,
     wrap: fn(AdapterSource, LoadResult) -> M,
+    pool: Arc<rayon::ThreadPool>,
 }
 
 // By hand: a derive would ask for `M: Clone`, which a sender does not need.
@@ -39,6 +45,7 @@ impl<M> Clone for Loader<M> {
             limits: self.limits,
             tx: self.tx.clone(),
             wrap: self.wrap,
+            pool: self.pool.clone(),
         }
     }
 }
@@ -56,7 +63,24 @@ impl<M: Send + 'static> Loader<M> {
             limits,
             tx,
             wrap,
+            pool: Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(2)
+                    .thread_name(|i| format!("loraplex-loader-{i}"))
+                    .build()
+                    .expect("the loader pool starts"),
+            ),
         }
+    }
+
+    /// Validates and builds the adapter at `dir` exactly as a load does (uploads use it), in
+    /// the loader's pool.
+    pub(crate) fn load_dir(
+        &self,
+        dir: &std::path::Path,
+    ) -> loraplex_adapters::Result<LoadedAdapter> {
+        self.pool
+            .install(|| load_dir(dir, &self.base, &self.limits))
     }
 
     pub(crate) fn is_loading(&self, src: &AdapterSource) -> bool {
@@ -73,15 +97,16 @@ impl<M: Send + 'static> Loader<M> {
         }
         let this = self.clone();
         std::thread::spawn(move || {
-            let result = load_dir(&src.dir, &this.base, &this.limits)
-                .map_err(|e| e.to_string())
-                .and_then(|a| match &src.sha256 {
-                    Some(want) if *want != a.info.sha256 => Err(format!(
-                        "{} no longer matches its recorded sha256 {want}",
-                        src.dir.display()
-                    )),
-                    _ => Ok(a),
-                });
+            let result =
+                this.load_dir(&src.dir)
+                    .map_err(|e| e.to_string())
+                    .and_then(|a| match &src.sha256 {
+                        Some(want) if *want != a.info.sha256 => Err(format!(
+                            "{} no longer matches its recorded sha256 {want}",
+                            src.dir.display()
+                        )),
+                        _ => Ok(a),
+                    });
             let _ = this.tx.send((this.wrap)(src, result));
         });
     }
