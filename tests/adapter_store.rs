@@ -33,6 +33,15 @@ fn commit(store: &DirStore, name: &str, sha: char) -> loraplex_adapters::StoredA
         .unwrap()
 }
 
+fn listed(store: &DirStore) -> Vec<String> {
+    store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.manifest.name)
+        .collect()
+}
+
 fn staging_entries(root: &Path) -> usize {
     std::fs::read_dir(root.join(".staging")).unwrap().count()
 }
@@ -62,12 +71,7 @@ fn versions_are_content_addressed_and_replace_moves_the_pointer() {
         .collect();
     assert_eq!(versions, vec![1, 2]);
     commit(&store, "other", 'c');
-    let names: Vec<String> = store
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|s| s.manifest.name)
-        .collect();
+    let names = listed(&store);
     assert_eq!(names, vec!["acme", "other"]);
     assert_eq!(staging_entries(dir.path()), 0);
 
@@ -163,12 +167,7 @@ fn opening_after_a_crash_repairs_and_keeps_the_last_committed_versions() {
     assert!(!root.join("newname").exists());
     assert_eq!(store.current("kept").unwrap().unwrap(), kept);
     assert_eq!(store.current("replaced").unwrap().unwrap(), replaced);
-    let names: Vec<String> = store
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|s| s.manifest.name)
-        .collect();
+    let names = listed(&store);
     assert_eq!(names, vec!["kept", "replaced"]);
     // A damaged current version is refused, not served half-read.
     std::fs::write(kept.dir.join(WEIGHTS_FILE), "short").unwrap();

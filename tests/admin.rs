@@ -140,6 +140,10 @@ async fn json_call(
     send(st, b.body(body).unwrap()).await
 }
 
+async fn admin_post(st: &AppState, uri: &str, body: Value) -> (StatusCode, Value) {
+    json_call(st, "POST", uri, ADMIN, Some(body)).await
+}
+
 /// Greedy text of a short completion with `model`.
 async fn complete(st: &AppState, model: &str) -> (StatusCode, Value) {
     let body = json!({"model": model, "prompt": [1, 5, 9, 12], "max_tokens": 6, "temperature": 0,
@@ -596,88 +600,48 @@ async fn vllm_load_and_unload_and_pulls_from_allowed_paths_and_the_hub() {
     let outside = tiny_adapter("a-r8-qv");
     let load = |name: &str, path: &Path| json!({"lora_name": name, "lora_path": path});
 
-    let (status, _) = json_call(
-        st,
-        "POST",
-        "/v1/load_lora_adapter",
-        ADMIN,
-        Some(load("x", &outside)),
-    )
-    .await;
+    let (status, _) = admin_post(st, "/v1/load_lora_adapter", load("x", &outside)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let escape = f
         .allowed
         .path()
         .join("..")
         .join(outside.strip_prefix("/").unwrap_or(&outside));
-    let (status, _) = json_call(
-        st,
-        "POST",
-        "/v1/load_lora_adapter",
-        ADMIN,
-        Some(load("x", &escape)),
-    )
-    .await;
+    let (status, _) = admin_post(st, "/v1/load_lora_adapter", load("x", &escape)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, text) = json_call(
-        st,
-        "POST",
-        "/v1/load_lora_adapter",
-        ADMIN,
-        Some(load("mine", &inside)),
-    )
-    .await;
+    let (status, text) = admin_post(st, "/v1/load_lora_adapter", load("mine", &inside)).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     assert!(text.as_str().unwrap().contains("added successfully"));
-    let (status, _) = json_call(
-        st,
-        "POST",
-        "/v1/load_lora_adapter",
-        ADMIN,
-        Some(load("mine", &inside)),
-    )
-    .await;
+    let (status, _) = admin_post(st, "/v1/load_lora_adapter", load("mine", &inside)).await;
     assert_eq!(status, StatusCode::CONFLICT);
     let (_, mine) = complete(st, "mine").await;
     let (_, reference) = complete(st, "a-r8-qv").await;
     assert_eq!(tokens(&mine), tokens(&reference));
     let unload = json!({"lora_name": "mine"});
     assert_eq!(
-        json_call(
-            st,
-            "POST",
-            "/v1/unload_lora_adapter",
-            ADMIN,
-            Some(unload.clone())
-        )
-        .await
-        .0,
+        admin_post(st, "/v1/unload_lora_adapter", unload.clone())
+            .await
+            .0,
         StatusCode::OK
     );
     assert_eq!(
-        json_call(st, "POST", "/v1/unload_lora_adapter", ADMIN, Some(unload))
-            .await
-            .0,
+        admin_post(st, "/v1/unload_lora_adapter", unload).await.0,
         StatusCode::NOT_FOUND
     );
     assert_eq!(complete(st, "mine").await.0, StatusCode::NOT_FOUND);
 
     // Pulls: a folder under the allowed root, and a hub repo (here from an offline cache).
-    let (status, card) = json_call(
+    let (status, card) = admin_post(
         st,
-        "POST",
         "/v1/adapters/pull",
-        ADMIN,
-        Some(json!({"name": "pulled-local", "source": inside})),
+        json!({"name": "pulled-local", "source": inside}),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{card}");
-    let (status, card) = json_call(
+    let (status, card) = admin_post(
         st,
-        "POST",
         "/v1/adapters/pull",
-        ADMIN,
-        Some(json!({"name": "pulled-hub", "source": "acme/tiny-lora"})),
+        json!({"name": "pulled-hub", "source": "acme/tiny-lora"}),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{card}");
@@ -685,12 +649,10 @@ async fn vllm_load_and_unload_and_pulls_from_allowed_paths_and_the_hub() {
     let (_, hub_out) = complete(st, "pulled-hub").await;
     let (_, reference_b) = complete(st, "b-r16-all").await;
     assert_eq!(tokens(&hub_out), tokens(&reference_b));
-    let (status, err) = json_call(
+    let (status, err) = admin_post(
         st,
-        "POST",
         "/v1/adapters/pull",
-        ADMIN,
-        Some(json!({"name": "nope", "source": "acme/not-cached"})),
+        json!({"name": "nope", "source": "acme/not-cached"}),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
