@@ -133,6 +133,7 @@ fn main() {
         })
         .collect();
     loads.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    eprintln!("cold load of an r=16 all-projection adapter: {loads:?} ms");
     let cfg = EngineConfig {
         scheduler: SchedulerConfig {
             max_running: c,

@@ -98,6 +98,7 @@ pub const BAD_CASES: &[&str] = &[
     "extra module",
     "bad json",
     "truncated",
+    "empty weights",
 ];
 
 /// Writes the broken variant `label` of a valid rank-4 q/v tiny adapter into `dir`
@@ -139,13 +140,16 @@ pub fn write_bad_tiny_adapter(label: &str, dir: &Path) {
             );
         }
         "bad json" => s.config = json!("not an object"),
-        "truncated" => {}
+        "truncated" | "empty weights" => {}
         other => panic!("unknown bad case {other}"),
     }
     s.write(dir);
+    let st = dir.join("adapter_model.safetensors");
     if label == "truncated" {
-        let st = dir.join("adapter_model.safetensors");
         let bytes = std::fs::read(&st).unwrap();
         std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    }
+    if label == "empty weights" {
+        std::fs::write(&st, b"").unwrap();
     }
 }
