@@ -74,6 +74,12 @@ pub async fn run(
         draining.store(true, Ordering::SeqCst);
         let _ = drained_tx.send(());
     };
+    // Streams are many small writes: Nagle's algorithm would hold tokens back.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, app(state)).with_graceful_shutdown(signal);
     let server = std::pin::pin!(std::future::IntoFuture::into_future(server));
     tokio::select! {
