@@ -123,17 +123,35 @@ fn main() {
             name
         })
         .collect();
-    // Cold load of one r=16 all-projection adapter: read, validate, build (median of 5).
+    // Cold load of one r=16 all-projection adapter: map, validate, build (median of 5) — as a
+    // folder given by flag (sha256 computed) and as a store version (recorded hashes, checksum
+    // re-checked).
     let base = loraplex_adapters::BaseModel::of(&lm);
-    let mut loads: Vec<f64> = (0..5)
-        .map(|k| {
-            let t = Instant::now();
-            loraplex_adapters::load_dir(&dir.join(&names[k]), &base, &Default::default()).unwrap();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    loads.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    eprintln!("cold load of an r=16 all-projection adapter: {loads:?} ms");
+    let cold = |recorded: bool| -> Vec<f64> {
+        let mut v: Vec<f64> = (0..5)
+            .map(|k| {
+                let d = dir.join(&names[k]);
+                let rec = recorded.then(|| {
+                    let i = loraplex_adapters::load_dir(&d, &base, &Default::default())
+                        .unwrap()
+                        .info;
+                    loraplex_adapters::Recorded {
+                        sha256: i.sha256,
+                        checksum: Some(i.checksum),
+                    }
+                });
+                let t = Instant::now();
+                loraplex_adapters::load_dir_checked(&d, &base, &Default::default(), rec.as_ref())
+                    .unwrap();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v
+    };
+    let loads = cold(false);
+    let loads_recorded = cold(true);
+    eprintln!("cold load of an r=16 all-projection adapter: {loads:?} ms (flag), {loads_recorded:?} ms (store)");
     let cfg = EngineConfig {
         scheduler: SchedulerConfig {
             max_running: c,
@@ -162,6 +180,7 @@ fn main() {
     let report = json!({
         "concurrency": c, "prompt_tokens": prompt_len, "output_tokens": out_len,
         "cold_load_ms_median": loads[loads.len() / 2],
+        "cold_load_store_version_ms_median": loads_recorded[loads_recorded.len() / 2],
         "a_base": a, "b_one_adapter": b, "c_distinct_resident": cc, "d_distinct_cold": d,
         "ratios": {
             "b_over_a": tps(&b) / tps(&a),

@@ -10,6 +10,7 @@ use loraplex_adapters::{
 fn info(sha: char) -> AdapterInfo {
     AdapterInfo {
         sha256: sha.to_string().repeat(64),
+        checksum: sha.to_string().repeat(32),
         rank: 4,
         alpha: 8.0,
         targets: vec!["q_proj".into()],

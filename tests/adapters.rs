@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use loraplex_adapters::{load_dir, AdapterError, AdapterLimits, BaseModel, LoadedAdapter};
+use loraplex_adapters::{
+    load_dir, load_dir_checked, AdapterError, AdapterLimits, BaseModel, LoadedAdapter, Recorded,
+};
 use loraplex_models::{LoadOptions, LoadedModel, LoraWeights, WeightDtype};
 use loraplex_runtime::{argmax, GenRequest, GenerationParams};
 
@@ -306,4 +308,37 @@ fn bad_adapters_are_refused_with_typed_errors() {
     )
     .unwrap_err();
     assert!(matches!(e, AdapterError::NotFound(_)));
+}
+
+/// A store-recorded version is re-checked by its fast checksum on load; changed bytes of the
+/// same size are refused, and a record without a checksum falls back to the sha256.
+#[test]
+fn recorded_versions_refuse_changed_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    random_tiny_adapter(4, &["q_proj", "v_proj"], 5).write(dir.path());
+    let base = BaseModel::of(tiny());
+    let limits = AdapterLimits::default();
+    let first = load_dir(dir.path(), &base, &limits).unwrap().info;
+    let recorded = Recorded {
+        sha256: first.sha256.clone(),
+        checksum: Some(first.checksum.clone()),
+    };
+    let again = load_dir_checked(dir.path(), &base, &limits, Some(&recorded)).unwrap();
+    assert_eq!(again.info, first);
+    let weights = dir.path().join("adapter_model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01; // a low mantissa bit: still a finite, valid tensor
+    std::fs::write(&weights, &bytes).unwrap();
+    assert!(load_dir(dir.path(), &base, &limits).is_ok());
+    for r in [
+        recorded.clone(),
+        Recorded {
+            checksum: None,
+            ..recorded
+        },
+    ] {
+        let e = load_dir_checked(dir.path(), &base, &limits, Some(&r)).unwrap_err();
+        assert!(matches!(e, AdapterError::Corrupt { .. }), "{e:?}");
+    }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 use loraplex_models::LoraWeights;
 
 use crate::error::{AdapterError, Result};
-use crate::load::{AdapterInfo, LoadedAdapter};
+use crate::load::{AdapterInfo, LoadedAdapter, Recorded};
 
 /// Where a registered adapter version comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,9 +22,9 @@ pub struct AdapterSource {
     pub dir: PathBuf,
     /// Bumped on every replace: distinguishes versions before their hash is known.
     pub generation: u64,
-    /// The content hash the store recorded; a load whose bytes hash differently is refused
-    /// (the files changed or rotted on disk).
-    pub sha256: Option<String>,
+    /// The hashes the store recorded; a load whose bytes hash differently is refused (the files
+    /// changed or rotted on disk).
+    pub recorded: Option<Recorded>,
 }
 
 /// Name → source. Cheap to clone and share; request handlers consult it to refuse unknown
@@ -50,7 +50,7 @@ impl AdapterRegistry {
         &self,
         name: &str,
         dir: PathBuf,
-        sha256: Option<String>,
+        recorded: Option<Recorded>,
     ) -> AdapterSource {
         let generation = self
             .next_gen
@@ -60,7 +60,7 @@ impl AdapterRegistry {
             name: name.to_string(),
             dir,
             generation,
-            sha256,
+            recorded,
         };
         self.inner
             .write()

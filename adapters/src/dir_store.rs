@@ -155,6 +155,7 @@ impl AdapterStore for DirStore {
                 name: name.to_string(),
                 version,
                 sha256: info.sha256.clone(),
+                checksum: Some(info.checksum.clone()),
                 size: file_len(&src.join(CONFIG_FILE))? + file_len(&src.join(WEIGHTS_FILE))?,
                 rank: info.rank,
                 targets: info.targets.clone(),

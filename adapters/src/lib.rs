@@ -16,8 +16,8 @@ pub use dir_store::DirStore;
 pub use error::{AdapterError, Result};
 pub use inspect::{inspect_dir, AdapterSummary};
 pub use load::{
-    load_bytes, load_dir, permute_rows_for_gguf, AdapterInfo, AdapterLimits, BaseModel,
-    LoadedAdapter, CONFIG_FILE, WEIGHTS_FILE,
+    load_bytes, load_bytes_checked, load_dir, load_dir_checked, permute_rows_for_gguf, AdapterInfo,
+    AdapterLimits, BaseModel, LoadedAdapter, Recorded, CONFIG_FILE, WEIGHTS_FILE,
 };
 pub use peft::{module_name, PeftConfig, TargetModules, TARGETS};
 pub use store::{

@@ -22,6 +22,9 @@ pub struct Manifest {
     pub version: u64,
     /// The content hash of the version (config and weights), as the validator computes it.
     pub sha256: String,
+    /// xxh3-128 of the same bytes, re-checked on every load (absent in older manifests).
+    #[serde(default)]
+    pub checksum: Option<String>,
     /// Bytes of the two files on disk.
     pub size: u64,
     pub rank: usize,
@@ -33,6 +36,16 @@ pub struct Manifest {
     pub description: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// What a load of this version checks its bytes against.
+    pub fn recorded(&self) -> crate::load::Recorded {
+        crate::load::Recorded {
+            sha256: self.sha256.clone(),
+            checksum: self.checksum.clone(),
+        }
+    }
 }
 
 /// What a caller supplies besides the files.

@@ -85,7 +85,7 @@ async fn install(
     let src = st.engine.registry().register_version(
         &name,
         stored.dir.clone(),
-        Some(stored.manifest.sha256.clone()),
+        Some(stored.manifest.recorded()),
     );
     // The validated weights are what a first request would load: hand them over.
     st.engine.offer_adapter(src, loaded);

@@ -131,7 +131,7 @@ impl AppState {
             if let Ok(Some(s)) = store.current(model) {
                 self.engine
                     .registry()
-                    .register_version(model, s.dir, Some(s.manifest.sha256));
+                    .register_version(model, s.dir, Some(s.manifest.recorded()));
                 return Ok(Some(model.to_string()));
             }
         }

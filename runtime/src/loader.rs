@@ -15,7 +15,9 @@ use std::collections::HashSet;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
-use loraplex_adapters::{load_dir, AdapterLimits, AdapterSource, BaseModel, LoadedAdapter};
+use loraplex_adapters::{
+    load_dir, load_dir_checked, AdapterLimits, AdapterSource, BaseModel, LoadedAdapter,
+};
 
 type Key = (String, u64);
 
@@ -97,16 +99,12 @@ impl<M: Send + 'static> Loader<M> {
         }
         let this = self.clone();
         std::thread::spawn(move || {
-            let result =
-                this.load_dir(&src.dir)
-                    .map_err(|e| e.to_string())
-                    .and_then(|a| match &src.sha256 {
-                        Some(want) if *want != a.info.sha256 => Err(format!(
-                            "{} no longer matches its recorded sha256 {want}",
-                            src.dir.display()
-                        )),
-                        _ => Ok(a),
-                    });
+            let result = this
+                .pool
+                .install(|| {
+                    load_dir_checked(&src.dir, &this.base, &this.limits, src.recorded.as_ref())
+                })
+                .map_err(|e| e.to_string());
             let _ = this.tx.send((this.wrap)(src, result));
         });
     }

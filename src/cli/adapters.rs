@@ -14,8 +14,10 @@ use reqwest::blocking::{multipart, Client, RequestBuilder, Response};
 use serde_json::Value;
 
 #[derive(Args, Debug)]
-#[command(after_help = "Exit codes: 0 done; 1 refused by the server (its reason is printed); \
-2 bad usage; 3 server unreachable or failing; 4 local validation failed (nothing was sent).")]
+#[command(
+    after_help = "Exit codes: 0 done; 1 refused by the server (its reason is printed); \
+2 bad usage; 3 server unreachable or failing; 4 local validation failed (nothing was sent)."
+)]
 pub struct AdaptersArgs {
     /// The server's base URL.
     #[arg(

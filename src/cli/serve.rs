@@ -116,7 +116,7 @@ pub fn run(args: ServeArgs, hub: HubOptions) -> anyhow::Result<()> {
         .with_context(|| format!("opening the adapter store {}", store_dir.display()))?;
     tracing::info!(store = %store_dir.display(), ?check, "adapter store opened");
     for s in store.list()? {
-        registry.register_version(&s.manifest.name, s.dir, Some(s.manifest.sha256));
+        registry.register_version(&s.manifest.name, s.dir, Some(s.manifest.recorded()));
     }
     if let Some(dir) = &args.adapter_dir {
         let names = registry
