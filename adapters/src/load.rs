@@ -83,14 +83,18 @@ pub struct LoadedAdapter {
     pub info: AdapterInfo,
 }
 
-pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| match e.kind() {
+fn io_error(path: &Path, e: std::io::Error) -> AdapterError {
+    match e.kind() {
         std::io::ErrorKind::NotFound => AdapterError::NotFound(path.to_path_buf()),
         _ => AdapterError::Io {
             path: path.to_path_buf(),
             reason: e.to_string(),
         },
-    })
+    }
+}
+
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| io_error(path, e))
 }
 
 /// Loads `adapter_config.json` + `adapter_model.safetensors` from a PEFT folder.
@@ -110,35 +114,25 @@ pub fn load_dir_checked(
 ) -> Result<LoadedAdapter> {
     let config = read(&dir.join(CONFIG_FILE))?;
     let path = dir.join(WEIGHTS_FILE);
-    let file = std::fs::File::open(&path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => AdapterError::NotFound(path.clone()),
-        _ => AdapterError::Io {
-            path: path.clone(),
-            reason: e.to_string(),
-        },
-    })?;
-    // SAFETY: store versions are immutable (written once, then renamed into place), and a
-    // folder given by flag is the operator's; a file truncated while mapped could fault, which
-    // is the same trust `mmap`-loading model weights already asks for.
+    let file = std::fs::File::open(&path).map_err(|e| io_error(&path, e))?;
     let empty = file.metadata().map(|m| m.len() == 0).unwrap_or(false);
     if empty {
         // Nothing to map (mapping zero bytes is an error on some systems); the parser says why.
         return load_bytes_checked(&config, &[], &path, base, limits, recorded);
     }
     // Populated: one pass of read-ahead instead of a page fault per 4 KiB on first touch.
-    let weights = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(|e| {
-        AdapterError::Io {
-            path: path.clone(),
-            reason: e.to_string(),
-        }
-    })?;
+    // SAFETY: store versions are immutable (written once, then renamed into place), and a
+    // folder given by flag is the operator's; a file truncated while mapped could fault, which
+    // is the same trust `mmap`-loading model weights already asks for.
+    let weights = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+        .map_err(|e| io_error(&path, e))?;
     load_bytes_checked(&config, &weights, &path, base, limits, recorded)
 }
 
 /// Validates and builds an adapter from the two files' bytes (`origin` names them in errors).
 ///
-/// One pass over the weights: tensors are read in place from the buffer, converted to f32 and
-/// checked for non-finite values in the same loop, while the content hash runs on another core.
+/// Tensors are read in place from the buffer, each converted to f32 and checked for non-finite
+/// values in one pass (tensors in parallel), while the content hash runs alongside.
 pub fn load_bytes(
     config: &[u8],
     weights: &[u8],
@@ -176,12 +170,13 @@ pub fn load_bytes_checked(
     recorded: Option<&Recorded>,
 ) -> Result<LoadedAdapter> {
     let ((hash, sum), built) = rayon::join(
-        || match recorded {
-            Some(Recorded {
-                sha256: known,
-                checksum: Some(_),
-            }) => (known.clone(), checksum(config, weights)),
-            _ => (sha256(config, weights), checksum(config, weights)),
+        || {
+            // With a recorded checksum the recorded sha256 stands; otherwise it is recomputed.
+            let hash = match recorded {
+                Some(r) if r.checksum.is_some() => r.sha256.clone(),
+                _ => sha256(config, weights),
+            };
+            (hash, checksum(config, weights))
         },
         || build(config, weights, origin, base, limits),
     );

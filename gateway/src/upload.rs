@@ -107,16 +107,16 @@ pub async fn read_form(
 /// uploaded originals. Blocking: run it off the async threads.
 pub fn assemble(staging: &Path, files: &[(String, PathBuf)], limit: u64) -> Result<(), ApiError> {
     let base = |n: &str| n.rsplit(['/', '\\']).next().unwrap_or(n).to_string();
-    let plain: Vec<_> = files
+    // The files as sent (at least one has a PEFT name), or else an archive of them.
+    let plain = files
         .iter()
-        .filter(|(n, _)| [CONFIG_FILE, WEIGHTS_FILE].contains(&base(n).as_str()))
-        .collect();
+        .any(|(n, _)| [CONFIG_FILE, WEIGHTS_FILE].contains(&base(n).as_str()));
     if files.is_empty() {
         return Err(bad(format!(
             "no files: send {CONFIG_FILE} and {WEIGHTS_FILE}, or one .tar, .tar.gz or .zip of the adapter folder"
         )));
     }
-    if !plain.is_empty() {
+    if plain {
         for (n, p) in files {
             let b = base(n);
             if IGNORED.contains(&b.as_str()) {

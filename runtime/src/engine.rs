@@ -153,7 +153,6 @@ pub struct EngineHandle {
     registry: AdapterRegistry,
     max_waiting: usize,
     context: usize,
-    limits: AdapterLimits,
     loader: Loader<Msg>,
     thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
 }
@@ -215,11 +214,6 @@ impl EngineHandle {
         &self.registry
     }
 
-    /// What the engine accepts as an adapter; uploads are validated against the same limits.
-    pub fn adapter_limits(&self) -> AdapterLimits {
-        self.limits
-    }
-
     /// Drops the resident copy of `name` (after the registry no longer lists it, or to force a
     /// reload); running sequences keep their lease.
     pub fn unload_adapter(&self, name: &str) {
@@ -232,7 +226,7 @@ impl EngineHandle {
         &self,
         dir: &std::path::Path,
     ) -> std::result::Result<LoadedAdapter, loraplex_adapters::AdapterError> {
-        self.loader.load_dir(dir)
+        self.loader.load_dir(dir, None)
     }
 
     /// Keeps an adapter validated elsewhere (an upload) in the second tier, so that its first
@@ -334,7 +328,6 @@ pub fn start(
         registry,
         max_waiting: cfg.scheduler.max_waiting,
         context,
-        limits: cfg.limits,
         loader,
         thread: Arc::new(std::sync::Mutex::new(Some(thread))),
     })

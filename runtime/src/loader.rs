@@ -16,7 +16,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use loraplex_adapters::{
-    load_dir, load_dir_checked, AdapterLimits, AdapterSource, BaseModel, LoadedAdapter,
+    load_dir_checked, AdapterLimits, AdapterSource, BaseModel, LoadedAdapter, Recorded,
 };
 
 type Key = (String, u64);
@@ -75,14 +75,15 @@ impl<M: Send + 'static> Loader<M> {
         }
     }
 
-    /// Validates and builds the adapter at `dir` exactly as a load does (uploads use it), in
-    /// the loader's pool.
+    /// Validates and builds the adapter at `dir`, checked against `recorded` when a store
+    /// recorded it, in the loader's pool: the one path of engine loads and upload validation.
     pub(crate) fn load_dir(
         &self,
         dir: &std::path::Path,
+        recorded: Option<&Recorded>,
     ) -> loraplex_adapters::Result<LoadedAdapter> {
         self.pool
-            .install(|| load_dir(dir, &self.base, &self.limits))
+            .install(|| load_dir_checked(dir, &self.base, &self.limits, recorded))
     }
 
     pub(crate) fn is_loading(&self, src: &AdapterSource) -> bool {
@@ -100,10 +101,7 @@ impl<M: Send + 'static> Loader<M> {
         let this = self.clone();
         std::thread::spawn(move || {
             let result = this
-                .pool
-                .install(|| {
-                    load_dir_checked(&src.dir, &this.base, &this.limits, src.recorded.as_ref())
-                })
+                .load_dir(&src.dir, src.recorded.as_ref())
                 .map_err(|e| e.to_string());
             let _ = this.tx.send((this.wrap)(src, result));
         });
