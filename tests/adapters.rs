@@ -7,7 +7,7 @@ use std::path::Path;
 use loraplex_adapters::{
     load_dir, load_dir_checked, AdapterError, AdapterLimits, BaseModel, LoadedAdapter, Recorded,
 };
-use loraplex_models::{LoadOptions, LoadedModel, LoraWeights, WeightDtype};
+use loraplex_models::{LoadOptions, LoadedModel, LoraPrecision, LoraWeights, WeightDtype};
 use loraplex_runtime::{argmax, GenRequest, GenerationParams};
 
 use crate::adapter_fixtures::{random_tiny_adapter, write_bad_tiny_adapter, BAD_CASES};
@@ -168,6 +168,33 @@ fn unmerged_adapter_equals_merged_weights() {
             max_abs_diff(&unmerged, &last_logits(tiny(), &prompt, None)) > 1e-2,
             "the adapter must matter"
         );
+    }
+}
+
+#[test]
+fn half_precision_adapters_stay_within_f16_rounding_of_f32() {
+    // Quantized bases hold adapters in f16 (half the bytes a decode step streams); exact bases
+    // keep f32 so the golden comparisons stay exact.
+    assert_eq!(tiny().model.lora_precision(), LoraPrecision::F32);
+    assert_eq!(smollm2(WeightDtype::Auto).model.lora_precision(), LoraPrecision::F16);
+    assert_eq!(smollm2(WeightDtype::F32).model.lora_precision(), LoraPrecision::F32);
+    let dir = golden().join("tiny-adapters").join("b-r16-all");
+    let exact = load(tiny(), &dir);
+    let base = BaseModel {
+        precision: LoraPrecision::F16,
+        ..BaseModel::of(tiny())
+    };
+    let half = load_dir(&dir, &base, &AdapterLimits::default()).unwrap();
+    assert_eq!(half.info.sha256, exact.info.sha256);
+    assert!(half.info.bytes * 2 == exact.info.bytes, "f16 holds half the bytes");
+    for case in golden_json("tiny_cases.json")["cases"].as_array().unwrap() {
+        let prompt = ids(&case["input_ids"]);
+        let with = |w: &LoraWeights| last_logits(tiny(), &prompt, Some(w));
+        let (e, h) = (with(&exact.weights), with(&half.weights));
+        let d = max_abs_diff(&e, &h);
+        assert!(d <= 5e-3, "f16 vs f32 adapter {d}");
+        let base_d = max_abs_diff(&e, &last_logits(tiny(), &prompt, None));
+        assert!(base_d > 50.0 * d, "rounding {d} must be small next to the delta {base_d}");
     }
 }
 

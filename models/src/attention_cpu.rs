@@ -7,7 +7,7 @@ use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
-use crate::lora::dot;
+use crate::host_kernels::dot;
 
 /// One decoding sequence: the row of its query in `q`, and its cache views `[nkv, len, hd]`.
 pub(crate) struct DecodeJob {

@@ -11,7 +11,7 @@ use crate::attention_cpu::{decode_attention, DecodeJob};
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::KvCache;
-use crate::layers::{softmax_last_dim, Embedding, Linear, Mlp, RmsNorm, Rotary};
+use crate::layers::{softmax_last_dim, Embedding, Linear, Mlp, RmsNorm, Rotary, WeightMatrix};
 use crate::lora::{LoraGroups, LoraWeights};
 use crate::weights::{Proj, WeightReader};
 
@@ -127,9 +127,25 @@ impl Llama {
         self.dtype
     }
 
+    /// How adapters for this model are best held: f16 when the base weights are quantized (their
+    /// error dwarfs f16 rounding of a low-rank delta), f32 when the base is exact.
+    pub fn lora_precision(&self) -> crate::LoraPrecision {
+        let quantized = self.blocks.iter().any(|b| {
+            matches!(
+                b.q.weight(),
+                WeightMatrix::Quantized(_) | WeightMatrix::Dual { .. }
+            )
+        });
+        if quantized && self.device.is_cpu() && self.dtype == DType::F32 {
+            crate::LoraPrecision::F16
+        } else {
+            crate::LoraPrecision::F32
+        }
+    }
+
     /// Bytes of weights held (quantized blocks, dense copies, embeddings).
     pub fn weight_bytes(&self) -> usize {
-        let lin = |l: &Linear| l.weight().size_in_bytes();
+        let lin = |l: &Linear| l.size_in_bytes();
         let per_block: usize = self
             .blocks
             .iter()

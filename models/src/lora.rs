@@ -7,8 +7,21 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor};
 
 use crate::error::{ModelError, Result};
+use crate::host_kernels::HostMat;
 use crate::layers::dense_matmul;
 use crate::weights::Proj;
+
+/// How the CPU holds adapter weights in f32 activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoraPrecision {
+    /// Exact: what reference comparisons against PEFT need.
+    #[default]
+    F32,
+    /// Half the bytes per decode step (see `host_kernels`); its rounding (2^-11 relative, on a
+    /// delta that is itself small next to the base output) is far below the error of quantized
+    /// base weights, so quantized bases use it.
+    F16,
+}
 
 /// One adapted projection, with the scaling folded into `B`.
 #[derive(Debug, Clone)]
@@ -21,9 +34,9 @@ pub struct LoraDelta {
 
 #[derive(Debug, Clone)]
 enum Store {
-    /// f32 on the CPU: plain vectors for the fused per-row kernel. `a` is `[r, in]`, `sbt` is
-    /// `(scale·B)ᵀ` `[r, out]`, so both passes read memory in order.
-    Host { a: Vec<f32>, sbt: Vec<f32> },
+    /// f32 activations on the CPU: plain rows for the fused per-row kernel. `a` is `[r, in]`,
+    /// `sbt` is `(scale·B)ᵀ` `[r, out]`, so both passes read memory in order.
+    Host { a: HostMat, sbt: HostMat },
     /// Other devices and dtypes: tensors for two matmuls.
     Device { a: Tensor, sb: Tensor },
 }
@@ -44,8 +57,8 @@ impl LoraDelta {
         let a = a.to_dtype(dtype)?.contiguous()?;
         let store = if a.device().is_cpu() && dtype == DType::F32 {
             Store::Host {
-                a: a.flatten_all()?.to_vec1()?,
-                sbt: sb.t()?.contiguous()?.flatten_all()?.to_vec1()?,
+                a: HostMat::F32(a.flatten_all()?.to_vec1()?),
+                sbt: HostMat::F32(sb.t()?.contiguous()?.flatten_all()?.to_vec1()?),
             }
         } else {
             Store::Device { a, sb }
@@ -54,13 +67,15 @@ impl LoraDelta {
     }
 
     /// From host buffers: `a` `[r, in]` and `b` `[out, r]` row-major (`dims` = (out, r, in)).
-    /// On the CPU in f32 this is one pass over `b` (scale and transpose) and none over `a`.
+    /// On the CPU in f32 this is one pass over `b` (scale and transpose), and over `a` only to
+    /// convert it when `precision` asks for f16.
     pub fn from_host(
         a: Vec<f32>,
         b: Vec<f32>,
         (out, r, inp): (usize, usize, usize),
         scale: f64,
         dtype: DType,
+        precision: LoraPrecision,
         device: &candle_core::Device,
     ) -> Result<Self> {
         if a.len() != r * inp || b.len() != out * r {
@@ -79,6 +94,10 @@ impl LoraDelta {
                 sbt[k * out + o] = (b[o * r + k] as f64 * scale) as f32;
             }
         }
+        let (a, sbt) = match precision {
+            LoraPrecision::F32 => (HostMat::F32(a), HostMat::F32(sbt)),
+            LoraPrecision::F16 => (HostMat::f16_from(&a), HostMat::f16_from(&sbt)),
+        };
         Ok(Self {
             r,
             inp,
@@ -94,7 +113,7 @@ impl LoraDelta {
     pub fn size_in_bytes(&self) -> usize {
         let elems = self.r * (self.inp + self.out);
         match &self.store {
-            Store::Host { .. } => elems * 4,
+            Store::Host { a, .. } => elems * a.elem_bytes(),
             Store::Device { a, .. } => elems * a.dtype().size_in_bytes(),
         }
     }
@@ -102,8 +121,8 @@ impl LoraDelta {
     fn tensors(&self, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
         Ok(match &self.store {
             Store::Host { a, sbt } => (
-                Tensor::from_slice(a, (self.r, self.inp), device)?,
-                Tensor::from_slice(sbt, (self.r, self.out), device)?
+                Tensor::from_vec(a.to_f32(), (self.r, self.inp), device)?,
+                Tensor::from_vec(sbt.to_f32(), (self.r, self.out), device)?
                     .t()?
                     .contiguous()?,
             ),
@@ -134,12 +153,10 @@ impl LoraDelta {
             return false;
         }
         for (k, t) in tmp.iter_mut().enumerate() {
-            *t = dot(&a[k * self.inp..(k + 1) * self.inp], x);
+            *t = a.dot_row(k, x);
         }
         for (k, &t) in tmp.iter().enumerate() {
-            for (o, &b) in out.iter_mut().zip(&sbt[k * self.out..(k + 1) * self.out]) {
-                *o += t * b;
-            }
+            sbt.axpy_row(k, t, out);
         }
         true
     }
@@ -147,25 +164,6 @@ impl LoraDelta {
     fn is_host(&self) -> bool {
         matches!(self.store, Store::Host { .. })
     }
-}
-
-/// Dot product with eight independent accumulators, so the compiler vectorizes it (shared by
-/// the CPU LoRA and decode-attention kernels).
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// All deltas of one adapter, keyed by layer and projection.
