@@ -152,9 +152,7 @@ impl LoraDelta {
         if tmp.len() < self.r {
             return false;
         }
-        for (k, t) in tmp.iter_mut().enumerate() {
-            *t = a.dot_row(k, x);
-        }
+        a.dot_rows(x, tmp);
         for (k, &t) in tmp.iter().enumerate() {
             sbt.axpy_row(k, t, out);
         }
@@ -300,9 +298,13 @@ impl<'a> LoraGroups<'a> {
             }
         }
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let mut delta = vec![0f32; rows * out];
-        let ok = delta
+        // The deltas go straight into a copy of `y`: no zeroed delta buffer and no tensor add
+        // (each a pass and, for the add, one more thread-pool round trip per projection).
+        let mut ys: Vec<f32> = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let per_task = rows.div_ceil(rayon::current_num_threads().max(1));
+        let ok = ys
             .par_chunks_mut(out)
+            .with_min_len(per_task)
             .enumerate()
             .all(|(r, o)| per_row[r].is_none_or(|d| d.add_row(&xs[r * inp..(r + 1) * inp], o)));
         if !ok {
@@ -310,7 +312,6 @@ impl<'a> LoraGroups<'a> {
                 "LoRA rank above 512 on the CPU path".into(),
             ));
         }
-        let delta = Tensor::from_vec(delta, (rows, out), x.device())?;
-        Ok((y + delta)?)
+        Ok(Tensor::from_vec(ys, (rows, out), x.device())?)
     }
 }

@@ -74,7 +74,7 @@ impl PackedQ8 {
                         let id = if d > 0.0 { 1.0 / d } else { 0.0 };
                         let mut sum = 0i32;
                         for (j, &v) in src.iter().enumerate() {
-                            let q = (v * id).round().clamp(-127.0, 127.0) as i8;
+                            let q = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
                             sum += q as i32;
                             let (g, k) = (j / 4, j % 4);
                             pw[b * TILE * BLOCK + g * TILE * 4 + lane * 4 + k] = q;
@@ -167,8 +167,9 @@ fn quantize_rows(xs: &[f32], rows: usize, inp: usize) -> (Vec<u8>, Vec<f32>) {
         let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
         *d = amax / 127.0;
         let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        // Ties to even (one vector instruction) rather than away from zero (a libm call).
         for (q, &v) in q.iter_mut().zip(src) {
-            *q = ((v * id).round().clamp(-127.0, 127.0) as i32 + 128) as u8;
+            *q = ((v * id).round_ties_even().clamp(-127.0, 127.0) + 128.0) as u8;
         }
     }
     (xq, dx)
