@@ -7,7 +7,9 @@ use std::path::Path;
 use loraplex_adapters::{
     load_dir, load_dir_checked, AdapterError, AdapterLimits, BaseModel, LoadedAdapter, Recorded,
 };
-use loraplex_models::{LoadOptions, LoadedModel, LoraPrecision, LoraWeights, WeightDtype};
+use loraplex_models::{
+    KvCache, LoadOptions, LoadedModel, LogitsFor, LoraPrecision, LoraWeights, SeqInput, WeightDtype,
+};
 use loraplex_runtime::{argmax, GenRequest, GenerationParams};
 
 use crate::adapter_fixtures::{random_tiny_adapter, write_bad_tiny_adapter, BAD_CASES};
@@ -176,8 +178,14 @@ fn half_precision_adapters_stay_within_f16_rounding_of_f32() {
     // Quantized bases hold adapters in f16 (half the bytes a decode step streams); exact bases
     // keep f32 so the golden comparisons stay exact.
     assert_eq!(tiny().model.lora_precision(), LoraPrecision::F32);
-    assert_eq!(smollm2(WeightDtype::Auto).model.lora_precision(), LoraPrecision::F16);
-    assert_eq!(smollm2(WeightDtype::F32).model.lora_precision(), LoraPrecision::F32);
+    assert_eq!(
+        smollm2(WeightDtype::Auto).model.lora_precision(),
+        LoraPrecision::F16
+    );
+    assert_eq!(
+        smollm2(WeightDtype::F32).model.lora_precision(),
+        LoraPrecision::F32
+    );
     let dir = golden().join("tiny-adapters").join("b-r16-all");
     let exact = load(tiny(), &dir);
     let base = BaseModel {
@@ -186,7 +194,10 @@ fn half_precision_adapters_stay_within_f16_rounding_of_f32() {
     };
     let half = load_dir(&dir, &base, &AdapterLimits::default()).unwrap();
     assert_eq!(half.info.sha256, exact.info.sha256);
-    assert!(half.info.bytes * 2 == exact.info.bytes, "f16 holds half the bytes");
+    assert!(
+        half.info.bytes * 2 == exact.info.bytes,
+        "f16 holds half the bytes"
+    );
     for case in golden_json("tiny_cases.json")["cases"].as_array().unwrap() {
         let prompt = ids(&case["input_ids"]);
         let with = |w: &LoraWeights| last_logits(tiny(), &prompt, Some(w));
@@ -194,7 +205,47 @@ fn half_precision_adapters_stay_within_f16_rounding_of_f32() {
         let d = max_abs_diff(&e, &h);
         assert!(d <= 5e-3, "f16 vs f32 adapter {d}");
         let base_d = max_abs_diff(&e, &last_logits(tiny(), &prompt, None));
-        assert!(base_d > 50.0 * d, "rounding {d} must be small next to the delta {base_d}");
+        assert!(
+            base_d > 50.0 * d,
+            "rounding {d} must be small next to the delta {base_d}"
+        );
+    }
+}
+
+#[test]
+fn quantized_rows_are_bit_identical_alone_and_in_any_batch() {
+    // With the VNNI kernel every row runs the same instructions whatever shares its step, so
+    // a request's output cannot depend on its neighbours (or on how many there are).
+    if !loraplex_models::PackedQ8::supported() {
+        eprintln!("no AVX-512 VNNI: rows are only equal within quantization error here");
+        return;
+    }
+    let lm = smollm2(WeightDtype::Auto);
+    let dir = golden().join("smollm2-adapters").join("rand-r8-qv");
+    let adapter = load(lm, &dir);
+    let prompts: Vec<Vec<u32>> = (0..5u32)
+        .map(|i| (0..7 + 3 * i).map(|j| 200 + 31 * j + 7 * i).collect())
+        .collect();
+    let pick = |i: usize| (i % 2 == 1).then_some(&adapter.weights);
+    let alone: Vec<Vec<f32>> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| last_logits(lm, p, pick(i)))
+        .collect();
+    let mut caches: Vec<_> = prompts.iter().map(|_| lm.model.new_cache()).collect();
+    let inputs: Vec<SeqInput> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| SeqInput::new(p, LogitsFor::Last).with_adapter(pick(i)))
+        .collect();
+    let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+    let out = lm.model.forward(&inputs, &mut refs).unwrap();
+    for (i, o) in out.iter().enumerate() {
+        let batched: Vec<f32> = o.as_ref().unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+        assert_eq!(
+            batched, alone[i],
+            "prompt {i}: batched logits differ from alone"
+        );
     }
 }
 

@@ -250,6 +250,9 @@ pub(crate) fn read_tensor(name: &str, view: &safetensors::tensor::TensorView<'_>
 
 type Built = (LoraWeights, PeftConfig, Vec<String>, usize);
 
+/// A module's `lora_A` and `lora_B` tensor names, as found in the file.
+type PairNames<'a> = (Option<&'a str>, Option<&'a str>);
+
 fn build(
     config: &[u8],
     weights: &[u8],
@@ -286,7 +289,7 @@ fn build(
     // reads, checks and converts its pair: a cold load is mostly this, and keeping each pair's
     // f32 intermediates inside one task keeps them in cache instead of a second 20 MB copy.
     let views = st.tensors();
-    let mut pairs: HashMap<(usize, Proj), (Option<&str>, Option<&str>)> = HashMap::new();
+    let mut pairs: HashMap<(usize, Proj), PairNames<'_>> = HashMap::new();
     for (name, _) in &views {
         let (module, which) = parse_tensor_name(name)?;
         let key = *by_module
@@ -349,8 +352,7 @@ fn build(
                 _ => b.data,
             };
             let scale = cfg.scale(rank, alpha);
-            let delta =
-                LoraDelta::from_host(
+            let delta = LoraDelta::from_host(
                 a.data,
                 b,
                 (out, rank, inp),

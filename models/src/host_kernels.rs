@@ -40,7 +40,10 @@ pub(crate) enum HostMat {
     /// f16 values of `v · 2^shift`, the shift chosen per matrix so that its largest magnitude
     /// lands near 2^15: no value overflows f16, and small values keep their precision whatever
     /// the adapter's overall scale. `unscale` = 2^-shift.
-    F16 { data: Vec<f16>, unscale: f32 },
+    F16 {
+        data: Vec<f16>,
+        unscale: f32,
+    },
 }
 
 impl HostMat {
@@ -82,7 +85,7 @@ impl HostMat {
         #[cfg(target_arch = "x86_64")]
         if let HostMat::F16 { data, unscale } = self {
             let n = x.len();
-            if has_avx512() && n % 16 == 0 && data.len() >= dots.len() * n {
+            if has_avx512() && n.is_multiple_of(16) && data.len() >= dots.len() * n {
                 let mut k = 0;
                 while k + 4 <= dots.len() {
                     // SAFETY: AVX-512F detected; rows k..k+4 lie inside `data` (checked above).
@@ -239,7 +242,10 @@ mod x86 {
         while i + 16 <= n {
             _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(i + AHEAD) as *const i8);
             let h = _mm512_cvtph_ps(_mm256_loadu_si256(pb.add(i) as *const __m256i));
-            _mm512_storeu_ps(po.add(i), _mm512_fmadd_ps(tv, h, _mm512_loadu_ps(po.add(i))));
+            _mm512_storeu_ps(
+                po.add(i),
+                _mm512_fmadd_ps(tv, h, _mm512_loadu_ps(po.add(i))),
+            );
             i += 16;
         }
         while i < n {
@@ -256,7 +262,10 @@ mod x86 {
         let mut i = 0;
         while i + 8 <= n {
             let h = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(i) as *const __m128i));
-            _mm256_storeu_ps(po.add(i), _mm256_fmadd_ps(tv, h, _mm256_loadu_ps(po.add(i))));
+            _mm256_storeu_ps(
+                po.add(i),
+                _mm256_fmadd_ps(tv, h, _mm256_loadu_ps(po.add(i))),
+            );
             i += 8;
         }
         while i < n {
@@ -273,13 +282,18 @@ mod tests {
     #[test]
     fn f16_kernels_match_f32_within_half_precision() {
         let n = 37; // a tail after the vector loop
-        let a: Vec<f32> = (0..2 * n).map(|i| ((i * 37 % 11) as f32 - 5.0) * 1e-3).collect();
+        let a: Vec<f32> = (0..2 * n)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) * 1e-3)
+            .collect();
         let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.3).sin()).collect();
         let h = HostMat::f16_from(&a);
         let f = HostMat::F32(a.clone());
         for row in 0..2 {
             let (d16, d32) = (h.dot_row(row, &x), f.dot_row(row, &x));
-            assert!((d16 - d32).abs() <= 1e-3 * d32.abs().max(1e-3), "{d16} vs {d32}");
+            assert!(
+                (d16 - d32).abs() <= 1e-3 * d32.abs().max(1e-3),
+                "{d16} vs {d32}"
+            );
         }
         let (mut o16, mut o32) = (vec![1f32; n], vec![1f32; n]);
         h.axpy_row(1, 0.5, &mut o16);
@@ -292,14 +306,19 @@ mod tests {
     #[test]
     fn dot_rows_equals_row_by_row_dots() {
         let (r, n) = (6, 64);
-        let a: Vec<f32> = (0..r * n).map(|i| ((i * 13 % 17) as f32 - 8.0) * 0.01).collect();
+        let a: Vec<f32> = (0..r * n)
+            .map(|i| ((i * 13 % 17) as f32 - 8.0) * 0.01)
+            .collect();
         let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.7).cos()).collect();
         for m in [HostMat::f16_from(&a), HostMat::F32(a.clone())] {
             let mut dots = vec![0f32; r];
             m.dot_rows(&x, &mut dots);
             for (k, d) in dots.iter().enumerate() {
                 let want = m.dot_row(k, &x);
-                assert!((d - want).abs() <= 1e-5 * want.abs().max(1.0), "row {k}: {d} vs {want}");
+                assert!(
+                    (d - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "row {k}: {d} vs {want}"
+                );
             }
         }
     }
@@ -310,7 +329,10 @@ mod tests {
             let v: Vec<f32> = (0..16).map(|i| (i as f32 - 7.5) * scale).collect();
             let back = HostMat::f16_from(&v).to_f32();
             for (p, q) in back.iter().zip(&v) {
-                assert!(p.is_finite() && (p - q).abs() <= 1e-3 * q.abs(), "{p} vs {q}");
+                assert!(
+                    p.is_finite() && (p - q).abs() <= 1e-3 * q.abs(),
+                    "{p} vs {q}"
+                );
             }
         }
     }

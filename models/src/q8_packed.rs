@@ -52,7 +52,7 @@ impl PackedQ8 {
     /// Quantizes `[out, in]` f32 weights in Q8_0's blocks (scale = max|w|/127). `None` when the
     /// shape does not tile (out % 16, in % 32).
     pub fn from_dense(w: &[f32], out: usize, inp: usize) -> Option<Self> {
-        if out % TILE != 0 || inp % BLOCK != 0 || w.len() != out * inp || out == 0 {
+        if !out.is_multiple_of(TILE) || !inp.is_multiple_of(BLOCK) || w.len() != out * inp || out == 0 {
             return None;
         }
         let blocks = inp / BLOCK;
@@ -265,10 +265,15 @@ mod tests {
                 let want: f32 = (0..inp).map(|i| w[o * inp + i] * x[r * inp + i]).sum();
                 // Two 8-bit roundings, each ≤ 1/254 of a block's largest magnitude (≤ 1 here),
                 // over 96 terms: ~0.02 typical; a layout error is off by whole units.
-                assert!((got[r][o] - want).abs() < 0.1, "{r},{o}: {} vs {want}", got[r][o]);
+                assert!(
+                    (got[r][o] - want).abs() < 0.1,
+                    "{r},{o}: {} vs {want}",
+                    got[r][o]
+                );
             }
-            let alone = Tensor::from_vec(x[r * inp..(r + 1) * inp].to_vec(), (1, inp), &Device::Cpu)
-                .unwrap();
+            let alone =
+                Tensor::from_vec(x[r * inp..(r + 1) * inp].to_vec(), (1, inp), &Device::Cpu)
+                    .unwrap();
             let one: Vec<Vec<f32>> = p.forward(&alone).unwrap().to_vec2().unwrap();
             assert_eq!(one[0], got[r], "row {r} alone vs in a batch of {rows}");
         }

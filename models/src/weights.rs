@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::Result;
 use crate::layers::{Embedding, WeightMatrix};
+use crate::q8_packed::PackedQ8;
 
 /// How weights are held in memory (`--dtype`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -88,10 +89,7 @@ impl Holding {
             Holding::Quantized => WeightMatrix::Quantized(Arc::new(fast_quant(q, device)?)),
             Holding::Dual => {
                 let dense = q.dequantize(device)?;
-                WeightMatrix::Dual {
-                    q: Arc::new(fast_quant(q, device)?),
-                    dense,
-                }
+                dual(Arc::new(fast_quant(q, device)?), dense)
             }
         })
     }
@@ -102,10 +100,7 @@ impl Holding {
             Holding::Quantized | Holding::Dual => {
                 let t32 = t.to_dtype(DType::F32)?;
                 match QTensor::quantize(&t32, GgmlDType::Q8_0) {
-                    Ok(q) if self == Holding::Dual => WeightMatrix::Dual {
-                        q: Arc::new(q),
-                        dense: t32,
-                    },
+                    Ok(q) if self == Holding::Dual => dual(Arc::new(q), t32),
                     Ok(q) => WeightMatrix::Quantized(Arc::new(q)),
                     // Row length not a multiple of the block size: stay dense.
                     Err(_) => WeightMatrix::Dense(t32),
@@ -130,15 +125,23 @@ impl Holding {
         Ok(match self {
             Holding::Dense(dt) => WeightMatrix::Dense(q.dequantize(device)?.to_dtype(dt)?),
             Holding::Quantized if fast => WeightMatrix::Quantized(q),
-            Holding::Dual if fast => WeightMatrix::Dual {
-                dense: q.dequantize(device)?,
-                q,
-            },
+            Holding::Dual if fast => dual(q.clone(), q.dequantize(device)?),
             Holding::Quantized | Holding::Dual => {
                 let dense = q.dequantize(device)?;
                 self.matrix_from_dense(dense)?
             }
         })
+    }
+}
+
+/// Both forms, unless the packed VNNI kernel will serve every row count of these Q8_0 blocks
+/// faster than the f32 GEMM (measured here: prefill and decode alike), in which case the dense
+/// copy (4× the blocks' memory) is not kept.
+fn dual(q: Arc<QTensor>, dense: Tensor) -> WeightMatrix {
+    if q.dtype() == GgmlDType::Q8_0 && q.device().is_cpu() && PackedQ8::supported() {
+        WeightMatrix::Quantized(q)
+    } else {
+        WeightMatrix::Dual { q, dense }
     }
 }
 
