@@ -50,16 +50,25 @@ impl HostMat {
     /// `values` in f16 with a power-of-two shift (see [`HostMat::F16`]). `values` must be finite.
     pub(crate) fn f16_from(values: &[f32]) -> Self {
         let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let shift = if max > 0.0 {
-            (15 - max.log2().ceil() as i32).clamp(-100, 100)
-        } else {
-            0
-        };
-        let up = 2f32.powi(shift);
-        Self::F16 {
-            data: values.iter().map(|&v| f16::from_f32(v * up)).collect(),
-            unscale: 2f32.powi(-shift),
+        let (up, unscale) = shift_for(max);
+        let data = values.iter().map(|&v| f16::from_f32(v * up)).collect();
+        Self::F16 { data, unscale }
+    }
+
+    /// `(scale · m)ᵀ` in f16, for `m` row-major `[rows, cols]`: built straight from `m`, with no
+    /// f32 intermediate (a cold load writes only the final bytes).
+    pub(crate) fn f16_scaled_transposed(m: &[f32], rows: usize, cols: usize, scale: f32) -> Self {
+        let max = m.iter().fold(0f32, |acc, v| acc.max(v.abs())) * scale.abs();
+        let (up, unscale) = shift_for(max);
+        let k = scale * up;
+        let mut data = vec![f16::ZERO; rows * cols];
+        // Rows of `m` are read in order and scattered to `cols` sequential output streams.
+        for (r, row) in m.chunks_exact(cols).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                data[c * rows + r] = f16::from_f32(v * k);
+            }
         }
+        Self::F16 { data, unscale }
     }
 
     pub(crate) fn elem_bytes(&self) -> usize {
@@ -122,6 +131,16 @@ impl HostMat {
             HostMat::F16 { data, unscale } => data.iter().map(|h| h.to_f32() * unscale).collect(),
         }
     }
+}
+
+/// `(2^shift, 2^-shift)` bringing a largest magnitude `max` near 2^15.
+fn shift_for(max: f32) -> (f32, f32) {
+    let shift = if max > 0.0 && max.is_finite() {
+        (15 - max.log2().ceil() as i32).clamp(-100, 100)
+    } else {
+        0
+    };
+    (2f32.powi(shift), 2f32.powi(-shift))
 }
 
 fn has_f16c() -> bool {
@@ -301,6 +320,22 @@ mod tests {
         for (p, q) in o16.iter().zip(&o32) {
             assert!((p - q).abs() <= 1e-6, "{p} vs {q}");
         }
+    }
+
+    #[test]
+    fn scaled_transpose_matches_transposing_first() {
+        let (rows, cols) = (5, 3);
+        let m: Vec<f32> = (0..rows * cols).map(|i| i as f32 - 6.0).collect();
+        let mut t = vec![0f32; rows * cols];
+        for r in 0..rows {
+            for c in 0..cols {
+                t[c * rows + r] = m[r * cols + c] * 0.25;
+            }
+        }
+        assert_eq!(
+            HostMat::f16_scaled_transposed(&m, rows, cols, 0.25).to_f32(),
+            HostMat::f16_from(&t).to_f32()
+        );
     }
 
     #[test]

@@ -88,15 +88,20 @@ impl LoraDelta {
             let b = Tensor::from_vec(b, (out, r), device)?;
             return Self::new(&a, &b, scale, dtype);
         }
-        let mut sbt = vec![0f32; r * out];
-        for o in 0..out {
-            for k in 0..r {
-                sbt[k * out + o] = (b[o * r + k] as f64 * scale) as f32;
-            }
-        }
         let (a, sbt) = match precision {
-            LoraPrecision::F32 => (HostMat::F32(a), HostMat::F32(sbt)),
-            LoraPrecision::F16 => (HostMat::f16_from(&a), HostMat::f16_from(&sbt)),
+            LoraPrecision::F32 => {
+                let mut sbt = vec![0f32; r * out];
+                for o in 0..out {
+                    for k in 0..r {
+                        sbt[k * out + o] = (b[o * r + k] as f64 * scale) as f32;
+                    }
+                }
+                (HostMat::F32(a), HostMat::F32(sbt))
+            }
+            LoraPrecision::F16 => (
+                HostMat::f16_from(&a),
+                HostMat::f16_scaled_transposed(&b, out, r, scale as f32),
+            ),
         };
         Ok(Self {
             r,

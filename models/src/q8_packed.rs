@@ -52,7 +52,11 @@ impl PackedQ8 {
     /// Quantizes `[out, in]` f32 weights in Q8_0's blocks (scale = max|w|/127). `None` when the
     /// shape does not tile (out % 16, in % 32).
     pub fn from_dense(w: &[f32], out: usize, inp: usize) -> Option<Self> {
-        if !out.is_multiple_of(TILE) || !inp.is_multiple_of(BLOCK) || w.len() != out * inp || out == 0 {
+        if !out.is_multiple_of(TILE)
+            || !inp.is_multiple_of(BLOCK)
+            || w.len() != out * inp
+            || out == 0
+        {
             return None;
         }
         let blocks = inp / BLOCK;
