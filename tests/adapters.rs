@@ -389,7 +389,9 @@ fn bad_adapters_are_refused_with_typed_errors() {
 }
 
 /// A store-recorded version is re-checked by its fast checksum on load; changed bytes of the
-/// same size are refused, and a record without a checksum falls back to the sha256.
+/// same size are refused, whether the record holds a tensor-wise checksum, an older whole-file
+/// one, or none (then the sha256 decides); and bytes that no longer even parse are corruption,
+/// not a bad adapter.
 #[test]
 fn recorded_versions_refuse_changed_bytes() {
     let dir = tempfile::tempdir().unwrap();
@@ -397,26 +399,42 @@ fn recorded_versions_refuse_changed_bytes() {
     let base = BaseModel::of(tiny());
     let limits = AdapterLimits::default();
     let first = load_dir(dir.path(), &base, &limits).unwrap().info;
-    let recorded = Recorded {
-        sha256: first.sha256.clone(),
-        checksum: Some(first.checksum.clone()),
-    };
-    let again = load_dir_checked(dir.path(), &base, &limits, Some(&recorded)).unwrap();
-    assert_eq!(again.info, first);
+    assert!(first.checksum.starts_with("t1:"), "{}", first.checksum);
+    let config = std::fs::read(dir.path().join("adapter_config.json")).unwrap();
     let weights = dir.path().join("adapter_model.safetensors");
-    let mut bytes = std::fs::read(&weights).unwrap();
+    let original = std::fs::read(&weights).unwrap();
+    let whole_file = {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&(config.len() as u64).to_le_bytes());
+        h.update(&config);
+        h.update(&original);
+        format!("{:032x}", h.digest128())
+    };
+    let records: Vec<Recorded> = [Some(first.checksum.clone()), Some(whole_file), None]
+        .into_iter()
+        .map(|checksum| Recorded {
+            sha256: first.sha256.clone(),
+            checksum,
+        })
+        .collect();
+    for r in &records {
+        let again = load_dir_checked(dir.path(), &base, &limits, Some(r)).unwrap();
+        assert_eq!(again.info, first);
+    }
+    let mut bytes = original.clone();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x01; // a low mantissa bit: still a finite, valid tensor
     std::fs::write(&weights, &bytes).unwrap();
     assert!(load_dir(dir.path(), &base, &limits).is_ok());
-    for r in [
-        recorded.clone(),
-        Recorded {
-            checksum: None,
-            ..recorded
-        },
-    ] {
-        let e = load_dir_checked(dir.path(), &base, &limits, Some(&r)).unwrap_err();
+    for r in &records {
+        let e = load_dir_checked(dir.path(), &base, &limits, Some(r)).unwrap_err();
+        assert!(matches!(e, AdapterError::Corrupt { .. }), "{e:?}");
+    }
+    let mut bytes = original;
+    bytes[8] = b'['; // the header no longer parses
+    std::fs::write(&weights, &bytes).unwrap();
+    for r in &records {
+        let e = load_dir_checked(dir.path(), &base, &limits, Some(r)).unwrap_err();
         assert!(matches!(e, AdapterError::Corrupt { .. }), "{e:?}");
     }
 }

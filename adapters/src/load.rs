@@ -58,7 +58,8 @@ impl Default for AdapterLimits {
 pub struct AdapterInfo {
     /// sha256 over the config and weights bytes: the adapter's version identity.
     pub sha256: String,
-    /// xxh3-128 over the same bytes: cheap enough to re-check on every load.
+    /// Tensor-wise xxh3-128 over the same bytes (`t1:` prefix): computed while converting, so
+    /// re-checking it on every load costs no extra pass.
     pub checksum: String,
     pub rank: usize,
     pub alpha: f64,
@@ -146,13 +147,51 @@ pub fn load_bytes(
     load_bytes_checked(config, weights, origin, base, limits, None)
 }
 
-/// xxh3-128 over the same framing as the sha256.
-fn checksum(config: &[u8], weights: &[u8]) -> String {
+/// Whole-file xxh3-128 over the same framing as the sha256: the checksum format of versions
+/// recorded before tensor-wise checksums (no prefix); still verified for them.
+fn whole_file_checksum(config: &[u8], weights: &[u8]) -> String {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(&(config.len() as u64).to_le_bytes());
     h.update(config);
     h.update(weights);
     format!("{:032x}", h.digest128())
+}
+
+/// Prefix of tensor-wise checksums: xxh3-128 over the config, the safetensors header and each
+/// tensor's own xxh3-128 (by name). Each tensor is hashed by the task that converts it, while its
+/// bytes are in cache, so verifying a stored version costs no extra pass over the file. The
+/// header fixes every tensor's offsets and safetensors rejects bytes outside them, so every byte
+/// of the file is covered.
+const TENSORWISE: &str = "t1:";
+
+fn tensorwise_checksum(config: &[u8], weights: &[u8], mut digests: Vec<(&str, u128)>) -> String {
+    let header_len = weights.get(..8).map_or(0, |b| {
+        u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize
+    });
+    let header = weights.get(..8 + header_len).unwrap_or(weights);
+    digests.sort_unstable();
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&(config.len() as u64).to_le_bytes());
+    h.update(config);
+    h.update(&(weights.len() as u64).to_le_bytes());
+    h.update(header);
+    for (name, d) in digests {
+        h.update(name.as_bytes());
+        h.update(&d.to_le_bytes());
+    }
+    format!("{TENSORWISE}{:032x}", h.digest128())
+}
+
+/// [`tensorwise_checksum`] on its own, for bytes that failed to build (to tell corruption from
+/// an adapter that was always bad). `None` when the file does not even parse.
+fn tensorwise_checksum_of(config: &[u8], weights: &[u8]) -> Option<String> {
+    let st = safetensors::SafeTensors::deserialize(weights).ok()?;
+    let views = st.tensors();
+    let digests = views
+        .iter()
+        .map(|(n, v)| (n.as_str(), xxhash_rust::xxh3::xxh3_128(v.data())))
+        .collect();
+    Some(tensorwise_checksum(config, weights, digests))
 }
 
 fn sha256(config: &[u8], weights: &[u8]) -> String {
@@ -172,29 +211,45 @@ pub fn load_bytes_checked(
     limits: &AdapterLimits,
     recorded: Option<&Recorded>,
 ) -> Result<LoadedAdapter> {
-    let ((hash, sum), built) = rayon::join(
+    let recorded_sum = recorded.and_then(|r| r.checksum.as_deref());
+    let ((hash, old_sum), built) = rayon::join(
         || {
             // With a recorded checksum the recorded sha256 stands; otherwise it is recomputed.
             let hash = match recorded {
                 Some(r) if r.checksum.is_some() => r.sha256.clone(),
                 _ => sha256(config, weights),
             };
-            (hash, checksum(config, weights))
+            let old = recorded_sum
+                .filter(|c| !c.starts_with(TENSORWISE))
+                .map(|_| whole_file_checksum(config, weights));
+            (hash, old)
         },
         || build(config, weights, origin, base, limits),
     );
+    let corrupt = |r: &Recorded| AdapterError::Corrupt {
+        path: origin.to_path_buf(),
+        reason: format!("the bytes no longer match version {}", r.sha256),
+    };
     if let Some(r) = recorded {
-        if r.checksum.as_ref().is_some_and(|c| *c != sum) || r.sha256 != hash {
-            return Err(AdapterError::Corrupt {
-                path: origin.to_path_buf(),
-                reason: format!("the bytes no longer match version {}", r.sha256),
-            });
+        let sum_now = match (&built, &old_sum) {
+            (_, Some(old)) => Some(old.clone()),
+            (Ok(b), None) => Some(b.checksum.clone()),
+            (Err(_), None) => tensorwise_checksum_of(config, weights),
+        };
+        if r.sha256 != hash || recorded_sum.is_some_and(|c| Some(c) != sum_now.as_deref()) {
+            return Err(corrupt(r));
         }
     }
-    let (weights_obj, cfg, targets, max_rank) = built?;
+    let Built {
+        weights: weights_obj,
+        cfg,
+        targets,
+        max_rank,
+        checksum,
+    } = built?;
     let info = AdapterInfo {
         sha256: hash,
-        checksum: sum,
+        checksum,
         rank: max_rank,
         alpha: cfg.lora_alpha,
         targets,
@@ -212,10 +267,13 @@ pub fn load_bytes_checked(
 pub(crate) struct Host {
     pub(crate) shape: Vec<usize>,
     pub(crate) data: Vec<f32>,
+    /// xxh3-128 of the tensor's bytes (see [`tensorwise_checksum`]).
+    pub(crate) digest: u128,
 }
 
 pub(crate) fn read_tensor(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Host> {
     let bytes = view.data();
+    let digest = xxhash_rust::xxh3::xxh3_128(bytes);
     let data: Vec<f32> = match view.dtype() {
         safetensors::Dtype::F32 => f32_from_le(bytes),
         safetensors::Dtype::F16 => bytes
@@ -247,6 +305,7 @@ pub(crate) fn read_tensor(name: &str, view: &safetensors::tensor::TensorView<'_>
     Ok(Host {
         shape: view.shape().to_vec(),
         data,
+        digest,
     })
 }
 
@@ -271,7 +330,14 @@ fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
     }
 }
 
-type Built = (LoraWeights, PeftConfig, Vec<String>, usize);
+struct Built {
+    weights: LoraWeights,
+    cfg: PeftConfig,
+    targets: Vec<String>,
+    max_rank: usize,
+    /// Tensor-wise, see [`tensorwise_checksum`].
+    checksum: String,
+}
 
 /// A module's `lora_A` and `lora_B` tensor names, as found in the file.
 type PairNames<'a> = (Option<&'a str>, Option<&'a str>);
@@ -337,7 +403,7 @@ fn build(
         .into_iter()
         .map(|key| (key, pairs.remove(&key)))
         .collect();
-    let built: Vec<((usize, Proj), LoraDelta, usize)> = jobs
+    let built: Vec<((usize, Proj), LoraDelta, usize, [(&str, u128); 2])> = jobs
         .into_par_iter()
         .map(|(key @ (layer, proj), pair)| {
             let module = module_name(layer, proj);
@@ -353,7 +419,9 @@ fn build(
                     reason: "lora_A and lora_B must both be present".into(),
                 });
             };
+            let (a_name, b_name) = (a, b);
             let (a, b) = (read_tensor(a, by_name[a])?, read_tensor(b, by_name[b])?);
+            let digests = [(a_name, a.digest), (b_name, b.digest)];
             let (rank, alpha) = cfg.rank_alpha(&module)?;
             if rank > limits.max_rank {
                 return Err(AdapterError::RankTooLarge {
@@ -384,13 +452,15 @@ fn build(
                 base.precision,
                 &base.device,
             )?;
-            Ok((key, delta, rank))
+            Ok((key, delta, rank, digests))
         })
         .collect::<Result<_>>()?;
     let mut deltas = HashMap::new();
     let mut targets = HashSet::new();
     let mut max_rank = 0;
-    for (key @ (_, proj), delta, rank) in built {
+    let mut digests = Vec::with_capacity(2 * built.len());
+    for (key @ (_, proj), delta, rank, d) in built {
+        digests.extend(d);
         deltas.insert(key, delta);
         targets.insert(
             TARGETS
@@ -404,7 +474,13 @@ fn build(
     }
     let mut targets: Vec<String> = targets.into_iter().collect();
     targets.sort_by_key(|t| TARGETS.iter().position(|(_, n)| n == t));
-    Ok((LoraWeights::new(deltas), cfg, targets, max_rank))
+    Ok(Built {
+        weights: LoraWeights::new(deltas),
+        cfg,
+        targets,
+        max_rank,
+        checksum: tensorwise_checksum(config, weights, digests),
+    })
 }
 
 /// llama.cpp's converter permutes q/k rows so its adjacent-pair RoPE matches HF's `rotate_half`;

@@ -22,7 +22,8 @@ pub struct Manifest {
     pub version: u64,
     /// The content hash of the version (config and weights), as the validator computes it.
     pub sha256: String,
-    /// xxh3-128 of the same bytes, re-checked on every load (absent in older manifests).
+    /// xxh3-128 checksum of the same bytes, re-checked on every load: tensor-wise (`t1:`
+    /// prefix) or, in older manifests, over the whole file (no prefix); absent in the oldest.
     #[serde(default)]
     pub checksum: Option<String>,
     /// Bytes of the two files on disk.
