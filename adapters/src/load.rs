@@ -339,6 +339,9 @@ struct Built {
     checksum: String,
 }
 
+/// One module's delta, its rank, and the digests of its two tensors (by name).
+type BuiltModule<'a> = ((usize, Proj), LoraDelta, usize, [(&'a str, u128); 2]);
+
 /// A module's `lora_A` and `lora_B` tensor names, as found in the file.
 type PairNames<'a> = (Option<&'a str>, Option<&'a str>);
 
@@ -403,7 +406,7 @@ fn build(
         .into_iter()
         .map(|key| (key, pairs.remove(&key)))
         .collect();
-    let built: Vec<((usize, Proj), LoraDelta, usize, [(&str, u128); 2])> = jobs
+    let built: Vec<BuiltModule<'_>> = jobs
         .into_par_iter()
         .map(|(key @ (layer, proj), pair)| {
             let module = module_name(layer, proj);
