@@ -179,8 +179,8 @@ fn main() {
     let h = loraplex_runtime::start(lm.clone(), reg.clone(), cfg).unwrap();
     let resident = &names[..c];
     run(&h, c, c, resident, 8, 1); // warm-up: loads the C adapters
-    // (a), (b), (c) interleaved `repeats` times, each reported by its median run: a shared
-    // machine drifts, and interleaving spreads the drift over all three.
+                                   // (a), (b), (c) interleaved `repeats` times, each reported by its median run: a shared
+                                   // machine drifts, and interleaving spreads the drift over all three.
     let (mut a, mut b, mut cc) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..repeats {
         a.push(run(&h, c, c, &[], prompt_len, out_len));

@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use crate::config::{LlamaConfig, RopeLayout};
 use crate::error::Result;
+use crate::lora::LoraGroups;
 use crate::q8_packed::PackedQ8;
 use crate::weights::Proj;
 
@@ -102,6 +103,27 @@ impl Linear {
     /// Bytes held, the packed copy included.
     pub fn size_in_bytes(&self) -> usize {
         self.weight.size_in_bytes() + self.packed.as_ref().map_or(0, |p| p.size_in_bytes())
+    }
+
+    /// `x`: `[rows, in]` → `[rows, out]`, plus each row's LoRA delta for `(layer, proj)`. With
+    /// packed weights the deltas are added inside the product's own parallel pass (each task
+    /// adds them to the columns it computed), saving a thread-pool round trip per projection.
+    pub(crate) fn forward_lora(
+        &self,
+        x: &Tensor,
+        lora: &LoraGroups<'_>,
+        layer: usize,
+        proj: Proj,
+    ) -> Result<Tensor> {
+        if lora.is_empty() {
+            return self.forward(x);
+        }
+        if let (Some(p), DType::F32) = (&self.packed, x.dtype()) {
+            if let Some(rows) = lora.host_rows(layer, proj, x.dim(0)?) {
+                return p.forward_with_lora(x, &rows);
+            }
+        }
+        lora.apply(layer, proj, x, self.forward(x)?)
     }
 
     /// `x`: `[rows, in]` → `[rows, out]`.
@@ -234,16 +256,16 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    /// `adapt(proj, input, base_output)` adds any per-row LoRA delta.
+    /// `project(linear, proj, input)` runs one projection with any per-row LoRA delta.
     pub fn forward(
         &self,
         x: &Tensor,
-        adapt: impl Fn(Proj, &Tensor, Tensor) -> Result<Tensor>,
+        project: impl Fn(&Linear, Proj, &Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&adapt(Proj::Gate, x, self.gate.forward(x)?)?)?;
-        let up = adapt(Proj::Up, x, self.up.forward(x)?)?;
+        let gate = candle_nn::ops::silu(&project(&self.gate, Proj::Gate, x)?)?;
+        let up = project(&self.up, Proj::Up, x)?;
         let h = (gate * up)?;
-        adapt(Proj::Down, &h, self.down.forward(&h)?)
+        project(&self.down, Proj::Down, &h)
     }
 }
 

@@ -213,22 +213,15 @@ impl Llama {
         let (cos, sin) = self.rotary.tables(&positions)?;
         let per_seq: Vec<_> = inputs.iter().map(|i| (i.adapter, i.tokens.len())).collect();
         let lora = LoraGroups::new(&per_seq, &self.device)?;
-        let adapt = |l: usize, p: Proj, x: &Tensor, y: Tensor| -> Result<Tensor> {
-            if lora.is_empty() {
-                Ok(y)
-            } else {
-                lora.apply(l, p, x, y)
-            }
-        };
 
         let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
         let cpu_f32 = self.device.is_cpu() && self.dtype == DType::F32;
         let mut x = self.embed.forward(&ids, self.dtype)?;
         for (l, b) in self.blocks.iter().enumerate() {
             let h = b.attn_norm.forward(&x)?;
-            let q = adapt(l, Proj::Q, &h, b.q.forward(&h)?)?;
-            let k = adapt(l, Proj::K, &h, b.k.forward(&h)?)?;
-            let v = adapt(l, Proj::V, &h, b.v.forward(&h)?)?;
+            let q = b.q.forward_lora(&h, &lora, l, Proj::Q)?;
+            let k = b.k.forward_lora(&h, &lora, l, Proj::K)?;
+            let v = b.v.forward_lora(&h, &lora, l, Proj::V)?;
             let q = self
                 .rotary
                 .apply(&q.reshape((total, nh, hd))?, &cos, &sin)?;
@@ -278,10 +271,10 @@ impl Llama {
             } else {
                 Tensor::cat(&outs, 0)?
             };
-            x = (x + adapt(l, Proj::O, &attn, b.o.forward(&attn)?)?)?;
-            let m = b
-                .mlp
-                .forward(&b.mlp_norm.forward(&x)?, |p, x, y| adapt(l, p, x, y))?;
+            x = (x + b.o.forward_lora(&attn, &lora, l, Proj::O)?)?;
+            let m = b.mlp.forward(&b.mlp_norm.forward(&x)?, |lin, p, x| {
+                lin.forward_lora(x, &lora, l, p)
+            })?;
             x = (x + m)?;
         }
         for (inp, cache) in inputs.iter().zip(caches.iter_mut()) {

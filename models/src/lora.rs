@@ -148,7 +148,7 @@ impl LoraDelta {
     }
 
     /// Adds this delta for one row: `out += sBᵀ·(A·x)`. The result depends on this row alone.
-    fn add_row(&self, x: &[f32], out: &mut [f32]) -> bool {
+    pub(crate) fn add_row(&self, x: &[f32], out: &mut [f32]) -> bool {
         let Store::Host { a, sbt } = &self.store else {
             return false;
         };
@@ -257,6 +257,28 @@ impl<'a> LoraGroups<'a> {
 
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
+    }
+
+    /// Each row's delta for `(layer, proj)` when every one present is held on the host (the
+    /// fused CPU path can add them); `None` otherwise.
+    pub(crate) fn host_rows(
+        &self,
+        layer: usize,
+        proj: Proj,
+        rows: usize,
+    ) -> Option<Vec<Option<&'a LoraDelta>>> {
+        let mut per_row = vec![None; rows];
+        for g in &self.groups {
+            if let Some(d) = g.weights.get(layer, proj) {
+                if !d.is_host() {
+                    return None;
+                }
+                for &r in &g.row_ids {
+                    *per_row.get_mut(r as usize)? = Some(d);
+                }
+            }
+        }
+        Some(per_row)
     }
 
     /// Adds each adapter's delta for `(layer, proj)` to its rows of `y = base(x)`.

@@ -17,6 +17,7 @@ use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::lora::LoraDelta;
 
 const TILE: usize = 16;
 const BLOCK: usize = 32;
@@ -103,6 +104,17 @@ impl PackedQ8 {
 
     /// `x`: `[rows, in]` f32 → `[rows, out]`. Only call when [`PackedQ8::supported`].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with_lora(x, &[])
+    }
+
+    /// [`PackedQ8::forward`] plus row `r`'s LoRA delta `lora[r]` (none past `lora.len()`). The
+    /// deltas are computed by the same tasks as the product (rows spread over them), then added
+    /// once all are done: one thread-pool round trip for both.
+    pub(crate) fn forward_with_lora(
+        &self,
+        x: &Tensor,
+        lora: &[Option<&LoraDelta>],
+    ) -> Result<Tensor> {
         let (rows, inp) = x.dims2()?;
         if inp != self.inp {
             return Err(crate::ModelError::InvalidBatch(format!(
@@ -113,20 +125,42 @@ impl PackedQ8 {
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let (xq, dx) = quantize_rows(&xs, rows, inp);
         let mut y = vec![0f32; rows * self.out];
-        self.matmul(&xq, &dx, rows, &mut y);
+        let ok = self.matmul(&xq, &dx, rows, &mut y, &xs, lora);
+        if !ok {
+            return Err(crate::ModelError::InvalidBatch(
+                "LoRA rank above 512 on the CPU path".into(),
+            ));
+        }
         Ok(Tensor::from_vec(y, (rows, self.out), &Device::Cpu)?)
     }
 
-    fn matmul(&self, xq: &[u8], dx: &[f32], rows: usize, y: &mut [f32]) {
+    fn matmul(
+        &self,
+        xq: &[u8],
+        dx: &[f32],
+        rows: usize,
+        y: &mut [f32],
+        xs: &[f32],
+        lora: &[Option<&LoraDelta>],
+    ) -> bool {
         let tiles = self.out / TILE;
         let blocks = self.inp / BLOCK;
         let threads = rayon::current_num_threads().max(1);
         // Few, even chunks: a decode step has little work per call and waking threads costs.
         let per = tiles.div_ceil(threads * if tiles >= 64 * threads { 4 } else { 1 });
+        let chunks = tiles.div_ceil(per);
         let y_ptr = SendPtr(y.as_mut_ptr());
-        (0..tiles.div_ceil(per)).into_par_iter().for_each(|c| {
-            let y_ptr = &y_ptr;
-            for t in c * per..((c + 1) * per).min(tiles) {
+        let with_lora = lora.iter().any(Option::is_some);
+        let mut delta = if with_lora {
+            vec![0f32; lora.len() * self.out]
+        } else {
+            Vec::new()
+        };
+        let d_ptr = SendPtr(delta.as_mut_ptr());
+        let ok = (0..chunks).into_par_iter().all(|c| {
+            let (y_ptr, d_ptr) = (&y_ptr, &d_ptr);
+            let (t0, t1) = (c * per, ((c + 1) * per).min(tiles));
+            for t in t0..t1 {
                 let w = &self.w[t * blocks * TILE * BLOCK..(t + 1) * blocks * TILE * BLOCK];
                 let d = &self.d[t * blocks * TILE..(t + 1) * blocks * TILE];
                 let n = &self.neg[t * blocks * TILE..(t + 1) * blocks * TILE];
@@ -149,7 +183,28 @@ impl PackedQ8 {
                     r += take;
                 }
             }
+            // This task's share of the LoRA rows, into their own rows of `delta`.
+            (c..lora.len()).step_by(chunks).all(|r| {
+                lora[r].is_none_or(|d| {
+                    // SAFETY: row r of `delta` belongs to this task alone (r ≡ c mod chunks).
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(d_ptr.0.add(r * self.out), self.out)
+                    };
+                    d.add_row(&xs[r * self.inp..(r + 1) * self.inp], out)
+                })
+            })
         });
+        if with_lora {
+            for (r, d) in lora.iter().enumerate() {
+                if d.is_some() {
+                    let (yr, dr) = (r * self.out, (r + 1) * self.out);
+                    for (o, v) in y[yr..dr].iter_mut().zip(&delta[yr..dr]) {
+                        *o += v;
+                    }
+                }
+            }
+        }
+        ok
     }
 }
 
