@@ -7,13 +7,16 @@
 //! weight block is loaded once for every row of the batch.
 //!
 //! Layout, per tile of 16 outputs and block of 32 inputs: 8 groups × 16 outputs × 4 inputs of
-//! `i8` (512 bytes), then the 16 block scales and the 16 values `-128·Σw` that undo the +128
-//! offset making activations unsigned (`vpdpbusd` multiplies unsigned by signed bytes).
+//! `i8` (512 bytes), in a stream of its own the 16 f16 block scales, and in a third the 16 sums
+//! `Σw` (i16) whose `-128·Σw` undoes the +128 offset making activations unsigned (`vpdpbusd`
+//! multiplies unsigned by signed bytes): 36 bytes per 32 weights, near Q8_0's 34, since a
+//! single-stream decode step is bound by streaming them.
 //!
 //! Each row is computed by the same instruction sequence whatever the batch holds, so a
 //! sequence's logits do not depend on what it was batched with.
 
 use candle_core::{Device, Tensor};
+use half::f16;
 use rayon::prelude::*;
 
 use crate::error::Result;
@@ -29,10 +32,10 @@ pub struct PackedQ8 {
     inp: usize,
     /// `[tile][block][group][lane][4]`.
     w: Vec<i8>,
-    /// `[tile][block][lane]`.
-    d: Vec<f32>,
-    /// `[tile][block][lane]`: `-128 · Σ_block w`.
-    neg: Vec<i32>,
+    /// `[tile][block][lane]`, f16 as in Q8_0 (these bytes are streamed on every decode step).
+    d: Vec<f16>,
+    /// `[tile][block][lane]`: `Σ_block w`.
+    sums: Vec<i16>,
 }
 
 impl PackedQ8 {
@@ -63,8 +66,8 @@ impl PackedQ8 {
         let blocks = inp / BLOCK;
         let tiles = out / TILE;
         let mut pw = vec![0i8; out * inp];
-        let mut pd = vec![0f32; tiles * blocks * TILE];
-        let mut pn = vec![0i32; tiles * blocks * TILE];
+        let mut pd = vec![f16::ZERO; tiles * blocks * TILE];
+        let mut pn = vec![0i16; tiles * blocks * TILE];
         pw.par_chunks_mut(blocks * TILE * BLOCK)
             .zip(pd.par_chunks_mut(blocks * TILE))
             .zip(pn.par_chunks_mut(blocks * TILE))
@@ -84,8 +87,8 @@ impl PackedQ8 {
                             let (g, k) = (j / 4, j % 4);
                             pw[b * TILE * BLOCK + g * TILE * 4 + lane * 4 + k] = q;
                         }
-                        pd[b * TILE + lane] = d;
-                        pn[b * TILE + lane] = -128 * sum;
+                        pd[b * TILE + lane] = f16::from_f32(d);
+                        pn[b * TILE + lane] = sum as i16; // |sum| ≤ 32·127
                     }
                 }
             });
@@ -94,12 +97,12 @@ impl PackedQ8 {
             inp,
             w: pw,
             d: pd,
-            neg: pn,
+            sums: pn,
         })
     }
 
     pub fn size_in_bytes(&self) -> usize {
-        self.w.len() + 4 * (self.d.len() + self.neg.len())
+        self.w.len() + 2 * (self.d.len() + self.sums.len())
     }
 
     /// `x`: `[rows, in]` f32 → `[rows, out]`. Only call when [`PackedQ8::supported`].
@@ -163,7 +166,7 @@ impl PackedQ8 {
             for t in t0..t1 {
                 let w = &self.w[t * blocks * TILE * BLOCK..(t + 1) * blocks * TILE * BLOCK];
                 let d = &self.d[t * blocks * TILE..(t + 1) * blocks * TILE];
-                let n = &self.neg[t * blocks * TILE..(t + 1) * blocks * TILE];
+                let n = &self.sums[t * blocks * TILE..(t + 1) * blocks * TILE];
                 let mut r = 0;
                 while r < rows {
                     let take = if rows - r >= 4 { 4 } else { 1 };
@@ -238,8 +241,8 @@ fn quantize_rows(xs: &[f32], rows: usize, inp: usize) -> (Vec<u8>, Vec<f32>) {
 mod x86 {
     pub(super) unsafe fn tile<const R: usize>(
         _: &[i8],
-        _: &[f32],
-        _: &[i32],
+        _: &[half::f16],
+        _: &[i16],
         _: usize,
         _: *const u8,
         _: usize,
@@ -253,6 +256,7 @@ mod x86 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use half::f16;
     use std::arch::x86_64::*;
 
     use super::{BLOCK, TILE};
@@ -263,8 +267,8 @@ mod x86 {
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile<const R: usize>(
         w: &[i8],
-        d: &[f32],
-        neg: &[i32],
+        d: &[f16],
+        sums: &[i16],
         blocks: usize,
         x: *const u8,
         x_stride: usize,
@@ -279,8 +283,14 @@ mod x86 {
             for (g, v) in ws.iter_mut().enumerate() {
                 *v = _mm512_loadu_si512(wb.add(g * 64) as *const _);
             }
-            let n = _mm512_loadu_si512(neg.as_ptr().add(b * TILE) as *const _);
-            let dv = _mm512_loadu_ps(d.as_ptr().add(b * TILE));
+            // -128·Σw undoes the +128 offset of the activations; scales are f16 as in Q8_0.
+            let sum = _mm512_cvtepi16_epi32(_mm256_loadu_si256(
+                sums.as_ptr().add(b * TILE) as *const __m256i
+            ));
+            let n = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(sum));
+            let dv = _mm512_cvtph_ps(_mm256_loadu_si256(
+                d.as_ptr().add(b * TILE) as *const __m256i
+            ));
             for (r, a) in acc.iter_mut().enumerate() {
                 let xb = x.add(r * x_stride + b * BLOCK) as *const i32;
                 let mut s = n;
