@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::config::{LlamaConfig, RopeLayout};
@@ -24,6 +24,9 @@ pub enum WeightMatrix {
     Dense(Tensor),
     /// Both forms: the quantized one for few rows, the dense one for many (see [`DENSE_MIN_ROWS`]).
     Dual { q: Arc<QTensor>, dense: Tensor },
+    /// Q8_0 blocks packed for the VNNI kernel (CPUs that have it): it serves every row count,
+    /// prefill included, so neither candle's blocks nor a dense copy are kept beside it.
+    Packed(Arc<PackedQ8>),
 }
 
 impl WeightMatrix {
@@ -31,6 +34,7 @@ impl WeightMatrix {
         let s = match self {
             WeightMatrix::Quantized(q) | WeightMatrix::Dual { q, .. } => q.shape().dims().to_vec(),
             WeightMatrix::Dense(t) => t.dims().to_vec(),
+            WeightMatrix::Packed(p) => return p.dims(),
         };
         (s[0], s[1])
     }
@@ -41,6 +45,7 @@ impl WeightMatrix {
             WeightMatrix::Quantized(q) => q.storage_size_in_bytes(),
             WeightMatrix::Dense(t) => dense(t),
             WeightMatrix::Dual { q, dense: t } => q.storage_size_in_bytes() + dense(t),
+            WeightMatrix::Packed(p) => p.size_in_bytes(),
         }
     }
 
@@ -49,6 +54,7 @@ impl WeightMatrix {
         Ok(match self {
             WeightMatrix::Quantized(q) => q.dequantize(device)?,
             WeightMatrix::Dense(t) | WeightMatrix::Dual { dense: t, .. } => t.clone(),
+            WeightMatrix::Packed(p) => p.to_dense(device)?,
         })
     }
 }
@@ -60,9 +66,6 @@ pub struct Linear {
     weight: WeightMatrix,
     /// `QMatMul` for the quantized form, built once (it holds an `Arc` to the same blocks).
     qmm: Option<QMatMul>,
-    /// Q8_0 weights packed for the VNNI kernel, where this CPU has it: then it serves every row
-    /// count (on 2 cores here it beats the f32 GEMM for prefill as well as decode).
-    packed: Option<Arc<PackedQ8>>,
 }
 
 impl Linear {
@@ -71,38 +74,17 @@ impl Linear {
             WeightMatrix::Quantized(q) | WeightMatrix::Dual { q, .. } => {
                 Some(QMatMul::from_arc(q.clone())?)
             }
-            WeightMatrix::Dense(_) => None,
+            WeightMatrix::Dense(_) | WeightMatrix::Packed(_) => None,
         };
-        let packed = match &weight {
-            WeightMatrix::Quantized(q) | WeightMatrix::Dual { q, .. }
-                if q.dtype() == GgmlDType::Q8_0 && q.device().is_cpu() && PackedQ8::supported() =>
-            {
-                let (out, inp) = weight.dims();
-                let dense = match &weight {
-                    WeightMatrix::Dual { dense, .. } if dense.dtype() == DType::F32 => {
-                        dense.clone()
-                    }
-                    _ => q.dequantize(&Device::Cpu)?,
-                };
-                let values: Vec<f32> = dense.flatten_all()?.to_vec1()?;
-                PackedQ8::from_dense(&values, out, inp).map(Arc::new)
-            }
-            _ => None,
-        };
-        Ok(Self {
-            weight,
-            qmm,
-            packed,
-        })
+        Ok(Self { weight, qmm })
     }
 
     pub fn weight(&self) -> &WeightMatrix {
         &self.weight
     }
 
-    /// Bytes held, the packed copy included.
     pub fn size_in_bytes(&self) -> usize {
-        self.weight.size_in_bytes() + self.packed.as_ref().map_or(0, |p| p.size_in_bytes())
+        self.weight.size_in_bytes()
     }
 
     /// `x`: `[rows, in]` → `[rows, out]`, plus each row's LoRA delta for `(layer, proj)`. With
@@ -118,7 +100,7 @@ impl Linear {
         if lora.is_empty() {
             return self.forward(x);
         }
-        if let (Some(p), DType::F32) = (&self.packed, x.dtype()) {
+        if let WeightMatrix::Packed(p) = &self.weight {
             if let Some(rows) = lora.host_rows(layer, proj, x.dim(0)?) {
                 return p.forward_with_lora(x, &rows);
             }
@@ -129,10 +111,8 @@ impl Linear {
     /// `x`: `[rows, in]` → `[rows, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.dim(0)?;
-        if let Some(p) = &self.packed {
-            if x.dtype() == DType::F32 {
-                return p.forward(x);
-            }
+        if let WeightMatrix::Packed(p) = &self.weight {
+            return p.forward(x);
         }
         let y = match (&self.weight, &self.qmm) {
             (WeightMatrix::Dual { dense, .. }, _) if rows >= DENSE_MIN_ROWS => {
@@ -140,6 +120,7 @@ impl Linear {
             }
             (WeightMatrix::Dense(w), _) => dense_matmul(x, w)?,
             (_, Some(q)) => q.forward(&x.contiguous()?)?,
+            (WeightMatrix::Packed(_), _) => unreachable!("returned above"),
             (_, None) => unreachable!("quantized weights always have a QMatMul"),
         };
         Ok(y)

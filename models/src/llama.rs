@@ -133,7 +133,7 @@ impl Llama {
         let quantized = self.blocks.iter().any(|b| {
             matches!(
                 b.q.weight(),
-                WeightMatrix::Quantized(_) | WeightMatrix::Dual { .. }
+                WeightMatrix::Quantized(_) | WeightMatrix::Dual { .. } | WeightMatrix::Packed(_)
             )
         });
         if quantized && self.device.is_cpu() && self.dtype == DType::F32 {

@@ -101,6 +101,27 @@ impl PackedQ8 {
         })
     }
 
+    /// `(out, in)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.out, self.inp)
+    }
+
+    /// The weights the kernel multiplies by (`q · d` per block), `[out, in]`.
+    pub fn to_dense(&self, device: &Device) -> Result<Tensor> {
+        let blocks = self.inp / BLOCK;
+        let mut w = vec![0f32; self.out * self.inp];
+        for (o, row) in w.chunks_exact_mut(self.inp).enumerate() {
+            let (t, lane) = (o / TILE, o % TILE);
+            for (j, v) in row.iter_mut().enumerate() {
+                let (b, g, k) = (j / BLOCK, (j % BLOCK) / 4, j % 4);
+                let base = t * blocks * TILE * BLOCK + b * TILE * BLOCK;
+                let q = self.w[base + g * TILE * 4 + lane * 4 + k];
+                *v = q as f32 * self.d[(t * blocks + b) * TILE + lane].to_f32();
+            }
+        }
+        Ok(Tensor::from_vec(w, (self.out, self.inp), device)?)
+    }
+
     pub fn size_in_bytes(&self) -> usize {
         self.w.len() + 2 * (self.d.len() + self.sums.len())
     }
@@ -293,10 +314,16 @@ mod x86 {
             ));
             for (r, a) in acc.iter_mut().enumerate() {
                 let xb = x.add(r * x_stride + b * BLOCK) as *const i32;
-                let mut s = n;
-                for (g, wv) in ws.iter().enumerate() {
-                    s = _mm512_dpbusd_epi32(s, _mm512_set1_epi32(xb.add(g).read_unaligned()), *wv);
+                // Two independent chains (integer sums: the split changes no result) so that a
+                // lone row is not bound by the latency of eight dependent `vpdpbusd`s.
+                let (mut s0, mut s1) = (n, _mm512_setzero_si512());
+                for g in (0..8).step_by(2) {
+                    let x0 = _mm512_set1_epi32(xb.add(g).read_unaligned());
+                    let x1 = _mm512_set1_epi32(xb.add(g + 1).read_unaligned());
+                    s0 = _mm512_dpbusd_epi32(s0, x0, ws[g]);
+                    s1 = _mm512_dpbusd_epi32(s1, x1, ws[g + 1]);
                 }
+                let s = _mm512_add_epi32(s0, s1);
                 let scale = _mm512_mul_ps(dv, _mm512_set1_ps(*dx.add(r * blocks + b)));
                 *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, *a);
             }
@@ -345,6 +372,24 @@ mod tests {
                     .unwrap();
             let one: Vec<Vec<f32>> = p.forward(&alone).unwrap().to_vec2().unwrap();
             assert_eq!(one[0], got[r], "row {r} alone vs in a batch of {rows}");
+        }
+    }
+
+    #[test]
+    fn to_dense_gives_back_the_weights_within_8_bit_rounding() {
+        let (out, inp) = (32, 64);
+        let w = data(out * inp, 3);
+        let p = PackedQ8::from_dense(&w, out, inp).unwrap();
+        assert_eq!(p.dims(), (out, inp));
+        let back: Vec<f32> = p
+            .to_dense(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (a, b) in back.iter().zip(&w) {
+            assert!((a - b).abs() <= 1.0 / 127.0, "{a} vs {b}");
         }
     }
 

@@ -86,10 +86,10 @@ impl Holding {
     pub(crate) fn matrix_from_q(self, q: QTensor, device: &Device) -> Result<WeightMatrix> {
         Ok(match self {
             Holding::Dense(dt) => WeightMatrix::Dense(q.dequantize(device)?.to_dtype(dt)?),
-            Holding::Quantized => WeightMatrix::Quantized(Arc::new(fast_quant(q, device)?)),
+            Holding::Quantized => quantized(Arc::new(fast_quant(q, device)?))?,
             Holding::Dual => {
                 let dense = q.dequantize(device)?;
-                dual(Arc::new(fast_quant(q, device)?), dense)
+                dual(Arc::new(fast_quant(q, device)?), dense)?
             }
         })
     }
@@ -100,8 +100,8 @@ impl Holding {
             Holding::Quantized | Holding::Dual => {
                 let t32 = t.to_dtype(DType::F32)?;
                 match QTensor::quantize(&t32, GgmlDType::Q8_0) {
-                    Ok(q) if self == Holding::Dual => dual(Arc::new(q), t32),
-                    Ok(q) => WeightMatrix::Quantized(Arc::new(q)),
+                    Ok(q) if self == Holding::Dual => dual(Arc::new(q), t32)?,
+                    Ok(q) => quantized(Arc::new(q))?,
                     // Row length not a multiple of the block size: stay dense.
                     Err(_) => WeightMatrix::Dense(t32),
                 }
@@ -124,8 +124,8 @@ impl Holding {
         let fast = has_fast_kernel(q.dtype());
         Ok(match self {
             Holding::Dense(dt) => WeightMatrix::Dense(q.dequantize(device)?.to_dtype(dt)?),
-            Holding::Quantized if fast => WeightMatrix::Quantized(q),
-            Holding::Dual if fast => dual(q.clone(), q.dequantize(device)?),
+            Holding::Quantized if fast => quantized(q)?,
+            Holding::Dual if fast => dual(q.clone(), q.dequantize(device)?)?,
             Holding::Quantized | Holding::Dual => {
                 let dense = q.dequantize(device)?;
                 self.matrix_from_dense(dense)?
@@ -135,14 +135,30 @@ impl Holding {
 }
 
 /// Both forms, unless the packed VNNI kernel will serve every row count of these Q8_0 blocks
-/// faster than the f32 GEMM (measured here: prefill and decode alike), in which case the dense
-/// copy (4× the blocks' memory) is not kept.
-fn dual(q: Arc<QTensor>, dense: Tensor) -> WeightMatrix {
-    if q.dtype() == GgmlDType::Q8_0 && q.device().is_cpu() && PackedQ8::supported() {
-        WeightMatrix::Quantized(q)
-    } else {
-        WeightMatrix::Dual { q, dense }
+/// faster than the f32 GEMM (measured here: prefill and decode alike), in which case only the
+/// packed form is kept (the dense copy is 4× the blocks' memory).
+fn dual(q: Arc<QTensor>, dense: Tensor) -> Result<WeightMatrix> {
+    if packable(&q) {
+        let (out, inp) = dense.dims2()?;
+        let values: Vec<f32> = dense.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        if let Some(p) = PackedQ8::from_dense(&values, out, inp) {
+            return Ok(WeightMatrix::Packed(Arc::new(p)));
+        }
     }
+    Ok(WeightMatrix::Dual { q, dense })
+}
+
+/// Quantized blocks, packed for the VNNI kernel where it applies.
+fn quantized(q: Arc<QTensor>) -> Result<WeightMatrix> {
+    if packable(&q) {
+        let dense = q.dequantize(&Device::Cpu)?;
+        return dual(q, dense);
+    }
+    Ok(WeightMatrix::Quantized(q))
+}
+
+fn packable(q: &QTensor) -> bool {
+    q.dtype() == GgmlDType::Q8_0 && q.device().is_cpu() && PackedQ8::supported()
 }
 
 fn has_fast_kernel(dt: GgmlDType) -> bool {
