@@ -143,28 +143,25 @@ fn shift_for(max: f32) -> (f32, f32) {
     (2f32.powi(shift), 2f32.powi(-shift))
 }
 
+/// Whether this CPU has every listed feature (false off x86_64): runtime detection, since a
+/// build may run on another machine than the one it was made on.
+macro_rules! cpu_has {
+    ($($feature:tt),+) => {{
+        #[cfg(target_arch = "x86_64")]
+        let has = $(std::is_x86_feature_detected!($feature))&&+;
+        #[cfg(not(target_arch = "x86_64"))]
+        let has = false;
+        has
+    }};
+}
+pub(crate) use cpu_has;
+
 fn has_f16c() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    cpu_has!("avx2", "fma", "f16c")
 }
 
 fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    cpu_has!("avx512f")
 }
 
 pub(crate) fn dot_f16(a: &[f16], x: &[f32]) -> f32 {

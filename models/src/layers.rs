@@ -83,13 +83,9 @@ impl Linear {
         &self.weight
     }
 
-    pub fn size_in_bytes(&self) -> usize {
-        self.weight.size_in_bytes()
-    }
-
     /// `x`: `[rows, in]` → `[rows, out]`, plus each row's LoRA delta for `(layer, proj)`. With
-    /// packed weights the deltas are added inside the product's own parallel pass (each task
-    /// adds them to the columns it computed), saving a thread-pool round trip per projection.
+    /// packed weights the deltas are computed inside the product's own parallel pass, saving a
+    /// thread-pool round trip per projection.
     pub(crate) fn forward_lora(
         &self,
         x: &Tensor,
@@ -111,16 +107,13 @@ impl Linear {
     /// `x`: `[rows, in]` → `[rows, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.dim(0)?;
-        if let WeightMatrix::Packed(p) = &self.weight {
-            return p.forward(x);
-        }
         let y = match (&self.weight, &self.qmm) {
             (WeightMatrix::Dual { dense, .. }, _) if rows >= DENSE_MIN_ROWS => {
                 dense_matmul(x, dense)?
             }
             (WeightMatrix::Dense(w), _) => dense_matmul(x, w)?,
+            (WeightMatrix::Packed(p), _) => p.forward(x)?,
             (_, Some(q)) => q.forward(&x.contiguous()?)?,
-            (WeightMatrix::Packed(_), _) => unreachable!("returned above"),
             (_, None) => unreachable!("quantized weights always have a QMatMul"),
         };
         Ok(y)

@@ -145,7 +145,7 @@ impl Llama {
 
     /// Bytes of weights held (quantized blocks, dense copies, embeddings).
     pub fn weight_bytes(&self) -> usize {
-        let lin = |l: &Linear| l.size_in_bytes();
+        let lin = |l: &Linear| l.weight().size_in_bytes();
         let per_block: usize = self
             .blocks
             .iter()

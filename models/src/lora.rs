@@ -291,9 +291,10 @@ impl<'a> LoraGroups<'a> {
         if deltas.is_empty() {
             return Ok(y);
         }
-        if x.dtype() == DType::F32 && x.device().is_cpu() && deltas.iter().all(|(_, d)| d.is_host())
-        {
-            return self.apply_host(&deltas, x, y);
+        if x.dtype() == DType::F32 && x.device().is_cpu() {
+            if let Some(per_row) = self.host_rows(layer, proj, x.dim(0)?) {
+                return Self::apply_host(&per_row, x, y);
+            }
         }
         let mut y = y;
         for (g, d) in deltas {
@@ -309,21 +310,10 @@ impl<'a> LoraGroups<'a> {
 
     /// CPU: one fused pass over the rows (a BGMV), instead of a handful of tensor ops per
     /// adapter and projection, whose fixed costs dominate the tiny low-rank products.
-    fn apply_host(
-        &self,
-        deltas: &[(&Group<'a>, &LoraDelta)],
-        x: &Tensor,
-        y: Tensor,
-    ) -> Result<Tensor> {
+    fn apply_host(per_row: &[Option<&LoraDelta>], x: &Tensor, y: Tensor) -> Result<Tensor> {
         use rayon::prelude::*;
         let (rows, inp) = x.dims2()?;
         let out = y.dim(1)?;
-        let mut per_row: Vec<Option<&LoraDelta>> = vec![None; rows];
-        for (g, d) in deltas {
-            for &r in &g.row_ids {
-                per_row[r as usize] = Some(d);
-            }
-        }
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
         // The deltas go straight into a copy of `y`: no zeroed delta buffer and no tensor add
         // (each a pass and, for the add, one more thread-pool round trip per projection).

@@ -41,16 +41,7 @@ pub struct PackedQ8 {
 impl PackedQ8 {
     /// Whether this CPU runs the kernel; without it callers keep candle's quantized matmul.
     pub fn supported() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("avx512bw")
-                && std::is_x86_feature_detected!("avx512vnni")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+        crate::host_kernels::cpu_has!("avx512f", "avx512bw", "avx512vnni")
     }
 
     /// Quantizes `[out, in]` f32 weights in Q8_0's blocks (scale = max|w|/127). `None` when the

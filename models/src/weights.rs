@@ -89,7 +89,15 @@ impl Holding {
             Holding::Quantized => quantized(Arc::new(fast_quant(q, device)?))?,
             Holding::Dual => {
                 let dense = q.dequantize(device)?;
-                dual(Arc::new(fast_quant(q, device)?), dense)?
+                // Decided before re-quantizing: packed weights come from `dense`, and the Q8_0
+                // blocks would only be thrown away.
+                match packed(q.dtype(), device, &dense)? {
+                    Some(p) => p,
+                    None => WeightMatrix::Dual {
+                        q: Arc::new(fast_quant(q, device)?),
+                        dense,
+                    },
+                }
             }
         })
     }
@@ -99,8 +107,17 @@ impl Holding {
             Holding::Dense(dt) => WeightMatrix::Dense(t.to_dtype(dt)?),
             Holding::Quantized | Holding::Dual => {
                 let t32 = t.to_dtype(DType::F32)?;
+                if self == Holding::Dual {
+                    // As in `matrix_from_q`: packed from `t32`, no Q8_0 blocks to throw away.
+                    if let Some(p) = packed(GgmlDType::Q8_0, t32.device(), &t32)? {
+                        return Ok(p);
+                    }
+                }
                 match QTensor::quantize(&t32, GgmlDType::Q8_0) {
-                    Ok(q) if self == Holding::Dual => dual(Arc::new(q), t32)?,
+                    Ok(q) if self == Holding::Dual => WeightMatrix::Dual {
+                        q: Arc::new(q),
+                        dense: t32,
+                    },
                     Ok(q) => quantized(Arc::new(q))?,
                     // Row length not a multiple of the block size: stay dense.
                     Err(_) => WeightMatrix::Dense(t32),
@@ -138,27 +155,36 @@ impl Holding {
 /// faster than the f32 GEMM (measured here: prefill and decode alike), in which case only the
 /// packed form is kept (the dense copy is 4× the blocks' memory).
 fn dual(q: Arc<QTensor>, dense: Tensor) -> Result<WeightMatrix> {
-    if packable(&q) {
-        let (out, inp) = dense.dims2()?;
-        let values: Vec<f32> = dense.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        if let Some(p) = PackedQ8::from_dense(&values, out, inp) {
-            return Ok(WeightMatrix::Packed(Arc::new(p)));
-        }
-    }
-    Ok(WeightMatrix::Dual { q, dense })
+    Ok(match packed(q.dtype(), &q.device(), &dense)? {
+        Some(p) => p,
+        None => WeightMatrix::Dual { q, dense },
+    })
 }
 
 /// Quantized blocks, packed for the VNNI kernel where it applies.
 fn quantized(q: Arc<QTensor>) -> Result<WeightMatrix> {
-    if packable(&q) {
-        let dense = q.dequantize(&Device::Cpu)?;
-        return dual(q, dense);
+    if packs(q.dtype(), &q.device()) {
+        if let Some(p) = packed(q.dtype(), &q.device(), &q.dequantize(&Device::Cpu)?)? {
+            return Ok(p);
+        }
     }
     Ok(WeightMatrix::Quantized(q))
 }
 
-fn packable(q: &QTensor) -> bool {
-    q.dtype() == GgmlDType::Q8_0 && q.device().is_cpu() && PackedQ8::supported()
+/// Whether blocks of type `dt` end up as Q8_0 (as they are, or re-quantized by [`fast_quant`])
+/// on a CPU that runs the packed kernel.
+fn packs(dt: GgmlDType, device: &Device) -> bool {
+    (dt == GgmlDType::Q8_0 || !has_fast_kernel(dt)) && device.is_cpu() && PackedQ8::supported()
+}
+
+/// `dense` (the values of blocks of type `dt`) packed, when [`packs`] holds and the shape tiles.
+fn packed(dt: GgmlDType, device: &Device, dense: &Tensor) -> Result<Option<WeightMatrix>> {
+    if !packs(dt, device) {
+        return Ok(None);
+    }
+    let (out, inp) = dense.dims2()?;
+    let values: Vec<f32> = dense.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    Ok(PackedQ8::from_dense(&values, out, inp).map(|p| WeightMatrix::Packed(Arc::new(p))))
 }
 
 fn has_fast_kernel(dt: GgmlDType) -> bool {
