@@ -4,7 +4,8 @@
 //! included); plus the cold-load time of one adapter. Prints JSON with (b)/(a), (c)/(a), (d)/(a)
 //! and (d)/(c) p50 time to first token.
 //! `cargo bench --bench multi_lora`; env `LORAPLEX_BENCH_C` (16), `LORAPLEX_BENCH_PROMPT` (32),
-//! `LORAPLEX_BENCH_OUTPUT` (64), `LORAPLEX_BENCH_REPEATS` (3: (a), (b), (c) interleaved, medians).
+//! `LORAPLEX_BENCH_OUTPUT` (64), `LORAPLEX_BENCH_REPEATS` (3: (a), (b), (c) interleaved, medians); `LORAPLEX_BENCH_STEP_ONLY`
+//! (set: only cold loads and the forward-pass step timings).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -102,6 +103,72 @@ fn median_run(mut runs: Vec<serde_json::Value>) -> serde_json::Value {
     m
 }
 
+/// One decode step of `names.len()` rows through `Llama::forward` alone (no scheduler, no
+/// sampling), 40 tokens of context each: base, one adapter for all, one adapter per row. Medians
+/// of `repeats` × 10 steps, the three interleaved; isolates the LoRA kernels' cost.
+fn decode_steps(
+    lm: &loraplex_models::LoadedModel,
+    dir: &std::path::Path,
+    names: &[String],
+    base: &loraplex_adapters::BaseModel,
+    repeats: usize,
+) -> serde_json::Value {
+    use loraplex_models::{LogitsFor, SeqInput};
+    let weights: Vec<_> = names
+        .iter()
+        .map(|n| {
+            loraplex_adapters::load_dir(&dir.join(n), base, &Default::default())
+                .unwrap()
+                .weights
+        })
+        .collect();
+    let rows = names.len();
+    let prompts: Vec<Vec<u32>> = (0..rows as u32)
+        .map(|i| {
+            (0..40)
+                .map(|j| 100 + (j * 7919 + i * 131) % 40000)
+                .collect()
+        })
+        .collect();
+    let mut caches: Vec<_> = (0..rows).map(|_| lm.model.new_cache()).collect();
+    for (p, c) in prompts.iter().zip(caches.iter_mut()) {
+        lm.model
+            .forward(&[SeqInput::new(p, LogitsFor::None)], &mut [c])
+            .unwrap();
+    }
+    let token = [1234u32];
+    let mut time = |pick: &dyn Fn(usize) -> Option<usize>| -> f64 {
+        let inputs: Vec<SeqInput> = (0..rows)
+            .map(|i| {
+                SeqInput::new(&token, LogitsFor::Last).with_adapter(pick(i).map(|k| &weights[k]))
+            })
+            .collect();
+        let t = Instant::now();
+        for _ in 0..10 {
+            let mut refs: Vec<&mut _> = caches.iter_mut().collect();
+            lm.model.forward(&inputs, &mut refs).unwrap();
+            for c in caches.iter_mut() {
+                c.truncate(40);
+            }
+        }
+        t.elapsed().as_secs_f64() * 100.0
+    };
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    time(&|i| Some(i)); // warm-up
+    for _ in 0..repeats {
+        a.push(time(&|_| None));
+        b.push(time(&|_| Some(0)));
+        c.push(time(&|i| Some(i)));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        v[v.len() / 2]
+    };
+    let (a, b, c) = (median(a), median(b), median(c));
+    json!({"rows": rows, "base": a, "one_adapter": b, "distinct": c,
+           "a_over_b": a / b, "a_over_c": a / c})
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return; // built and skipped by `cargo test --all-targets`
@@ -163,6 +230,11 @@ fn main() {
     let loads = cold(false);
     let loads_recorded = cold(true);
     eprintln!("cold load of an r=16 all-projection adapter: {loads:?} ms (flag), {loads_recorded:?} ms (store)");
+    let step = decode_steps(&lm, &dir, &names[..c], &base, repeats);
+    eprintln!("decode step alone: {step}");
+    if std::env::var_os("LORAPLEX_BENCH_STEP_ONLY").is_some() {
+        return;
+    }
     let cfg = EngineConfig {
         scheduler: SchedulerConfig {
             max_running: c,
@@ -198,6 +270,7 @@ fn main() {
         "concurrency": c, "prompt_tokens": prompt_len, "output_tokens": out_len,
         "cold_load_ms_median": loads[loads.len() / 2],
         "cold_load_store_version_ms_median": loads_recorded[loads_recorded.len() / 2],
+        "decode_step_ms": step,
         "a_base": a, "b_one_adapter": b, "c_distinct_resident": cc, "d_distinct_cold": d,
         "ratios": {
             "b_over_a": tps(&b) / tps(&a),

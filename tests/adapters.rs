@@ -175,12 +175,18 @@ fn unmerged_adapter_equals_merged_weights() {
 
 #[test]
 fn half_precision_adapters_stay_within_f16_rounding_of_f32() {
-    // Quantized bases hold adapters in f16 (half the bytes a decode step streams); exact bases
-    // keep f32 so the golden comparisons stay exact.
+    // Quantized bases hold adapters in 8 bits beside the packed 8-bit kernel, in f16 beside
+    // other quantized weights (half the bytes a decode step streams); exact bases keep f32 so
+    // the golden comparisons stay exact.
     assert_eq!(tiny().model.lora_precision(), LoraPrecision::F32);
+    let packed = loraplex_models::PackedQ8::supported();
     assert_eq!(
         smollm2(WeightDtype::Auto).model.lora_precision(),
-        LoraPrecision::F16
+        if packed {
+            LoraPrecision::Q8
+        } else {
+            LoraPrecision::F16
+        }
     );
     assert_eq!(
         smollm2(WeightDtype::F32).model.lora_precision(),
@@ -188,26 +194,43 @@ fn half_precision_adapters_stay_within_f16_rounding_of_f32() {
     );
     let dir = golden().join("tiny-adapters").join("b-r16-all");
     let exact = load(tiny(), &dir);
-    let base = BaseModel {
-        precision: LoraPrecision::F16,
-        ..BaseModel::of(tiny())
+    let at = |precision| {
+        let base = BaseModel {
+            precision,
+            ..BaseModel::of(tiny())
+        };
+        load_dir(&dir, &base, &AdapterLimits::default()).unwrap()
     };
-    let half = load_dir(&dir, &base, &AdapterLimits::default()).unwrap();
+    let half = at(LoraPrecision::F16);
     assert_eq!(half.info.sha256, exact.info.sha256);
     assert!(
         half.info.bytes * 2 == exact.info.bytes,
         "f16 holds half the bytes"
     );
+    // 8 bits where the CPU has the kernel (f16 otherwise): A as packed Q8_0 blocks, (s·B)ᵀ
+    // with one scale per rank row.
+    let q8 = at(LoraPrecision::Q8);
+    assert!(
+        !packed || q8.info.bytes * 3 < exact.info.bytes,
+        "8-bit: ≈ 1/4 the bytes"
+    );
     for case in golden_json("tiny_cases.json")["cases"].as_array().unwrap() {
         let prompt = ids(&case["input_ids"]);
         let with = |w: &LoraWeights| last_logits(tiny(), &prompt, Some(w));
-        let (e, h) = (with(&exact.weights), with(&half.weights));
-        let d = max_abs_diff(&e, &h);
-        assert!(d <= 5e-3, "f16 vs f32 adapter {d}");
+        let e = with(&exact.weights);
         let base_d = max_abs_diff(&e, &last_logits(tiny(), &prompt, None));
+        let d = max_abs_diff(&e, &with(&half.weights));
+        assert!(d <= 5e-3, "f16 vs f32 adapter {d}");
         assert!(
             base_d > 50.0 * d,
             "rounding {d} must be small next to the delta {base_d}"
+        );
+        // Three 8-bit roundings (activations, A, B) of a delta: a few per cent of it.
+        let d8 = max_abs_diff(&e, &with(&q8.weights));
+        eprintln!("8-bit vs f32 adapter {d8}, delta {base_d}");
+        assert!(
+            base_d > 15.0 * d8,
+            "8-bit rounding {d8} must be small next to the delta {base_d}"
         );
     }
 }

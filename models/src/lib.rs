@@ -12,6 +12,7 @@ mod kv;
 mod layers;
 mod llama;
 mod lora;
+mod lora_q8;
 mod progress;
 mod q8_packed;
 mod source;

@@ -127,19 +127,24 @@ impl Llama {
         self.dtype
     }
 
-    /// How adapters for this model are best held: f16 when the base weights are quantized (their
-    /// error dwarfs f16 rounding of a low-rank delta), f32 when the base is exact.
+    /// How adapters for this model are best held: beside weights run through the 8-bit packed
+    /// kernel, in 8 bits (a step with distinct adapters is bound by streaming them); beside other
+    /// quantized weights, in f16 (their error dwarfs f16 rounding of a low-rank delta); in f32
+    /// when the base is exact.
     pub fn lora_precision(&self) -> crate::LoraPrecision {
-        let quantized = self.blocks.iter().any(|b| {
-            matches!(
-                b.q.weight(),
-                WeightMatrix::Quantized(_) | WeightMatrix::Dual { .. } | WeightMatrix::Packed(_)
-            )
-        });
-        if quantized && self.device.is_cpu() && self.dtype == DType::F32 {
-            crate::LoraPrecision::F16
+        use crate::LoraPrecision::*;
+        if !(self.device.is_cpu() && self.dtype == DType::F32) {
+            return F32;
+        }
+        let weights = || self.blocks.iter().map(|b| b.q.weight());
+        if weights().any(|w| matches!(w, WeightMatrix::Packed(_))) {
+            Q8
+        } else if weights()
+            .any(|w| matches!(w, WeightMatrix::Quantized(_) | WeightMatrix::Dual { .. }))
+        {
+            F16
         } else {
-            crate::LoraPrecision::F32
+            F32
         }
     }
 

@@ -9,6 +9,8 @@ use candle_core::{DType, Tensor};
 use crate::error::{ModelError, Result};
 use crate::host_kernels::HostMat;
 use crate::layers::dense_matmul;
+use crate::lora_q8::Q8Delta;
+use crate::q8_packed::{quantize_rows, QuantRow};
 use crate::weights::Proj;
 
 /// How the CPU holds adapter weights in f32 activations.
@@ -21,6 +23,9 @@ pub enum LoraPrecision {
     /// delta that is itself small next to the base output) is far below the error of quantized
     /// base weights, so quantized bases use it.
     F16,
+    /// 8 bits (see `lora_q8`): half f16's bytes again, for bases whose own weights run through
+    /// the 8-bit packed kernel. Falls back to f16 for shapes that kernel does not tile.
+    Q8,
 }
 
 /// One adapted projection, with the scaling folded into `B`.
@@ -37,6 +42,8 @@ enum Store {
     /// f32 activations on the CPU: plain rows for the fused per-row kernel. `a` is `[r, in]`,
     /// `sbt` is `(scale·B)ᵀ` `[r, out]`, so both passes read memory in order.
     Host { a: HostMat, sbt: HostMat },
+    /// 8-bit on the CPU, beside a packed 8-bit base.
+    Q8(Q8Delta),
     /// Other devices and dtypes: tensors for two matmuls.
     Device { a: Tensor, sb: Tensor },
 }
@@ -89,6 +96,10 @@ impl LoraDelta {
             return Self::new(&a, &b, scale, dtype);
         }
         let (a, sbt) = match precision {
+            LoraPrecision::Q8 if Q8Delta::fits(out, inp) => {
+                let store = Store::Q8(Q8Delta::new(&a, &b, (out, r, inp), scale as f32));
+                return Ok(Self { r, inp, out, store });
+            }
             LoraPrecision::F32 => {
                 let mut sbt = vec![0f32; r * out];
                 for o in 0..out {
@@ -98,7 +109,7 @@ impl LoraDelta {
                 }
                 (HostMat::F32(a), HostMat::F32(sbt))
             }
-            LoraPrecision::F16 => (
+            LoraPrecision::F16 | LoraPrecision::Q8 => (
                 HostMat::f16_from(&a),
                 HostMat::f16_scaled_transposed(&b, out, r, scale as f32),
             ),
@@ -119,6 +130,7 @@ impl LoraDelta {
         let elems = self.r * (self.inp + self.out);
         match &self.store {
             Store::Host { a, .. } => elems * a.elem_bytes(),
+            Store::Q8(q) => q.size_in_bytes(),
             Store::Device { a, .. } => elems * a.dtype().size_in_bytes(),
         }
     }
@@ -131,6 +143,15 @@ impl LoraDelta {
                     .t()?
                     .contiguous()?,
             ),
+            Store::Q8(q) => {
+                let (a, sbt) = q.to_f32();
+                (
+                    Tensor::from_vec(a, (self.r, self.inp), device)?,
+                    Tensor::from_vec(sbt, (self.r, self.out), device)?
+                        .t()?
+                        .contiguous()?,
+                )
+            }
             Store::Device { a, sb } => (a.clone(), sb.clone()),
         })
     }
@@ -148,9 +169,20 @@ impl LoraDelta {
     }
 
     /// Adds this delta for one row: `out += sBᵀ·(A·x)`. The result depends on this row alone.
-    pub(crate) fn add_row(&self, x: &[f32], out: &mut [f32]) -> bool {
-        let Store::Host { a, sbt } = &self.store else {
-            return false;
+    /// `q`: the row already quantized by the packed base product, if it was.
+    pub(crate) fn add_row(&self, x: &[f32], q: Option<QuantRow<'_>>, out: &mut [f32]) -> bool {
+        let (a, sbt) = match &self.store {
+            Store::Host { a, sbt } => (a, sbt),
+            Store::Q8(d) => {
+                return match q {
+                    Some(q) => d.add_row(q, out),
+                    None => {
+                        let (xq, dx) = quantize_rows(x, 1, x.len());
+                        d.add_row(QuantRow { xq: &xq, dx: &dx }, out)
+                    }
+                }
+            }
+            Store::Device { .. } => return false,
         };
         let mut tmp = [0f32; 512];
         let tmp = &mut tmp[..self.r.min(512)];
@@ -165,7 +197,7 @@ impl LoraDelta {
     }
 
     fn is_host(&self) -> bool {
-        matches!(self.store, Store::Host { .. })
+        matches!(self.store, Store::Host { .. } | Store::Q8(_))
     }
 }
 
@@ -323,7 +355,9 @@ impl<'a> LoraGroups<'a> {
             .par_chunks_mut(out)
             .with_min_len(per_task)
             .enumerate()
-            .all(|(r, o)| per_row[r].is_none_or(|d| d.add_row(&xs[r * inp..(r + 1) * inp], o)));
+            .all(|(r, o)| {
+                per_row[r].is_none_or(|d| d.add_row(&xs[r * inp..(r + 1) * inp], None, o))
+            });
         if !ok {
             return Err(ModelError::InvalidBatch(
                 "LoRA rank above 512 on the CPU path".into(),

@@ -59,6 +59,7 @@ impl PackedQ8 {
         let mut pw = vec![0i8; out * inp];
         let mut pd = vec![f16::ZERO; tiles * blocks * TILE];
         let mut pn = vec![0i16; tiles * blocks * TILE];
+        let simd = has_simd();
         pw.par_chunks_mut(blocks * TILE * BLOCK)
             .zip(pd.par_chunks_mut(blocks * TILE))
             .zip(pn.par_chunks_mut(blocks * TILE))
@@ -66,17 +67,12 @@ impl PackedQ8 {
             .for_each(|(t, ((pw, pd), pn))| {
                 for lane in 0..TILE {
                     let row = &w[(t * TILE + lane) * inp..(t * TILE + lane + 1) * inp];
-                    for b in 0..blocks {
-                        let src = &row[b * BLOCK..(b + 1) * BLOCK];
-                        let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
-                        let d = amax / 127.0;
-                        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-                        let mut sum = 0i32;
-                        for (j, &v) in src.iter().enumerate() {
-                            let q = (v * id).round_ties_even().clamp(-127.0, 127.0) as i8;
-                            sum += q as i32;
-                            let (g, k) = (j / 4, j % 4);
-                            pw[b * TILE * BLOCK + g * TILE * 4 + lane * 4 + k] = q;
+                    for (b, src) in row.chunks_exact(BLOCK).enumerate() {
+                        let mut q = [0i8; BLOCK];
+                        let (d, sum) = weight_block(src, &mut q, simd);
+                        let dst = &mut pw[b * TILE * BLOCK..(b + 1) * TILE * BLOCK];
+                        for (g, four) in q.chunks_exact(4).enumerate() {
+                            dst[g * TILE * 4 + lane * 4..][..4].copy_from_slice(four);
                         }
                         pd[b * TILE + lane] = f16::from_f32(d);
                         pn[b * TILE + lane] = sum as i16; // |sum| ≤ 32·127
@@ -97,8 +93,22 @@ impl PackedQ8 {
         (self.out, self.inp)
     }
 
+    /// Whether an input width splits into the kernel's blocks.
+    pub(crate) fn tiles_input(inp: usize) -> bool {
+        inp > 0 && inp.is_multiple_of(BLOCK)
+    }
+
     /// The weights the kernel multiplies by (`q · d` per block), `[out, in]`.
     pub fn to_dense(&self, device: &Device) -> Result<Tensor> {
+        Ok(Tensor::from_vec(
+            self.dense_rows(),
+            (self.out, self.inp),
+            device,
+        )?)
+    }
+
+    /// [`PackedQ8::to_dense`] as a row-major buffer.
+    pub(crate) fn dense_rows(&self) -> Vec<f32> {
         let blocks = self.inp / BLOCK;
         let mut w = vec![0f32; self.out * self.inp];
         for (o, row) in w.chunks_exact_mut(self.inp).enumerate() {
@@ -110,7 +120,31 @@ impl PackedQ8 {
                 *v = q as f32 * self.d[(t * blocks + b) * TILE + lane].to_f32();
             }
         }
-        Ok(Tensor::from_vec(w, (self.out, self.inp), device)?)
+        w
+    }
+
+    /// One row's product on the calling thread: `y` (`out` values) `= W·x`.
+    pub(crate) fn row(&self, q: QuantRow<'_>, y: &mut [f32]) {
+        let blocks = self.inp / BLOCK;
+        assert!(q.xq.len() >= self.inp && q.dx.len() >= blocks && y.len() >= self.out);
+        for t in 0..self.out / TILE {
+            let span = t * blocks * TILE;
+            // SAFETY: only built where `supported` (callers check); the asserts above keep every
+            // pointer inside its slice.
+            unsafe {
+                x86::tile::<1>(
+                    &self.w[span * BLOCK..(span + blocks * TILE) * BLOCK],
+                    &self.d[span..span + blocks * TILE],
+                    &self.sums[span..span + blocks * TILE],
+                    blocks,
+                    q.xq.as_ptr(),
+                    self.inp,
+                    q.dx.as_ptr(),
+                    y.as_mut_ptr().add(t * TILE),
+                    self.out,
+                )
+            }
+        }
     }
 
     pub fn size_in_bytes(&self) -> usize {
@@ -205,7 +239,11 @@ impl PackedQ8 {
                     let out = unsafe {
                         std::slice::from_raw_parts_mut(d_ptr.0.add(r * self.out), self.out)
                     };
-                    d.add_row(&xs[r * self.inp..(r + 1) * self.inp], out)
+                    let q = QuantRow {
+                        xq: &xq[r * self.inp..(r + 1) * self.inp],
+                        dx: &dx[r * blocks..(r + 1) * blocks],
+                    };
+                    d.add_row(&xs[r * self.inp..(r + 1) * self.inp], Some(q), out)
                 })
             })
         });
@@ -228,29 +266,85 @@ struct SendPtr(*mut f32);
 // all finish before the buffer is read.
 unsafe impl Sync for SendPtr {}
 
+/// One row's activations as [`quantize_rows`] makes them.
+#[derive(Clone, Copy)]
+pub(crate) struct QuantRow<'a> {
+    pub xq: &'a [u8],
+    pub dx: &'a [f32],
+}
+
 /// Per row and block of 32: `scale = max|x|/127`, bytes `round(x/scale) + 128`.
-fn quantize_rows(xs: &[f32], rows: usize, inp: usize) -> (Vec<u8>, Vec<f32>) {
+pub(crate) fn quantize_rows(xs: &[f32], rows: usize, inp: usize) -> (Vec<u8>, Vec<f32>) {
     let blocks = inp / BLOCK;
     let mut xq = vec![0u8; rows * inp];
     let mut dx = vec![0f32; rows * blocks];
+    let simd = has_simd();
     for ((src, q), d) in xs
         .chunks_exact(BLOCK)
         .zip(xq.chunks_exact_mut(BLOCK))
         .zip(dx.iter_mut())
     {
-        let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let amax = if simd {
+            // SAFETY: AVX-512F/BW detected; `src` holds a whole block.
+            unsafe { x86::amax(src.as_ptr()) }
+        } else {
+            src.iter().fold(0f32, |m, v| m.max(v.abs()))
+        };
         *d = amax / 127.0;
         let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-        // Ties to even (one vector instruction) rather than away from zero (a libm call).
-        for (q, &v) in q.iter_mut().zip(src) {
-            *q = ((v * id).round_ties_even().clamp(-127.0, 127.0) + 128.0) as u8;
+        if simd {
+            // SAFETY: as above; `q` holds a whole block.
+            unsafe { x86::round_block(src.as_ptr(), id, 128, q.as_mut_ptr()) };
+        } else {
+            for (q, &v) in q.iter_mut().zip(src) {
+                *q = (round(v * id) + 128.0) as u8;
+            }
         }
     }
     (xq, dx)
 }
 
+/// Q8_0's rounding of one weight block (`d = max|w|/127`, `q = round(w/d)`): returns `(d, Σq)`.
+fn weight_block(src: &[f32], q: &mut [i8; BLOCK], simd: bool) -> (f32, i32) {
+    let amax = if simd {
+        // SAFETY: AVX-512F/BW detected by the caller; `src` holds a whole block.
+        unsafe { x86::amax(src.as_ptr()) }
+    } else {
+        src.iter().fold(0f32, |m, v| m.max(v.abs()))
+    };
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    if simd {
+        // SAFETY: as above; `q` holds a whole block.
+        unsafe { x86::round_block(src.as_ptr(), id, 0, q.as_mut_ptr() as *mut u8) };
+    } else {
+        for (q, &v) in q.iter_mut().zip(src) {
+            *q = round(v * id) as i8;
+        }
+    }
+    (d, q.iter().map(|&v| v as i32).sum())
+}
+
+/// Ties to even, clamped to ±127: what [`x86::round_block`] computes for each value.
+fn round(v: f32) -> f32 {
+    v.round_ties_even().clamp(-127.0, 127.0)
+}
+
+/// The vector forms of the block roundings (the same numbers as the scalar ones).
+fn has_simd() -> bool {
+    crate::host_kernels::cpu_has!("avx512f", "avx512bw")
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 mod x86 {
+    pub(super) unsafe fn amax(_: *const f32) -> f32 {
+        unreachable!("has_simd is false off x86_64")
+    }
+
+    pub(super) unsafe fn round_block(_: *const f32, _: f32, _: i32, _: *mut u8) {
+        unreachable!("has_simd is false off x86_64")
+    }
+
     pub(super) unsafe fn tile<const R: usize>(
         _: &[i8],
         _: &[half::f16],
@@ -267,11 +361,43 @@ mod x86 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use half::f16;
     use std::arch::x86_64::*;
 
     use super::{BLOCK, TILE};
+
+    /// `max |v|` over one block of 32.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn amax(src: *const f32) -> f32 {
+        let a = _mm512_abs_ps(_mm512_loadu_ps(src));
+        let b = _mm512_abs_ps(_mm512_loadu_ps(src.add(16)));
+        _mm512_reduce_max_ps(_mm512_max_ps(a, b))
+    }
+
+    /// `super::round` of 16 values, as integers.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn round(v: __m512) -> __m512i {
+        let v = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+        let v = _mm512_max_ps(
+            _mm512_min_ps(v, _mm512_set1_ps(127.0)),
+            _mm512_set1_ps(-127.0),
+        );
+        _mm512_cvttps_epi32(v)
+    }
+
+    /// `q[j] = super::round(src[j] · id) + offset` for one block of 32, as bytes (`offset` 0
+    /// gives i8, 128 gives u8).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn round_block(src: *const f32, id: f32, offset: i32, q: *mut u8) {
+        let (idv, off) = (_mm512_set1_ps(id), _mm512_set1_epi32(offset));
+        for half in 0..2 {
+            let v = _mm512_mul_ps(_mm512_loadu_ps(src.add(16 * half)), idv);
+            let i = _mm512_add_epi32(round(v), off);
+            // Values are within 1..=255 (u8) or -127..=127 (i8): truncating to bytes is exact.
+            _mm_storeu_si128(q.add(16 * half) as *mut __m128i, _mm512_cvtepi32_epi8(i));
+        }
+    }
 
     /// `R` rows × one tile of 16 outputs. Row `r`'s activations start at `x + r·x_stride`, its
     /// block scales at `dx + r·blocks`, its 16 results go to `y + r·y_stride`.
@@ -382,6 +508,45 @@ mod tests {
         for (a, b) in back.iter().zip(&w) {
             assert!((a - b).abs() <= 1.0 / 127.0, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn vector_and_scalar_roundings_agree() {
+        if !has_simd() {
+            return;
+        }
+        // Values landing exactly on .5 after scaling test ties-to-even; the 127 / -127 ends test
+        // the clamp.
+        let mut src: Vec<f32> = data(4 * BLOCK, 5);
+        src[3] = 1.0;
+        src[4] = -1.0;
+        for (j, v) in src[BLOCK..2 * BLOCK].iter_mut().enumerate() {
+            *v = (j as f32 - 16.0) * 0.5 / 127.0 * 4.0;
+        }
+        for block in src.chunks_exact(BLOCK) {
+            let (mut qv, mut qs) = ([0i8; BLOCK], [0i8; BLOCK]);
+            assert_eq!(
+                weight_block(block, &mut qv, true),
+                weight_block(block, &mut qs, false)
+            );
+            assert_eq!(qv, qs);
+            let id = 127.0 / x86_amax(block);
+            let mut v = [0u8; BLOCK];
+            // SAFETY: has_simd checked above; whole blocks.
+            unsafe { x86::round_block(block.as_ptr(), id, 128, v.as_mut_ptr()) };
+            let s: Vec<u8> = block
+                .iter()
+                .map(|&x| (round(x * id) + 128.0) as u8)
+                .collect();
+            assert_eq!(v.to_vec(), s);
+        }
+    }
+
+    fn x86_amax(b: &[f32]) -> f32 {
+        // SAFETY: callers checked has_simd; a whole block.
+        let v = unsafe { x86::amax(b.as_ptr()) };
+        assert_eq!(v, b.iter().fold(0f32, |m, x| m.max(x.abs())));
+        v
     }
 
     #[test]

@@ -1,0 +1,217 @@
+//! LoRA deltas held in 8 bits, for bases whose weights run through [`PackedQ8`].
+//!
+//! Why: with a different adapter on every row nothing is shared between rows, so a decode step
+//! streams every row's whole adapter (16 rows × r=16 on all projections of SmolLM2: 157 MB in
+//! f16 against 181 MB for the base). That traffic, not arithmetic, is what such a step pays
+//! for the adapters; 8 bits halve it.
+//!
+//! `A` is an ordinary [`PackedQ8`] (its rows padded to a tile of 16), so the down-projection
+//! reuses the activations the base product already quantized and the same `vpdpbusd` kernel.
+//! `(s·B)ᵀ` is stored in 8 bits with one scale per rank row, in tiles of 16 outputs × r so
+//! that the up-projection reads one stream and loads and stores each output once.
+//!
+//! Rounding: 8-bit activations and weights as in Q8_0, on a delta that is itself small next to
+//! the base output — the base's own Q8_0 rounding is of the same order.
+
+use crate::q8_packed::{PackedQ8, QuantRow};
+
+const TILE: usize = 16;
+
+/// `y += (s·B)·(A·x)` for one row at a time, in 8 bits.
+#[derive(Debug, Clone)]
+pub(crate) struct Q8Delta {
+    r: usize,
+    out: usize,
+    /// `[ceil(r/16)·16, in]`; rows past `r` are zero.
+    a: std::sync::Arc<PackedQ8>,
+    /// `[out/16][r][16]`: `round(sBᵀ[k][o] / scale[k])`.
+    sbt: Vec<i8>,
+    scale: Vec<f32>,
+}
+
+impl Q8Delta {
+    /// Whether [`Q8Delta::new`] can hold a delta of this shape on this CPU.
+    pub(crate) fn fits(out: usize, inp: usize) -> bool {
+        PackedQ8::supported() && out.is_multiple_of(TILE) && PackedQ8::tiles_input(inp)
+    }
+
+    /// `a` `[r, in]`, `b` `[out, r]` row-major; only when [`Q8Delta::fits`].
+    pub(crate) fn new(a: &[f32], b: &[f32], (out, r, inp): (usize, usize, usize), s: f32) -> Self {
+        let padded = r.div_ceil(TILE) * TILE;
+        let a = if padded == r {
+            PackedQ8::from_dense(a, r, inp)
+        } else {
+            let mut ap = a.to_vec();
+            ap.resize(padded * inp, 0.0);
+            PackedQ8::from_dense(&ap, padded, inp)
+        }
+        .expect("fits() checked the shape");
+        let mut amax = vec![0f32; r];
+        for row in b.chunks_exact(r) {
+            for (m, v) in amax.iter_mut().zip(row) {
+                *m = m.max(v.abs());
+            }
+        }
+        let scale: Vec<f32> = amax.iter().map(|m| m * s.abs() / 127.0).collect();
+        let ids: Vec<f32> = scale
+            .iter()
+            .map(|&sc| if sc > 0.0 { s / sc } else { 0.0 })
+            .collect();
+        let mut sbt = vec![0i8; out * r];
+        // SAFETY: AVX-512 present wherever `fits` holds; `b` is `[out, r]` with `out % 16 == 0`.
+        unsafe { x86::quantize_transposed(b, &ids, &mut sbt) };
+        Self {
+            r,
+            out,
+            a: std::sync::Arc::new(a),
+            sbt,
+            scale,
+        }
+    }
+
+    pub(crate) fn size_in_bytes(&self) -> usize {
+        self.a.size_in_bytes() + self.sbt.len() + 4 * self.scale.len()
+    }
+
+    /// `A` `[r, in]` and `(s·B)ᵀ` `[r, out]` in f32, as the kernel multiplies by them.
+    pub(crate) fn to_f32(&self) -> (Vec<f32>, Vec<f32>) {
+        let (_, inp) = self.a.dims();
+        let mut a = self.a.dense_rows();
+        a.truncate(self.r * inp);
+        let mut sbt = vec![0f32; self.r * self.out];
+        for (i, &q) in self.sbt.iter().enumerate() {
+            let (t, k, lane) = (i / (self.r * TILE), (i / TILE) % self.r, i % TILE);
+            sbt[k * self.out + t * TILE + lane] = q as f32 * self.scale[k];
+        }
+        (a, sbt)
+    }
+
+    /// `out += (s·B)·(A·x)` for one row whose activations `q` were quantized by
+    /// [`crate::q8_packed::quantize_rows`].
+    pub(crate) fn add_row(&self, q: QuantRow<'_>, out: &mut [f32]) -> bool {
+        let mut h = [0f32; 512];
+        let padded = self.r.div_ceil(TILE) * TILE;
+        if padded > h.len() || out.len() != self.out {
+            return false;
+        }
+        self.a.row(q, &mut h[..padded]);
+        for (v, s) in h.iter_mut().zip(&self.scale) {
+            *v *= s;
+        }
+        // SAFETY: a Q8Delta exists only where `fits` saw AVX-512 (VNNI implies F); `sbt` holds
+        // `out/16` tiles of `r × 16` and `h` at least `r` values.
+        unsafe { x86::up(&self.sbt, &h[..self.r], out) };
+        true
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod x86 {
+    pub(super) unsafe fn quantize_transposed(_: &[f32], _: &[f32], _: &mut [i8]) {
+        unreachable!("Q8Delta::fits is false off x86_64")
+    }
+
+    pub(super) unsafe fn up(_: &[i8], _: &[f32], _: &mut [f32]) {
+        unreachable!("Q8Delta::fits is false off x86_64")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::TILE;
+
+    /// `q[t][k][lane] = round(b[t·16 + lane][k] · ids[k])` (ties to even, ±127), for `b`
+    /// `[out, r]` row-major: one gather of 16 outputs per (tile, k), so every store is whole.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn quantize_transposed(b: &[f32], ids: &[f32], q: &mut [i8]) {
+        let r = ids.len();
+        let tiles = b.len() / (r * TILE);
+        assert!(q.len() >= tiles * r * TILE && r * TILE < i32::MAX as usize / 4);
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(r as i32),
+        );
+        for t in 0..tiles {
+            for (k, &id) in ids.iter().enumerate() {
+                let v = _mm512_i32gather_ps::<4>(idx, b.as_ptr().add(t * TILE * r + k));
+                let v = crate::q8_packed::x86::round(_mm512_mul_ps(v, _mm512_set1_ps(id)));
+                _mm_storeu_si128(
+                    q.as_mut_ptr().add((t * r + k) * TILE) as *mut __m128i,
+                    _mm512_cvtepi32_epi8(v),
+                );
+            }
+        }
+    }
+
+    /// `out[t·16 + lane] += Σ_k h[k] · q[t][k][lane]`: each output loaded and stored once, two
+    /// independent chains over `k`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn up(q: &[i8], h: &[f32], out: &mut [f32]) {
+        let r = h.len();
+        let tiles = out.len() / TILE;
+        for t in 0..tiles {
+            let w = q.as_ptr().add(t * r * TILE);
+            let o = out.as_mut_ptr().add(t * TILE);
+            let (mut a0, mut a1) = (_mm512_loadu_ps(o), _mm512_setzero_ps());
+            let load = |k: usize| {
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                    w.add(k * TILE) as *const __m128i
+                )))
+            };
+            let mut k = 0;
+            while k + 2 <= r {
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(h[k]), load(k), a0);
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(h[k + 1]), load(k + 1), a1);
+                k += 2;
+            }
+            if k < r {
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(h[k]), load(k), a0);
+            }
+            _mm512_storeu_ps(o, _mm512_add_ps(a0, a1));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::q8_packed::quantize_rows;
+
+    #[test]
+    fn eight_bit_delta_is_close_to_the_f32_one() {
+        if !PackedQ8::supported() {
+            eprintln!("no AVX-512 VNNI: adapters stay in f16 on this CPU");
+            return;
+        }
+        let (out, r, inp) = (48, 5, 64);
+        let val = |i: usize, salt: usize| (((i * 2654435761 + salt) % 2001) as f32 / 1000.0) - 1.0;
+        let a: Vec<f32> = (0..r * inp).map(|i| val(i, 1)).collect();
+        let b: Vec<f32> = (0..out * r).map(|i| val(i, 7)).collect();
+        let x: Vec<f32> = (0..inp).map(|i| val(i, 3)).collect();
+        let s = 0.5;
+        assert!(Q8Delta::fits(out, inp) && !Q8Delta::fits(out + 1, inp));
+        let d = Q8Delta::new(&a, &b, (out, r, inp), s);
+        let (xq, dx) = quantize_rows(&x, 1, inp);
+        let mut got = vec![1f32; out];
+        assert!(d.add_row(QuantRow { xq: &xq, dx: &dx }, &mut got));
+        let h: Vec<f32> = (0..r)
+            .map(|k| (0..inp).map(|i| a[k * inp + i] * x[i]).sum())
+            .collect();
+        let scale: f32 = (0..out)
+            .map(|o| (0..r).map(|k| (s * b[o * r + k] * h[k]).abs()).sum::<f32>())
+            .fold(0.0, f32::max);
+        for (o, g) in got.iter().enumerate() {
+            let want = 1.0 + (0..r).map(|k| s * b[o * r + k] * h[k]).sum::<f32>();
+            // Three 8-bit roundings (x, A, B), each ≤ 1/254 of its block's largest magnitude.
+            assert!((g - want).abs() <= 0.03 * scale, "{o}: {g} vs {want}");
+        }
+        // What `to_f32` reports is what the kernel multiplies by.
+        let (af, sbtf) = d.to_f32();
+        assert_eq!((af.len(), sbtf.len()), (r * inp, r * out));
+        for (p, q) in af.iter().zip(&a) {
+            assert!((p - q).abs() <= 1.0 / 127.0);
+        }
+    }
+}
