@@ -168,17 +168,24 @@ impl LoraDelta {
         Ok(sb.matmul(&a)?)
     }
 
-    /// Adds this delta for one row: `out += sBᵀ·(A·x)`. The result depends on this row alone.
-    /// `q`: the row already quantized by the packed base product, if it was.
-    pub(crate) fn add_row(&self, x: &[f32], q: Option<QuantRow<'_>>, out: &mut [f32]) -> bool {
+    /// Adds this delta to `n` consecutive rows: `out += sBᵀ·(A·x)` (`x`: `n × in`, `out`:
+    /// `n × out`). Each row's result depends on that row alone. `q`: the rows already
+    /// quantized by the packed base product, if they were.
+    pub(crate) fn add_rows(
+        &self,
+        x: &[f32],
+        q: Option<QuantRow<'_>>,
+        n: usize,
+        out: &mut [f32],
+    ) -> bool {
         let (a, sbt) = match &self.store {
             Store::Host { a, sbt } => (a, sbt),
             Store::Q8(d) => {
                 return match q {
-                    Some(q) => d.add_row(q, out),
+                    Some(q) => d.add_rows(q, n, out),
                     None => {
-                        let (xq, dx) = quantize_rows(x, 1, x.len());
-                        d.add_row(QuantRow { xq: &xq, dx: &dx }, out)
+                        let (xq, dx) = quantize_rows(x, n, self.inp);
+                        d.add_rows(QuantRow { xq: &xq, dx: &dx }, n, out)
                     }
                 }
             }
@@ -189,9 +196,11 @@ impl LoraDelta {
         if tmp.len() < self.r {
             return false;
         }
-        a.dot_rows(x, tmp);
-        for (k, &t) in tmp.iter().enumerate() {
-            sbt.axpy_row(k, t, out);
+        for (x, out) in x.chunks_exact(self.inp).zip(out.chunks_exact_mut(self.out)) {
+            a.dot_rows(x, tmp);
+            for (k, &t) in tmp.iter().enumerate() {
+                sbt.axpy_row(k, t, out);
+            }
         }
         true
     }
@@ -356,7 +365,7 @@ impl<'a> LoraGroups<'a> {
             .with_min_len(per_task)
             .enumerate()
             .all(|(r, o)| {
-                per_row[r].is_none_or(|d| d.add_row(&xs[r * inp..(r + 1) * inp], None, o))
+                per_row[r].is_none_or(|d| d.add_rows(&xs[r * inp..(r + 1) * inp], None, 1, o))
             });
         if !ok {
             return Err(ModelError::InvalidBatch(

@@ -86,21 +86,39 @@ impl Q8Delta {
         (a, sbt)
     }
 
-    /// `out += (s·B)·(A·x)` for one row whose activations `q` were quantized by
-    /// [`crate::q8_packed::quantize_rows`].
-    pub(crate) fn add_row(&self, q: QuantRow<'_>, out: &mut [f32]) -> bool {
-        let mut h = [0f32; 512];
+    /// `out += (s·B)·(A·x)` for `n` (1 to 4) consecutive rows (`out`: `n × out`) whose
+    /// activations `q` were quantized by [`crate::q8_packed::quantize_rows`]. The weights are
+    /// loaded once for all `n`; each row's result is the same as alone.
+    pub(crate) fn add_rows(&self, q: QuantRow<'_>, n: usize, out: &mut [f32]) -> bool {
         let padded = self.r.div_ceil(TILE) * TILE;
-        if padded > h.len() || out.len() != self.out {
+        if !(1..=4).contains(&n) || out.len() != n * self.out {
             return false;
         }
-        self.a.row(q, &mut h[..padded]);
-        for (v, s) in h.iter_mut().zip(&self.scale) {
-            *v *= s;
+        // On the stack for common ranks: this runs per row and projection, and zeroing a
+        // buffer sized for the largest rank costs more than the product at r = 16.
+        let (mut stack, mut heap) = ([0f32; 128], Vec::new());
+        let h = if n * padded <= stack.len() {
+            &mut stack[..n * padded]
+        } else {
+            heap.resize(n * padded, 0.0);
+            &mut heap[..]
+        };
+        self.a.rows(q, n, h);
+        for row in h.chunks_exact_mut(padded) {
+            for (v, s) in row.iter_mut().zip(&self.scale) {
+                *v *= s;
+            }
         }
         // SAFETY: a Q8Delta exists only where `fits` saw AVX-512 (VNNI implies F); `sbt` holds
-        // `out/16` tiles of `r × 16` and `h` at least `r` values.
-        unsafe { x86::up(&self.sbt, &h[..self.r], out) };
+        // `out/16` tiles of `r × 16`, `h` `n` rows of `padded ≥ r` values.
+        unsafe {
+            match n {
+                4 => x86::up::<4>(&self.sbt, h, padded, self.r, out),
+                3 => x86::up::<3>(&self.sbt, h, padded, self.r, out),
+                2 => x86::up::<2>(&self.sbt, h, padded, self.r, out),
+                _ => x86::up::<1>(&self.sbt, h, padded, self.r, out),
+            }
+        }
         true
     }
 }
@@ -111,7 +129,13 @@ mod x86 {
         unreachable!("Q8Delta::fits is false off x86_64")
     }
 
-    pub(super) unsafe fn up(_: &[i8], _: &[f32], _: &mut [f32]) {
+    pub(super) unsafe fn up<const N: usize>(
+        _: &[i8],
+        _: &[f32],
+        _: usize,
+        _: usize,
+        _: &mut [f32],
+    ) {
         unreachable!("Q8Delta::fits is false off x86_64")
     }
 }
@@ -145,31 +169,52 @@ mod x86 {
         }
     }
 
-    /// `out[t·16 + lane] += Σ_k h[k] · q[t][k][lane]`: each output loaded and stored once, two
-    /// independent chains over `k`.
+    /// For each of `N` rows `j` (`h` row `j` at `j·h_stride`, `out` rows of `out.len()/N`):
+    /// `out[t·16 + lane] += Σ_k h[k] · q[t][k][lane]`, `k < r`. Each output is loaded and stored
+    /// once, each weight loaded once for all rows; two independent chains over `k`, in the same
+    /// order for every `N`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn up(q: &[i8], h: &[f32], out: &mut [f32]) {
-        let r = h.len();
-        let tiles = out.len() / TILE;
+    pub(super) unsafe fn up<const N: usize>(
+        q: &[i8],
+        h: &[f32],
+        h_stride: usize,
+        r: usize,
+        out: &mut [f32],
+    ) {
+        let width = out.len() / N;
+        let tiles = width / TILE;
+        let (hp, op) = (h.as_ptr(), out.as_mut_ptr());
         for t in 0..tiles {
             let w = q.as_ptr().add(t * r * TILE);
-            let o = out.as_mut_ptr().add(t * TILE);
-            let (mut a0, mut a1) = (_mm512_loadu_ps(o), _mm512_setzero_ps());
             let load = |k: usize| {
                 _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
                     w.add(k * TILE) as *const __m128i
                 )))
             };
+            let hk = |j: usize, k: usize| _mm512_set1_ps(*hp.add(j * h_stride + k));
+            let mut a0 = [_mm512_setzero_ps(); N];
+            let mut a1 = [_mm512_setzero_ps(); N];
+            for (j, a) in a0.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(op.add(j * width + t * TILE));
+            }
             let mut k = 0;
             while k + 2 <= r {
-                a0 = _mm512_fmadd_ps(_mm512_set1_ps(h[k]), load(k), a0);
-                a1 = _mm512_fmadd_ps(_mm512_set1_ps(h[k + 1]), load(k + 1), a1);
+                let (w0, w1) = (load(k), load(k + 1));
+                for j in 0..N {
+                    a0[j] = _mm512_fmadd_ps(hk(j, k), w0, a0[j]);
+                    a1[j] = _mm512_fmadd_ps(hk(j, k + 1), w1, a1[j]);
+                }
                 k += 2;
             }
             if k < r {
-                a0 = _mm512_fmadd_ps(_mm512_set1_ps(h[k]), load(k), a0);
+                let w0 = load(k);
+                for (j, a) in a0.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(hk(j, k), w0, *a);
+                }
             }
-            _mm512_storeu_ps(o, _mm512_add_ps(a0, a1));
+            for j in 0..N {
+                _mm512_storeu_ps(op.add(j * width + t * TILE), _mm512_add_ps(a0[j], a1[j]));
+            }
         }
     }
 }
@@ -195,7 +240,7 @@ mod tests {
         let d = Q8Delta::new(&a, &b, (out, r, inp), s);
         let (xq, dx) = quantize_rows(&x, 1, inp);
         let mut got = vec![1f32; out];
-        assert!(d.add_row(QuantRow { xq: &xq, dx: &dx }, &mut got));
+        assert!(d.add_rows(QuantRow { xq: &xq, dx: &dx }, 1, &mut got));
         let h: Vec<f32> = (0..r)
             .map(|k| (0..inp).map(|i| a[k * inp + i] * x[i]).sum())
             .collect();
@@ -206,6 +251,19 @@ mod tests {
             let want = 1.0 + (0..r).map(|k| s * b[o * r + k] * h[k]).sum::<f32>();
             // Three 8-bit roundings (x, A, B), each ≤ 1/254 of its block's largest magnitude.
             assert!((g - want).abs() <= 0.03 * scale, "{o}: {g} vs {want}");
+        }
+        // Rows run together give each row's result alone, bit for bit.
+        for n in 2..=4 {
+            let xs: Vec<f32> = (0..n * inp).map(|i| val(i, 11)).collect();
+            let (xq, dx) = quantize_rows(&xs, n, inp);
+            let mut together = vec![0.5f32; n * out];
+            assert!(d.add_rows(QuantRow { xq: &xq, dx: &dx }, n, &mut together));
+            for j in 0..n {
+                let (xq, dx) = quantize_rows(&xs[j * inp..(j + 1) * inp], 1, inp);
+                let mut alone = vec![0.5f32; out];
+                assert!(d.add_rows(QuantRow { xq: &xq, dx: &dx }, 1, &mut alone));
+                assert_eq!(alone, together[j * out..(j + 1) * out], "row {j} of {n}");
+            }
         }
         // What `to_f32` reports is what the kernel multiplies by.
         let (af, sbtf) = d.to_f32();

@@ -123,26 +123,31 @@ impl PackedQ8 {
         w
     }
 
-    /// One row's product on the calling thread: `y` (`out` values) `= W·x`.
-    pub(crate) fn row(&self, q: QuantRow<'_>, y: &mut [f32]) {
+    /// The product of `n` (1 to 4) consecutive rows on the calling thread: `y` (`n × out`)
+    /// `= x·Wᵀ`. Each weight block is loaded once for all `n`; each row's result is the same
+    /// as alone.
+    pub(crate) fn rows(&self, q: QuantRow<'_>, n: usize, y: &mut [f32]) {
         let blocks = self.inp / BLOCK;
-        assert!(q.xq.len() >= self.inp && q.dx.len() >= blocks && y.len() >= self.out);
+        assert!((1..=4).contains(&n));
+        assert!(q.xq.len() >= n * self.inp && q.dx.len() >= n * blocks && y.len() >= n * self.out);
         for t in 0..self.out / TILE {
             let span = t * blocks * TILE;
+            let (w, d, sums) = (
+                &self.w[span * BLOCK..(span + blocks * TILE) * BLOCK],
+                &self.d[span..span + blocks * TILE],
+                &self.sums[span..span + blocks * TILE],
+            );
+            let (x, dx, yt) = (q.xq.as_ptr(), q.dx.as_ptr(), y.as_mut_ptr());
             // SAFETY: only built where `supported` (callers check); the asserts above keep every
             // pointer inside its slice.
             unsafe {
-                x86::tile::<1>(
-                    &self.w[span * BLOCK..(span + blocks * TILE) * BLOCK],
-                    &self.d[span..span + blocks * TILE],
-                    &self.sums[span..span + blocks * TILE],
-                    blocks,
-                    q.xq.as_ptr(),
-                    self.inp,
-                    q.dx.as_ptr(),
-                    y.as_mut_ptr().add(t * TILE),
-                    self.out,
-                )
+                let yt = yt.add(t * TILE);
+                match n {
+                    4 => x86::tile::<4>(w, d, sums, blocks, x, self.inp, dx, yt, self.out),
+                    3 => x86::tile::<3>(w, d, sums, blocks, x, self.inp, dx, yt, self.out),
+                    2 => x86::tile::<2>(w, d, sums, blocks, x, self.inp, dx, yt, self.out),
+                    _ => x86::tile::<1>(w, d, sums, blocks, x, self.inp, dx, yt, self.out),
+                }
             }
         }
     }
@@ -206,6 +211,7 @@ impl PackedQ8 {
             Vec::new()
         };
         let d_ptr = SendPtr(delta.as_mut_ptr());
+        let runs = runs_of(lora);
         let ok = (0..chunks).into_par_iter().all(|c| {
             let (y_ptr, d_ptr) = (&y_ptr, &d_ptr);
             let (t0, t1) = (c * per, ((c + 1) * per).min(tiles));
@@ -232,19 +238,19 @@ impl PackedQ8 {
                     r += take;
                 }
             }
-            // This task's share of the LoRA rows, into their own rows of `delta`.
-            (c..lora.len()).step_by(chunks).all(|r| {
-                lora[r].is_none_or(|d| {
-                    // SAFETY: row r of `delta` belongs to this task alone (r ≡ c mod chunks).
-                    let out = unsafe {
-                        std::slice::from_raw_parts_mut(d_ptr.0.add(r * self.out), self.out)
-                    };
-                    let q = QuantRow {
-                        xq: &xq[r * self.inp..(r + 1) * self.inp],
-                        dx: &dx[r * blocks..(r + 1) * blocks],
-                    };
-                    d.add_row(&xs[r * self.inp..(r + 1) * self.inp], Some(q), out)
-                })
+            // This task's share of the LoRA runs, into their own rows of `delta`.
+            (c..runs.len()).step_by(chunks).all(|i| {
+                let (r, n) = runs[i];
+                let d = lora[r].expect("runs start at adapted rows");
+                // SAFETY: rows r..r+n of `delta` belong to this task alone (i ≡ c mod chunks).
+                let out = unsafe {
+                    std::slice::from_raw_parts_mut(d_ptr.0.add(r * self.out), n * self.out)
+                };
+                let q = QuantRow {
+                    xq: &xq[r * self.inp..(r + n) * self.inp],
+                    dx: &dx[r * blocks..(r + n) * blocks],
+                };
+                d.add_rows(&xs[r * self.inp..(r + n) * self.inp], Some(q), n, out)
             })
         });
         if with_lora {
@@ -259,6 +265,24 @@ impl PackedQ8 {
         }
         ok
     }
+}
+
+/// `(first row, rows)`: consecutive rows with the same delta, up to 4 (a prompt's rows, or a
+/// batch on one adapter), so that their adapter weights are loaded once per run.
+fn runs_of(lora: &[Option<&LoraDelta>]) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut r = 0;
+    while r < lora.len() {
+        let Some(d) = lora[r] else {
+            r += 1;
+            continue;
+        };
+        let same = |e: &Option<&LoraDelta>| e.is_some_and(|e| std::ptr::eq(e, d));
+        let n = 1 + lora[r + 1..].iter().take(3).take_while(|e| same(e)).count();
+        runs.push((r, n));
+        r += n;
+    }
+    runs
 }
 
 struct SendPtr(*mut f32);
