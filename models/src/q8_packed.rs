@@ -338,15 +338,16 @@ fn weight_block(src: &[f32], q: &mut [i8; BLOCK], simd: bool) -> (f32, i32) {
     };
     let d = amax / 127.0;
     let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-    if simd {
+    let sum = if simd {
         // SAFETY: as above; `q` holds a whole block.
-        unsafe { x86::round_block(src.as_ptr(), id, 0, q.as_mut_ptr() as *mut u8) };
+        unsafe { x86::round_block(src.as_ptr(), id, 0, q.as_mut_ptr() as *mut u8) }
     } else {
         for (q, &v) in q.iter_mut().zip(src) {
             *q = round(v * id) as i8;
         }
-    }
-    (d, q.iter().map(|&v| v as i32).sum())
+        q.iter().map(|&v| v as i32).sum()
+    };
+    (d, sum)
 }
 
 /// Ties to even, clamped to ±127: what [`x86::round_block`] computes for each value.
@@ -365,7 +366,7 @@ mod x86 {
         unreachable!("has_simd is false off x86_64")
     }
 
-    pub(super) unsafe fn round_block(_: *const f32, _: f32, _: i32, _: *mut u8) {
+    pub(super) unsafe fn round_block(_: *const f32, _: f32, _: i32, _: *mut u8) -> i32 {
         unreachable!("has_simd is false off x86_64")
     }
 
@@ -411,16 +412,20 @@ pub(crate) mod x86 {
     }
 
     /// `q[j] = super::round(src[j] · id) + offset` for one block of 32, as bytes (`offset` 0
-    /// gives i8, 128 gives u8).
+    /// gives i8, 128 gives u8); returns `Σ round(src[j] · id)`.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn round_block(src: *const f32, id: f32, offset: i32, q: *mut u8) {
+    pub(super) unsafe fn round_block(src: *const f32, id: f32, offset: i32, q: *mut u8) -> i32 {
         let (idv, off) = (_mm512_set1_ps(id), _mm512_set1_epi32(offset));
+        let mut sum = _mm512_setzero_si512();
         for half in 0..2 {
             let v = _mm512_mul_ps(_mm512_loadu_ps(src.add(16 * half)), idv);
-            let i = _mm512_add_epi32(round(v), off);
+            let r = round(v);
+            sum = _mm512_add_epi32(sum, r);
             // Values are within 1..=255 (u8) or -127..=127 (i8): truncating to bytes is exact.
+            let i = _mm512_add_epi32(r, off);
             _mm_storeu_si128(q.add(16 * half) as *mut __m128i, _mm512_cvtepi32_epi8(i));
         }
+        _mm512_reduce_add_epi32(sum)
     }
 
     /// `R` rows × one tile of 16 outputs. Row `r`'s activations start at `x + r·x_stride`, its
