@@ -103,6 +103,11 @@ impl PeftConfig {
         if self.r == 0 {
             return Err(AdapterError::InvalidConfig("r must be positive".into()));
         }
+        if let Some((k, _)) = self.rank_pattern.iter().flatten().find(|(_, &v)| v == 0) {
+            return Err(AdapterError::InvalidConfig(format!(
+                "rank_pattern[{k:?}] must be positive"
+            )));
+        }
         if !self.lora_alpha.is_finite() {
             return Err(AdapterError::InvalidConfig(
                 "lora_alpha must be finite".into(),
@@ -299,6 +304,10 @@ mod tests {
             Err(AdapterError::Unsupported(_))
         ));
         assert!(cfg(serde_json::json!({"modules_to_save": null})).is_ok());
+        assert!(matches!(
+            cfg(serde_json::json!({"rank_pattern": {"v_proj": 0}})),
+            Err(AdapterError::InvalidConfig(m)) if m.contains("v_proj")
+        ));
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod llama;
 mod lora;
 mod lora_q8;
 mod progress;
+mod q8_block;
 mod q8_packed;
 mod source;
 mod tokenizer;

@@ -128,7 +128,8 @@ impl Llama {
     }
 
     /// How adapters for this model are best held: beside weights run through the 8-bit packed
-    /// kernel, in 8 bits (a step with distinct adapters is bound by streaming them); beside other
+    /// kernel, in 8 bits (a step with distinct adapters is bound by streaming them; a layer the
+    /// kernel does not run quantizes its rows for the delta itself); beside other
     /// quantized weights, in f16 (their error dwarfs f16 rounding of a low-rank delta); in f32
     /// when the base is exact.
     pub fn lora_precision(&self) -> crate::LoraPrecision {

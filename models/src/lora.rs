@@ -10,7 +10,7 @@ use crate::error::{ModelError, Result};
 use crate::host_kernels::HostMat;
 use crate::layers::dense_matmul;
 use crate::lora_q8::Q8Delta;
-use crate::q8_packed::{quantize_rows, QuantRow};
+use crate::q8_block::{quantize_rows, QuantRow};
 use crate::weights::Proj;
 
 /// How the CPU holds adapter weights in f32 activations.
@@ -24,7 +24,8 @@ pub enum LoraPrecision {
     /// base weights, so quantized bases use it.
     F16,
     /// 8 bits (see `lora_q8`): half f16's bytes again, for bases whose own weights run through
-    /// the 8-bit packed kernel. Falls back to f16 for shapes that kernel does not tile.
+    /// the 8-bit packed kernel. Falls back to f16 for shapes that kernel does not tile and for
+    /// ranks so small that padding `A` to 16 rows would take more bytes than f16.
     Q8,
 }
 
@@ -96,7 +97,7 @@ impl LoraDelta {
             return Self::new(&a, &b, scale, dtype);
         }
         let (a, sbt) = match precision {
-            LoraPrecision::Q8 if Q8Delta::fits(out, inp) => {
+            LoraPrecision::Q8 if Q8Delta::fits(out, r, inp) => {
                 let store = Store::Q8(Q8Delta::new(&a, &b, (out, r, inp), scale as f32));
                 return Ok(Self { r, inp, out, store });
             }
@@ -369,7 +370,7 @@ impl<'a> LoraGroups<'a> {
             });
         if !ok {
             return Err(ModelError::InvalidBatch(
-                "LoRA rank above 512 on the CPU path".into(),
+                "LoRA rank above 512, or rows that do not match the delta, on the CPU path".into(),
             ));
         }
         Ok(Tensor::from_vec(ys, (rows, out), x.device())?)

@@ -13,11 +13,12 @@
 //! Rounding: 8-bit activations and weights as in Q8_0, on a delta that is itself small next to
 //! the base output — the base's own Q8_0 rounding is of the same order.
 
-use crate::q8_packed::{PackedQ8, QuantRow};
+use crate::q8_block::QuantRow;
+use crate::q8_packed::PackedQ8;
 
 const TILE: usize = 16;
 
-/// `y += (s·B)·(A·x)` for one row at a time, in 8 bits.
+/// `y += (s·B)·(A·x)` in 8 bits, for runs of up to 4 rows.
 #[derive(Debug, Clone)]
 pub(crate) struct Q8Delta {
     r: usize,
@@ -30,13 +31,21 @@ pub(crate) struct Q8Delta {
 }
 
 impl Q8Delta {
-    /// Whether [`Q8Delta::new`] can hold a delta of this shape on this CPU.
-    pub(crate) fn fits(out: usize, inp: usize) -> bool {
-        PackedQ8::supported() && out.is_multiple_of(TILE) && PackedQ8::tiles_input(inp)
+    /// Whether [`Q8Delta::new`] can hold a delta of this shape on this CPU, in fewer bytes
+    /// than f16 (`A`'s rows are padded to 16: at rank 4 the 8-bit form would be the larger).
+    pub(crate) fn fits(out: usize, r: usize, inp: usize) -> bool {
+        let padded = r.div_ceil(TILE) * TILE;
+        let bytes = padded * inp * 36 / 32 + r * (out + 4);
+        PackedQ8::supported()
+            && r > 0
+            && out.is_multiple_of(TILE)
+            && PackedQ8::tiles_input(inp)
+            && bytes < 2 * r * (inp + out)
     }
 
     /// `a` `[r, in]`, `b` `[out, r]` row-major; only when [`Q8Delta::fits`].
     pub(crate) fn new(a: &[f32], b: &[f32], (out, r, inp): (usize, usize, usize), s: f32) -> Self {
+        assert!(Self::fits(out, r, inp) && a.len() == r * inp && b.len() == out * r);
         let padded = r.div_ceil(TILE) * TILE;
         let a = if padded == r {
             PackedQ8::from_dense(a, r, inp)
@@ -90,16 +99,16 @@ impl Q8Delta {
     }
 
     /// `out += (s·B)·(A·x)` for `n` (1 to 4) consecutive rows (`out`: `n × out`) whose
-    /// activations `q` were quantized by [`crate::q8_packed::quantize_rows`]. The weights are
+    /// activations `q` were quantized by [`crate::q8_block::quantize_rows`]. The weights are
     /// loaded once for all `n`; each row's result is the same as alone.
     pub(crate) fn add_rows(&self, q: QuantRow<'_>, n: usize, out: &mut [f32]) -> bool {
         let padded = self.r.div_ceil(TILE) * TILE;
         if !(1..=4).contains(&n) || out.len() != n * self.out {
             return false;
         }
-        // On the stack for common ranks: this runs per row and projection, and zeroing a
-        // buffer sized for the largest rank costs more than the product at r = 16.
-        let (mut stack, mut heap) = ([0f32; 128], Vec::new());
+        // On the stack up to rank 64 for runs of 4: this runs per row and projection, and
+        // zeroing a buffer sized for the largest rank (512) cost more than the product at r=16.
+        let (mut stack, mut heap) = ([0f32; 256], Vec::new());
         let h = if n * padded <= stack.len() {
             &mut stack[..n * padded]
         } else {
@@ -163,7 +172,7 @@ mod x86 {
         for t in 0..tiles {
             for (k, &id) in ids.iter().enumerate() {
                 let v = _mm512_i32gather_ps::<4>(idx, b.as_ptr().add(t * TILE * r + k));
-                let v = crate::q8_packed::x86::round(_mm512_mul_ps(v, _mm512_set1_ps(id)));
+                let v = crate::q8_block::x86::round(_mm512_mul_ps(v, _mm512_set1_ps(id)));
                 _mm_storeu_si128(
                     q.as_mut_ptr().add((t * r + k) * TILE) as *mut __m128i,
                     _mm512_cvtepi32_epi8(v),
@@ -186,6 +195,8 @@ mod x86 {
     ) {
         let width = out.len() / N;
         let tiles = width / TILE;
+        debug_assert!(out.len() == N * tiles * TILE && q.len() >= tiles * r * TILE);
+        debug_assert!(h.len() >= (N - 1) * h_stride + r);
         let (hp, op) = (h.as_ptr(), out.as_mut_ptr());
         for t in 0..tiles {
             let w = q.as_ptr().add(t * r * TILE);
@@ -225,7 +236,22 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::q8_packed::quantize_rows;
+    use crate::q8_block::quantize_rows;
+
+    fn val(i: usize, salt: usize) -> f32 {
+        (((i * 2654435761 + salt) % 2001) as f32 / 1000.0) - 1.0
+    }
+
+    #[test]
+    fn eight_bits_only_where_smaller_than_f16() {
+        if !PackedQ8::supported() {
+            return;
+        }
+        assert!(Q8Delta::fits(48, 12, 64) && !Q8Delta::fits(49, 12, 64));
+        assert!(!Q8Delta::fits(48, 12, 65) && !Q8Delta::fits(48, 0, 64));
+        // Rank 4 pads `A` to 16 rows: more bytes than f16.
+        assert!(!Q8Delta::fits(48, 4, 64));
+    }
 
     #[test]
     fn eight_bit_delta_is_close_to_the_f32_one() {
@@ -233,13 +259,19 @@ mod tests {
             eprintln!("no AVX-512 VNNI: adapters stay in f16 on this CPU");
             return;
         }
-        let (out, r, inp) = (48, 5, 64);
-        let val = |i: usize, salt: usize| (((i * 2654435761 + salt) % 2001) as f32 / 1000.0) - 1.0;
+        // Rank 12 pads `A`; rank 80 with runs of 4 takes the heap scratch; a negative scale.
+        for (r, s) in [(12, 0.5f32), (80, -2.0)] {
+            check(48, r, 64, s);
+        }
+    }
+
+    fn check(out: usize, r: usize, inp: usize, s: f32) {
         let a: Vec<f32> = (0..r * inp).map(|i| val(i, 1)).collect();
-        let b: Vec<f32> = (0..out * r).map(|i| val(i, 7)).collect();
+        let mut b: Vec<f32> = (0..out * r).map(|i| val(i, 7)).collect();
+        for o in 0..out {
+            b[o * r + 1] = 0.0; // an all-zero rank row: scale 0
+        }
         let x: Vec<f32> = (0..inp).map(|i| val(i, 3)).collect();
-        let s = 0.5;
-        assert!(Q8Delta::fits(out, inp) && !Q8Delta::fits(out + 1, inp));
         let d = Q8Delta::new(&a, &b, (out, r, inp), s);
         let (xq, dx) = quantize_rows(&x, 1, inp);
         let mut got = vec![1f32; out];
@@ -255,6 +287,25 @@ mod tests {
             // Three 8-bit roundings (x, A, B), each ≤ 1/254 of its block's largest magnitude.
             assert!((g - want).abs() <= 0.03 * scale, "{o}: {g} vs {want}");
         }
+        // What `to_f32` reports is what the kernel multiplies by: with the activations as the
+        // kernel rounded them, the product matches to f32 rounding.
+        let (af, sbtf) = d.to_f32();
+        assert_eq!((af.len(), sbtf.len()), (r * inp, r * out));
+        let xh: Vec<f32> = (0..inp)
+            .map(|i| (xq[i] as f32 - 128.0) * dx[i / 32])
+            .collect();
+        let hh: Vec<f32> = (0..r)
+            .map(|k| (0..inp).map(|i| af[k * inp + i] * xh[i]).sum())
+            .collect();
+        for (o, g) in got.iter().enumerate() {
+            let want = 1.0 + (0..r).map(|k| sbtf[k * out + o] * hh[k]).sum::<f32>();
+            assert!((g - want).abs() <= 1e-4 * scale, "{o}: {g} vs {want}");
+        }
+        for (k, row) in sbtf.chunks_exact(out).enumerate() {
+            for (o, v) in row.iter().enumerate() {
+                assert!((v - s * b[o * r + k]).abs() <= s.abs() / 127.0);
+            }
+        }
         // Rows run together give each row's result alone, bit for bit.
         for n in 2..=4 {
             let xs: Vec<f32> = (0..n * inp).map(|i| val(i, 11)).collect();
@@ -267,12 +318,6 @@ mod tests {
                 assert!(d.add_rows(QuantRow { xq: &xq, dx: &dx }, 1, &mut alone));
                 assert_eq!(alone, together[j * out..(j + 1) * out], "row {j} of {n}");
             }
-        }
-        // What `to_f32` reports is what the kernel multiplies by.
-        let (af, sbtf) = d.to_f32();
-        assert_eq!((af.len(), sbtf.len()), (r * inp, r * out));
-        for (p, q) in af.iter().zip(&a) {
-            assert!((p - q).abs() <= 1.0 / 127.0);
         }
     }
 }

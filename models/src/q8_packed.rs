@@ -21,9 +21,9 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::lora::LoraDelta;
+use crate::q8_block::{has_simd, quantize_rows, weight_block, QuantRow, BLOCK};
 
 const TILE: usize = 16;
-const BLOCK: usize = 32;
 
 /// A weight matrix `[out, in]` packed for [`PackedQ8::forward`].
 #[derive(Debug)]
@@ -182,7 +182,7 @@ impl PackedQ8 {
         let ok = self.matmul(&xq, &dx, rows, &mut y, &xs, lora);
         if !ok {
             return Err(crate::ModelError::InvalidBatch(
-                "LoRA rank above 512 on the CPU path".into(),
+                "LoRA rank above 512, or rows that do not match the delta, on the CPU path".into(),
             ));
         }
         Ok(Tensor::from_vec(y, (rows, self.out), &Device::Cpu)?)
@@ -290,86 +290,8 @@ struct SendPtr(*mut f32);
 // all finish before the buffer is read.
 unsafe impl Sync for SendPtr {}
 
-/// One row's activations as [`quantize_rows`] makes them.
-#[derive(Clone, Copy)]
-pub(crate) struct QuantRow<'a> {
-    pub xq: &'a [u8],
-    pub dx: &'a [f32],
-}
-
-/// Per row and block of 32: `scale = max|x|/127`, bytes `round(x/scale) + 128`.
-pub(crate) fn quantize_rows(xs: &[f32], rows: usize, inp: usize) -> (Vec<u8>, Vec<f32>) {
-    let blocks = inp / BLOCK;
-    let mut xq = vec![0u8; rows * inp];
-    let mut dx = vec![0f32; rows * blocks];
-    let simd = has_simd();
-    for ((src, q), d) in xs
-        .chunks_exact(BLOCK)
-        .zip(xq.chunks_exact_mut(BLOCK))
-        .zip(dx.iter_mut())
-    {
-        let amax = if simd {
-            // SAFETY: AVX-512F/BW detected; `src` holds a whole block.
-            unsafe { x86::amax(src.as_ptr()) }
-        } else {
-            src.iter().fold(0f32, |m, v| m.max(v.abs()))
-        };
-        *d = amax / 127.0;
-        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-        if simd {
-            // SAFETY: as above; `q` holds a whole block.
-            unsafe { x86::round_block(src.as_ptr(), id, 128, q.as_mut_ptr()) };
-        } else {
-            for (q, &v) in q.iter_mut().zip(src) {
-                *q = (round(v * id) + 128.0) as u8;
-            }
-        }
-    }
-    (xq, dx)
-}
-
-/// Q8_0's rounding of one weight block (`d = max|w|/127`, `q = round(w/d)`): returns `(d, Σq)`.
-fn weight_block(src: &[f32], q: &mut [i8; BLOCK], simd: bool) -> (f32, i32) {
-    let amax = if simd {
-        // SAFETY: AVX-512F/BW detected by the caller; `src` holds a whole block.
-        unsafe { x86::amax(src.as_ptr()) }
-    } else {
-        src.iter().fold(0f32, |m, v| m.max(v.abs()))
-    };
-    let d = amax / 127.0;
-    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-    let sum = if simd {
-        // SAFETY: as above; `q` holds a whole block.
-        unsafe { x86::round_block(src.as_ptr(), id, 0, q.as_mut_ptr() as *mut u8) }
-    } else {
-        for (q, &v) in q.iter_mut().zip(src) {
-            *q = round(v * id) as i8;
-        }
-        q.iter().map(|&v| v as i32).sum()
-    };
-    (d, sum)
-}
-
-/// Ties to even, clamped to ±127: what [`x86::round_block`] computes for each value.
-fn round(v: f32) -> f32 {
-    v.round_ties_even().clamp(-127.0, 127.0)
-}
-
-/// The vector forms of the block roundings (the same numbers as the scalar ones).
-fn has_simd() -> bool {
-    crate::host_kernels::cpu_has!("avx512f", "avx512bw")
-}
-
 #[cfg(not(target_arch = "x86_64"))]
 mod x86 {
-    pub(super) unsafe fn amax(_: *const f32) -> f32 {
-        unreachable!("has_simd is false off x86_64")
-    }
-
-    pub(super) unsafe fn round_block(_: *const f32, _: f32, _: i32, _: *mut u8) -> i32 {
-        unreachable!("has_simd is false off x86_64")
-    }
-
     pub(super) unsafe fn tile<const R: usize>(
         _: &[i8],
         _: &[half::f16],
@@ -386,47 +308,11 @@ mod x86 {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) mod x86 {
+mod x86 {
     use half::f16;
     use std::arch::x86_64::*;
 
     use super::{BLOCK, TILE};
-
-    /// `max |v|` over one block of 32.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn amax(src: *const f32) -> f32 {
-        let a = _mm512_abs_ps(_mm512_loadu_ps(src));
-        let b = _mm512_abs_ps(_mm512_loadu_ps(src.add(16)));
-        _mm512_reduce_max_ps(_mm512_max_ps(a, b))
-    }
-
-    /// `super::round` of 16 values, as integers.
-    #[target_feature(enable = "avx512f")]
-    pub(crate) unsafe fn round(v: __m512) -> __m512i {
-        let v = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
-        let v = _mm512_max_ps(
-            _mm512_min_ps(v, _mm512_set1_ps(127.0)),
-            _mm512_set1_ps(-127.0),
-        );
-        _mm512_cvttps_epi32(v)
-    }
-
-    /// `q[j] = super::round(src[j] · id) + offset` for one block of 32, as bytes (`offset` 0
-    /// gives i8, 128 gives u8); returns `Σ round(src[j] · id)`.
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn round_block(src: *const f32, id: f32, offset: i32, q: *mut u8) -> i32 {
-        let (idv, off) = (_mm512_set1_ps(id), _mm512_set1_epi32(offset));
-        let mut sum = _mm512_setzero_si512();
-        for half in 0..2 {
-            let v = _mm512_mul_ps(_mm512_loadu_ps(src.add(16 * half)), idv);
-            let r = round(v);
-            sum = _mm512_add_epi32(sum, r);
-            // Values are within 1..=255 (u8) or -127..=127 (i8): truncating to bytes is exact.
-            let i = _mm512_add_epi32(r, off);
-            _mm_storeu_si128(q.add(16 * half) as *mut __m128i, _mm512_cvtepi32_epi8(i));
-        }
-        _mm512_reduce_add_epi32(sum)
-    }
 
     /// `R` rows × one tile of 16 outputs. Row `r`'s activations start at `x + r·x_stride`, its
     /// block scales at `dx + r·blocks`, its 16 results go to `y + r·y_stride`.
@@ -483,12 +369,7 @@ pub(crate) mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn data(n: usize, salt: u32) -> Vec<f32> {
-        (0..n as u32)
-            .map(|i| ((i.wrapping_mul(2654435761) ^ salt) % 2001) as f32 / 1000.0 - 1.0)
-            .collect()
-    }
+    use crate::q8_block::tests::data;
 
     #[test]
     fn packed_product_is_close_to_f32_and_the_same_for_any_batch() {
@@ -537,45 +418,6 @@ mod tests {
         for (a, b) in back.iter().zip(&w) {
             assert!((a - b).abs() <= 1.0 / 127.0, "{a} vs {b}");
         }
-    }
-
-    #[test]
-    fn vector_and_scalar_roundings_agree() {
-        if !has_simd() {
-            return;
-        }
-        // Values landing exactly on .5 after scaling test ties-to-even; the 127 / -127 ends test
-        // the clamp.
-        let mut src: Vec<f32> = data(4 * BLOCK, 5);
-        src[3] = 1.0;
-        src[4] = -1.0;
-        for (j, v) in src[BLOCK..2 * BLOCK].iter_mut().enumerate() {
-            *v = (j as f32 - 16.0) * 0.5 / 127.0 * 4.0;
-        }
-        for block in src.chunks_exact(BLOCK) {
-            let (mut qv, mut qs) = ([0i8; BLOCK], [0i8; BLOCK]);
-            assert_eq!(
-                weight_block(block, &mut qv, true),
-                weight_block(block, &mut qs, false)
-            );
-            assert_eq!(qv, qs);
-            let id = 127.0 / x86_amax(block);
-            let mut v = [0u8; BLOCK];
-            // SAFETY: has_simd checked above; whole blocks.
-            unsafe { x86::round_block(block.as_ptr(), id, 128, v.as_mut_ptr()) };
-            let s: Vec<u8> = block
-                .iter()
-                .map(|&x| (round(x * id) + 128.0) as u8)
-                .collect();
-            assert_eq!(v.to_vec(), s);
-        }
-    }
-
-    fn x86_amax(b: &[f32]) -> f32 {
-        // SAFETY: callers checked has_simd; a whole block.
-        let v = unsafe { x86::amax(b.as_ptr()) };
-        assert_eq!(v, b.iter().fold(0f32, |m, x| m.max(x.abs())));
-        v
     }
 
     #[test]
