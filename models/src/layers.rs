@@ -104,6 +104,38 @@ impl Linear {
         lora.apply(layer, proj, x, self.forward(x)?)
     }
 
+    /// [`Linear::forward_lora`] of several projections sharing the input `x` (q, k, v; gate,
+    /// up). When all are packed they run in one parallel pass (see `PackedQ8::forward_many`).
+    pub(crate) fn forward_lora_many(
+        lins: &[(&Linear, Proj)],
+        x: &Tensor,
+        lora: &LoraGroups<'_>,
+        layer: usize,
+    ) -> Result<Vec<Tensor>> {
+        let rows = x.dim(0)?;
+        let packed: Option<Vec<&PackedQ8>> = lins
+            .iter()
+            .map(|(l, _)| match &l.weight {
+                WeightMatrix::Packed(p) => Some(p.as_ref()),
+                _ => None,
+            })
+            .collect();
+        let deltas: Option<Vec<Vec<_>>> = lins
+            .iter()
+            .map(|&(_, p)| match lora.is_empty() {
+                true => Some(Vec::new()),
+                false => lora.host_rows(layer, p, rows),
+            })
+            .collect();
+        if let (Some(mats), Some(deltas)) = (packed, deltas) {
+            let deltas: Vec<&[_]> = deltas.iter().map(Vec::as_slice).collect();
+            return PackedQ8::forward_many(&mats, x, &deltas);
+        }
+        lins.iter()
+            .map(|&(l, p)| l.forward_lora(x, lora, layer, p))
+            .collect()
+    }
+
     /// `x`: `[rows, in]` → `[rows, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let rows = x.dim(0)?;
@@ -230,16 +262,22 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    /// `project(linear, proj, input)` runs one projection with any per-row LoRA delta.
+    /// `project(projections, input)` runs projections sharing one input, each with any per-row
+    /// LoRA delta (gate and up together).
     pub fn forward(
         &self,
         x: &Tensor,
-        project: impl Fn(&Linear, Proj, &Tensor) -> Result<Tensor>,
+        project: impl Fn(&[(&Linear, Proj)], &Tensor) -> Result<Vec<Tensor>>,
     ) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&project(&self.gate, Proj::Gate, x)?)?;
-        let up = project(&self.up, Proj::Up, x)?;
-        let h = (gate * up)?;
-        project(&self.down, Proj::Down, &h)
+        let [gate, up]: [Tensor; 2] =
+            project(&[(&self.gate, Proj::Gate), (&self.up, Proj::Up)], x)?
+                .try_into()
+                .expect("one output per projection");
+        let h = (candle_nn::ops::silu(&gate)? * up)?;
+        let [down]: [Tensor; 1] = project(&[(&self.down, Proj::Down)], &h)?
+            .try_into()
+            .expect("one output per projection");
+        Ok(down)
     }
 }
 

@@ -225,9 +225,10 @@ impl Llama {
         let mut x = self.embed.forward(&ids, self.dtype)?;
         for (l, b) in self.blocks.iter().enumerate() {
             let h = b.attn_norm.forward(&x)?;
-            let q = b.q.forward_lora(&h, &lora, l, Proj::Q)?;
-            let k = b.k.forward_lora(&h, &lora, l, Proj::K)?;
-            let v = b.v.forward_lora(&h, &lora, l, Proj::V)?;
+            let qkv = [(&b.q, Proj::Q), (&b.k, Proj::K), (&b.v, Proj::V)];
+            let [q, k, v]: [Tensor; 3] = Linear::forward_lora_many(&qkv, &h, &lora, l)?
+                .try_into()
+                .expect("one output per projection");
             let q = self
                 .rotary
                 .apply(&q.reshape((total, nh, hd))?, &cos, &sin)?;
@@ -278,8 +279,8 @@ impl Llama {
                 Tensor::cat(&outs, 0)?
             };
             x = (x + b.o.forward_lora(&attn, &lora, l, Proj::O)?)?;
-            let m = b.mlp.forward(&b.mlp_norm.forward(&x)?, |lin, p, x| {
-                lin.forward_lora(x, &lora, l, p)
+            let m = b.mlp.forward(&b.mlp_norm.forward(&x)?, |lins, x| {
+                Linear::forward_lora_many(lins, x, &lora, l)
             })?;
             x = (x + m)?;
         }

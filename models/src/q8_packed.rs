@@ -169,101 +169,168 @@ impl PackedQ8 {
         x: &Tensor,
         lora: &[Option<&LoraDelta>],
     ) -> Result<Tensor> {
+        let mut y = Self::forward_many(&[self], x, &[lora])?;
+        Ok(y.pop().expect("one matrix, one product"))
+    }
+
+    /// The products (with their LoRA deltas, `loras[m]` for `mats[m]`) of several matrices
+    /// that share their input — q, k and v; gate and up — in one parallel pass: the input is
+    /// quantized once and the thread pool woken once, where a decode step otherwise pays a
+    /// wake-up and a sleep per projection.
+    pub(crate) fn forward_many(
+        mats: &[&PackedQ8],
+        x: &Tensor,
+        loras: &[&[Option<&LoraDelta>]],
+    ) -> Result<Vec<Tensor>> {
         let (rows, inp) = x.dims2()?;
-        if inp != self.inp {
+        if let Some(m) = mats.iter().find(|m| m.inp != inp) {
             return Err(crate::ModelError::InvalidBatch(format!(
                 "input width {inp}, packed weights expect {}",
-                self.inp
+                m.inp
             )));
         }
         let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let (xq, dx) = quantize_rows(&xs, rows, inp);
-        let mut y = vec![0f32; rows * self.out];
-        let ok = self.matmul(&xq, &dx, rows, &mut y, &xs, lora);
+        let input = Input {
+            xs: &xs,
+            xq: &xq,
+            dx: &dx,
+            rows,
+        };
+        let threads = rayon::current_num_threads().max(1);
+        let jobs: Vec<Job> = mats
+            .iter()
+            .enumerate()
+            .map(|(m, w)| Job::new(w, loras.get(m).copied().unwrap_or(&[]), threads))
+            .collect();
+        // Outputs and deltas apart from the jobs: tasks share the jobs and write these.
+        let mut bufs: Vec<(Vec<f32>, Vec<f32>)> = jobs.iter().map(|j| j.buffers(rows)).collect();
+        // Chunk-major order: rayon halves the list between threads, and each half then holds
+        // a like share of every matrix.
+        let most = jobs.iter().map(|j| j.chunks).max().unwrap_or(0);
+        let tasks: Vec<(usize, usize)> = (0..most)
+            .flat_map(|c| (0..jobs.len()).map(move |m| (m, c)))
+            .filter(|&(m, c)| c < jobs[m].chunks)
+            .collect();
+        let ptrs: Vec<(SendPtr, SendPtr)> = bufs
+            .iter_mut()
+            .map(|(y, d)| (SendPtr(y.as_mut_ptr()), SendPtr(d.as_mut_ptr())))
+            .collect();
+        let ok = tasks.into_par_iter().all(|(m, c)| {
+            let (y, delta) = &ptrs[m];
+            jobs[m].run(c, &input, y, delta)
+        });
         if !ok {
             return Err(crate::ModelError::InvalidBatch(
                 "LoRA rank above 512, or rows that do not match the delta, on the CPU path".into(),
             ));
         }
-        Ok(Tensor::from_vec(y, (rows, self.out), &Device::Cpu)?)
+        jobs.iter()
+            .zip(bufs)
+            .map(|(j, (y, delta))| {
+                let y = j.finish(y, &delta);
+                Ok(Tensor::from_vec(y, (rows, j.w.out), &Device::Cpu)?)
+            })
+            .collect()
     }
+}
 
-    fn matmul(
-        &self,
-        xq: &[u8],
-        dx: &[f32],
-        rows: usize,
-        y: &mut [f32],
-        xs: &[f32],
-        lora: &[Option<&LoraDelta>],
-    ) -> bool {
-        let tiles = self.out / TILE;
-        let blocks = self.inp / BLOCK;
-        let threads = rayon::current_num_threads().max(1);
+/// The input of a fused pass, quantized once for every matrix.
+struct Input<'a> {
+    xs: &'a [f32],
+    xq: &'a [u8],
+    dx: &'a [f32],
+    rows: usize,
+}
+
+/// One matrix's part of a fused pass: its product, its LoRA rows and how its tiles split.
+struct Job<'a> {
+    w: &'a PackedQ8,
+    lora: &'a [Option<&'a LoraDelta>],
+    runs: Vec<(usize, usize)>,
+    per: usize,
+    chunks: usize,
+}
+
+impl<'a> Job<'a> {
+    fn new(w: &'a PackedQ8, lora: &'a [Option<&'a LoraDelta>], threads: usize) -> Self {
+        let tiles = w.out / TILE;
         // Few, even chunks: a decode step has little work per call and waking threads costs.
         let per = tiles.div_ceil(threads * if tiles >= 64 * threads { 4 } else { 1 });
-        let chunks = tiles.div_ceil(per);
-        let y_ptr = SendPtr(y.as_mut_ptr());
-        let with_lora = lora.iter().any(Option::is_some);
-        let mut delta = if with_lora {
-            vec![0f32; lora.len() * self.out]
+        Self {
+            w,
+            lora,
+            runs: runs_of(lora),
+            per,
+            chunks: tiles.div_ceil(per),
+        }
+    }
+
+    /// The product's buffer and, when any row is adapted, the deltas' buffer.
+    fn buffers(&self, rows: usize) -> (Vec<f32>, Vec<f32>) {
+        let adapted = self.lora.iter().any(Option::is_some);
+        let delta = if adapted {
+            self.lora.len() * self.w.out
         } else {
-            Vec::new()
+            0
         };
-        let d_ptr = SendPtr(delta.as_mut_ptr());
-        let runs = runs_of(lora);
-        let ok = (0..chunks).into_par_iter().all(|c| {
-            let (y_ptr, d_ptr) = (&y_ptr, &d_ptr);
-            let (t0, t1) = (c * per, ((c + 1) * per).min(tiles));
-            for t in t0..t1 {
-                let w = &self.w[t * blocks * TILE * BLOCK..(t + 1) * blocks * TILE * BLOCK];
-                let d = &self.d[t * blocks * TILE..(t + 1) * blocks * TILE];
-                let n = &self.sums[t * blocks * TILE..(t + 1) * blocks * TILE];
-                let mut r = 0;
-                while r < rows {
-                    let take = if rows - r >= 4 { 4 } else { 1 };
-                    // SAFETY: the CPU features were checked by the caller (`supported`); every
-                    // pointer stays inside its slice (rows r..r+take, this tile's 16 columns),
-                    // and tiles write disjoint columns of `y`.
-                    unsafe {
-                        let xr = xq.as_ptr().add(r * self.inp);
-                        let dr = dx.as_ptr().add(r * blocks);
-                        let yr = y_ptr.0.add(r * self.out + t * TILE);
-                        if take == 4 {
-                            x86::tile::<4>(w, d, n, blocks, xr, self.inp, dr, yr, self.out);
-                        } else {
-                            x86::tile::<1>(w, d, n, blocks, xr, self.inp, dr, yr, self.out);
-                        }
+        (vec![0f32; rows * self.w.out], vec![0f32; delta])
+    }
+
+    /// Chunk `c`: its tiles for every row, then its share of the LoRA runs (into their own
+    /// rows of `delta`). `y` and `delta` point at this job's [`Job::buffers`].
+    fn run(&self, c: usize, x: &Input<'_>, y: &SendPtr, delta: &SendPtr) -> bool {
+        let w = self.w;
+        let (tiles, blocks) = (w.out / TILE, w.inp / BLOCK);
+        let (t0, t1) = (c * self.per, ((c + 1) * self.per).min(tiles));
+        for t in t0..t1 {
+            let wt = &w.w[t * blocks * TILE * BLOCK..(t + 1) * blocks * TILE * BLOCK];
+            let d = &w.d[t * blocks * TILE..(t + 1) * blocks * TILE];
+            let n = &w.sums[t * blocks * TILE..(t + 1) * blocks * TILE];
+            let mut r = 0;
+            while r < x.rows {
+                let take = if x.rows - r >= 4 { 4 } else { 1 };
+                // SAFETY: the CPU features were checked by the caller (`supported`); every
+                // pointer stays inside its slice (rows r..r+take, this tile's 16 columns), and
+                // tiles write disjoint columns of `y`.
+                unsafe {
+                    let xr = x.xq.as_ptr().add(r * w.inp);
+                    let dr = x.dx.as_ptr().add(r * blocks);
+                    let yr = y.0.add(r * w.out + t * TILE);
+                    if take == 4 {
+                        x86::tile::<4>(wt, d, n, blocks, xr, w.inp, dr, yr, w.out);
+                    } else {
+                        x86::tile::<1>(wt, d, n, blocks, xr, w.inp, dr, yr, w.out);
                     }
-                    r += take;
                 }
+                r += take;
             }
-            // This task's share of the LoRA runs, into their own rows of `delta`.
-            (c..runs.len()).step_by(chunks).all(|i| {
-                let (r, n) = runs[i];
-                let d = lora[r].expect("runs start at adapted rows");
-                // SAFETY: rows r..r+n of `delta` belong to this task alone (i ≡ c mod chunks).
-                let out = unsafe {
-                    std::slice::from_raw_parts_mut(d_ptr.0.add(r * self.out), n * self.out)
-                };
-                let q = QuantRow {
-                    xq: &xq[r * self.inp..(r + n) * self.inp],
-                    dx: &dx[r * blocks..(r + n) * blocks],
-                };
-                d.add_rows(&xs[r * self.inp..(r + n) * self.inp], Some(q), n, out)
-            })
-        });
-        if with_lora {
-            for (r, d) in lora.iter().enumerate() {
-                if d.is_some() {
-                    let (yr, dr) = (r * self.out, (r + 1) * self.out);
-                    for (o, v) in y[yr..dr].iter_mut().zip(&delta[yr..dr]) {
-                        *o += v;
-                    }
+        }
+        (c..self.runs.len()).step_by(self.chunks).all(|i| {
+            let (r, n) = self.runs[i];
+            let d = self.lora[r].expect("runs start at adapted rows");
+            // SAFETY: rows r..r+n of `delta` belong to this task alone (i ≡ c mod chunks).
+            let out = unsafe { std::slice::from_raw_parts_mut(delta.0.add(r * w.out), n * w.out) };
+            let q = QuantRow {
+                xq: &x.xq[r * w.inp..(r + n) * w.inp],
+                dx: &x.dx[r * blocks..(r + n) * blocks],
+            };
+            d.add_rows(&x.xs[r * w.inp..(r + n) * w.inp], Some(q), n, out)
+        })
+    }
+
+    /// The product `y` with each adapted row's delta added.
+    fn finish(&self, mut y: Vec<f32>, delta: &[f32]) -> Vec<f32> {
+        let out = self.w.out;
+        for (r, d) in self.lora.iter().enumerate() {
+            if d.is_some() {
+                let (yr, dr) = (r * out, (r + 1) * out);
+                for (o, v) in y[yr..dr].iter_mut().zip(&delta[yr..dr]) {
+                    *o += v;
                 }
             }
         }
-        ok
+        y
     }
 }
 
@@ -286,8 +353,8 @@ fn runs_of(lora: &[Option<&LoraDelta>]) -> Vec<(usize, usize)> {
 }
 
 struct SendPtr(*mut f32);
-// SAFETY: used only to write disjoint column ranges of one output buffer from rayon tasks that
-// all finish before the buffer is read.
+// SAFETY: used only to write disjoint parts of one output buffer (column ranges of `y`, rows of
+// `delta`) from rayon tasks that all finish before the buffer is read.
 unsafe impl Sync for SendPtr {}
 
 #[cfg(not(target_arch = "x86_64"))]
