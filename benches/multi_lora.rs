@@ -5,7 +5,7 @@
 //! plus the cold-load time of one adapter and a forward-only decode step of each kind. Prints
 //! JSON with (b)/(a), (c)/(a), (d)/(a) and (d)/(c) p50 time to first token.
 //! `cargo bench --bench multi_lora`; env `LORAPLEX_BENCH_C` (16), `LORAPLEX_BENCH_PROMPT` (32),
-//! `LORAPLEX_BENCH_OUTPUT` (64), `LORAPLEX_BENCH_REPEATS` (3: (a), (b), (c) interleaved,
+//! `LORAPLEX_BENCH_OUTPUT` (64), `LORAPLEX_BENCH_REPEATS` (5: (a), (b), (c) interleaved,
 //! medians); `LORAPLEX_BENCH_STEP_ONLY` (set: only cold loads and the forward-only steps).
 
 #[path = "common/mod.rs"]
@@ -176,7 +176,7 @@ fn main() {
     }
     common::pin_thread_count();
     let c = env("LORAPLEX_BENCH_C", 16);
-    let repeats = env("LORAPLEX_BENCH_REPEATS", 3).max(1);
+    let repeats = env("LORAPLEX_BENCH_REPEATS", 5).max(1);
     let (prompt_len, out_len) = (
         env("LORAPLEX_BENCH_PROMPT", 32),
         env("LORAPLEX_BENCH_OUTPUT", 64),
