@@ -120,16 +120,18 @@ impl Linear {
                 _ => None,
             })
             .collect();
-        let deltas: Option<Vec<Vec<_>>> = lins
-            .iter()
-            .map(|&(_, p)| match lora.is_empty() {
-                true => Some(Vec::new()),
-                false => lora.host_rows(layer, p, rows),
-            })
-            .collect();
-        if let (Some(mats), Some(deltas)) = (packed, deltas) {
-            let deltas: Vec<&[_]> = deltas.iter().map(Vec::as_slice).collect();
-            return PackedQ8::forward_many(&mats, x, &deltas);
+        if let Some(mats) = packed {
+            let deltas: Option<Vec<Vec<_>>> = lins
+                .iter()
+                .map(|&(_, p)| match lora.is_empty() {
+                    true => Some(Vec::new()),
+                    false => lora.host_rows(layer, p, rows),
+                })
+                .collect();
+            if let Some(deltas) = deltas {
+                let deltas: Vec<&[_]> = deltas.iter().map(Vec::as_slice).collect();
+                return PackedQ8::forward_many(&mats, x, &deltas);
+            }
         }
         lins.iter()
             .map(|&(l, p)| l.forward_lora(x, lora, layer, p))

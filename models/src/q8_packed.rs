@@ -182,6 +182,7 @@ impl PackedQ8 {
         x: &Tensor,
         loras: &[&[Option<&LoraDelta>]],
     ) -> Result<Vec<Tensor>> {
+        debug_assert!(loras.is_empty() || loras.len() == mats.len());
         let (rows, inp) = x.dims2()?;
         if let Some(m) = mats.iter().find(|m| m.inp != inp) {
             return Err(crate::ModelError::InvalidBatch(format!(
@@ -201,7 +202,7 @@ impl PackedQ8 {
         let jobs: Vec<Job> = mats
             .iter()
             .enumerate()
-            .map(|(m, w)| Job::new(w, loras.get(m).copied().unwrap_or(&[]), threads))
+            .map(|(m, w)| Job::new(w, loras.get(m).copied().unwrap_or(&[]), threads, m))
             .collect();
         // Outputs and deltas apart from the jobs: tasks share the jobs and write these.
         let mut bufs: Vec<(Vec<f32>, Vec<f32>)> = jobs.iter().map(|j| j.buffers(rows)).collect();
@@ -250,10 +251,18 @@ struct Job<'a> {
     runs: Vec<(usize, usize)>,
     per: usize,
     chunks: usize,
+    /// LoRA run `i` goes to chunk `(i + skew) % chunks`: with one row per matrix, the grouped
+    /// matrices' runs then land on different tasks instead of all on chunk 0.
+    skew: usize,
 }
 
 impl<'a> Job<'a> {
-    fn new(w: &'a PackedQ8, lora: &'a [Option<&'a LoraDelta>], threads: usize) -> Self {
+    fn new(
+        w: &'a PackedQ8,
+        lora: &'a [Option<&'a LoraDelta>],
+        threads: usize,
+        skew: usize,
+    ) -> Self {
         let tiles = w.out / TILE;
         // Few, even chunks: a decode step has little work per call and waking threads costs.
         let per = tiles.div_ceil(threads * if tiles >= 64 * threads { 4 } else { 1 });
@@ -263,6 +272,7 @@ impl<'a> Job<'a> {
             runs: runs_of(lora),
             per,
             chunks: tiles.div_ceil(per),
+            skew,
         }
     }
 
@@ -306,10 +316,12 @@ impl<'a> Job<'a> {
                 r += take;
             }
         }
-        (c..self.runs.len()).step_by(self.chunks).all(|i| {
+        let first = (c + self.chunks - self.skew % self.chunks) % self.chunks;
+        (first..self.runs.len()).step_by(self.chunks).all(|i| {
             let (r, n) = self.runs[i];
             let d = self.lora[r].expect("runs start at adapted rows");
-            // SAFETY: rows r..r+n of `delta` belong to this task alone (i ≡ c mod chunks).
+            // SAFETY: rows r..r+n of `delta` belong to this task alone: run i goes to the one
+            // chunk c with i + skew ≡ c (mod chunks).
             let out = unsafe { std::slice::from_raw_parts_mut(delta.0.add(r * w.out), n * w.out) };
             let q = QuantRow {
                 xq: &x.xq[r * w.inp..(r + n) * w.inp],
@@ -467,6 +479,45 @@ mod tests {
             let one: Vec<Vec<f32>> = p.forward(&alone).unwrap().to_vec2().unwrap();
             assert_eq!(one[0], got[r], "row {r} alone vs in a batch of {rows}");
         }
+    }
+
+    #[test]
+    fn a_fused_pass_gives_each_matrix_its_own_product_and_deltas() {
+        if !PackedQ8::supported() {
+            return;
+        }
+        let (inp, rows) = (64, 5);
+        let mats: Vec<PackedQ8> = [(48, 1), (16, 2), (32, 3)]
+            .iter()
+            .map(|&(out, salt)| PackedQ8::from_dense(&data(out * inp, salt), out, inp).unwrap())
+            .collect();
+        let delta = |out: usize, salt: u32| {
+            let (a, b) = (data(16 * inp, salt), data(out * 16, salt + 1));
+            let (dt, p) = (candle_core::DType::F32, crate::LoraPrecision::Q8);
+            LoraDelta::from_host(a, b, (out, 16, inp), 0.5, dt, p, &Device::Cpu).unwrap()
+        };
+        let (d0, d2) = (delta(48, 7), delta(32, 9));
+        let l0 = [Some(&d0), None, Some(&d0), Some(&d0), None];
+        let l2 = [None, Some(&d2), Some(&d2)];
+        let loras: [&[Option<&LoraDelta>]; 3] = [&l0, &[], &l2];
+        let x = Tensor::from_vec(data(rows * inp, 4), (rows, inp), &Device::Cpu).unwrap();
+        let refs: Vec<&PackedQ8> = mats.iter().collect();
+        let fused = PackedQ8::forward_many(&refs, &x, &loras).unwrap();
+        for ((m, l), got) in mats.iter().zip(loras).zip(fused) {
+            let alone = m.forward_with_lora(&x, l).unwrap();
+            let (got, alone): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+                (got.to_vec2().unwrap(), alone.to_vec2().unwrap());
+            assert_eq!(got, alone);
+        }
+        // The deltas were added: row 0 of the first matrix differs from the plain product.
+        let plain: Vec<Vec<f32>> = mats[0].forward(&x).unwrap().to_vec2().unwrap();
+        let with: Vec<Vec<f32>> = mats[0]
+            .forward_with_lora(&x, &l0)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        assert_ne!(plain[0], with[0]);
+        assert_eq!(plain[1], with[1]);
     }
 
     #[test]
