@@ -184,6 +184,18 @@ impl Llama {
         inputs: &[SeqInput<'_>],
         caches: &mut [&mut KvCache],
     ) -> Result<Vec<Option<Tensor>>> {
+        // On a thread of rayon's pool: a step has a few hundred parallel passes, and from
+        // there each starts at once on this thread while the others join, instead of a caller
+        // outside the pool handing every pass over and sleeping until it ends (7-10% of a
+        // 16-row decode step here).
+        rayon::scope(|_| self.step(inputs, caches))
+    }
+
+    fn step(
+        &self,
+        inputs: &[SeqInput<'_>],
+        caches: &mut [&mut KvCache],
+    ) -> Result<Vec<Option<Tensor>>> {
         if inputs.len() != caches.len() {
             return Err(ModelError::InvalidBatch(format!(
                 "{} inputs but {} caches",
