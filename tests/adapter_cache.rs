@@ -59,6 +59,26 @@ fn eviction_is_lru_and_never_touches_a_leased_adapter() {
 }
 
 #[test]
+fn two_names_for_the_same_bytes_are_both_resident() {
+    // An alias (say, an A/B arm) holding byte-identical files must not evict its twin on every
+    // use: the cache keys entries by content hash and name.
+    let (reg, mut cache) = setup(4);
+    let a = reg.get("a-r8-qv").unwrap();
+    let alias = reg.register("a-alias", a.dir.clone());
+    let (la, lb) = (
+        cache.insert(&a, loaded("a-r8-qv")).unwrap(),
+        cache.insert(&alias, loaded("a-r8-qv")).unwrap(),
+    );
+    assert_eq!(la.info.sha256, lb.info.sha256);
+    assert!(cache.contains(&a) && cache.contains(&alias));
+    assert_eq!(cache.len(), 2);
+    assert_eq!(cache.bytes(), 2 * la.info.bytes);
+    assert!(cache.get(&a).is_some() && cache.get(&alias).is_some());
+    cache.unload("a-alias");
+    assert!(cache.contains(&a) && !cache.contains(&alias));
+}
+
+#[test]
 fn memory_accounting_returns_to_baseline_after_unload() {
     let (reg, mut cache) = setup(4);
     assert_eq!(cache.bytes(), 0);

@@ -3,7 +3,8 @@
 //!
 //! A running sequence holds a [`Lease`] (an `Arc` of the resident adapter): eviction only ever
 //! drops adapters nobody leases, and a leased adapter's memory is freed when its last lease drops,
-//! even if it was unloaded or replaced meanwhile. Resident entries are keyed by content hash, so
+//! even if it was unloaded or replaced meanwhile. Resident entries are keyed by content hash (and
+//! name), so
 //! a replaced adapter never serves a new request from the old weights.
 
 use std::collections::HashMap;
@@ -152,16 +153,20 @@ struct Entry {
     last_used: u64,
 }
 
+/// (content hash, name).
+type Key = (String, String);
+
 #[derive(Debug)]
 pub struct AdapterCache {
     cfg: CacheConfig,
-    /// The active tier, keyed by content hash.
-    entries: HashMap<String, Entry>,
+    /// The active tier, keyed by content hash and name: two names holding byte-identical
+    /// adapters (an alias for an A/B arm) are two entries, not one evicting the other.
+    entries: HashMap<Key, Entry>,
     /// The second tier: evicted from the active set, still validated and in memory; LRU order
     /// (front = oldest).
     warm: std::collections::VecDeque<Lease>,
-    /// Name → hash of the version resident for it.
-    by_name: HashMap<String, String>,
+    /// Name → key of the version resident for it.
+    by_name: HashMap<String, Key>,
     tick: u64,
     pub loads: u64,
     /// Bumped by every change of either tier (for observers that refresh a copy).
@@ -263,7 +268,7 @@ impl AdapterCache {
                 return Err((CacheFull, loaded));
             }
         }
-        let hash = loaded.info.sha256.clone();
+        let hash: Key = (loaded.info.sha256.clone(), src.name.clone());
         let lease = Arc::new(Resident {
             name: src.name.clone(),
             generation: src.generation,
