@@ -287,9 +287,24 @@ impl<'a> Job<'a> {
         (vec![0f32; rows * self.w.out], vec![0f32; delta])
     }
 
-    /// Chunk `c`: its tiles for every row, then its share of the LoRA runs (into their own
-    /// rows of `delta`). `y` and `delta` point at this job's [`Job::buffers`].
+    /// Chunk `c`: its tiles for every row and its share of the LoRA runs (into their own rows
+    /// of `delta`). `y` and `delta` point at this job's [`Job::buffers`].
     fn run(&self, c: usize, x: &Input<'_>, y: &SendPtr, delta: &SendPtr) -> bool {
+        // Odd chunks take their LoRA rows first: with distinct adapters those rows are bound by
+        // memory and the tiles by arithmetic, so the two halves of a pass overlap on the bus
+        // instead of both streaming adapters at the end (same-process A/B: the 16-row step's
+        // cost of 16 distinct adapters 6.4 -> 5.3 ms).
+        let lora_first = c % 2 == 1;
+        let ok = lora_first && self.lora_rows(c, x, delta);
+        self.tiles(c, x, y);
+        if lora_first {
+            ok
+        } else {
+            self.lora_rows(c, x, delta)
+        }
+    }
+
+    fn tiles(&self, c: usize, x: &Input<'_>, y: &SendPtr) {
         let w = self.w;
         let (tiles, blocks) = (w.out / TILE, w.inp / BLOCK);
         let (t0, t1) = (c * self.per, ((c + 1) * self.per).min(tiles));
@@ -316,6 +331,11 @@ impl<'a> Job<'a> {
                 r += take;
             }
         }
+    }
+
+    fn lora_rows(&self, c: usize, x: &Input<'_>, delta: &SendPtr) -> bool {
+        let w = self.w;
+        let blocks = w.inp / BLOCK;
         let first = (c + self.chunks - self.skew % self.chunks) % self.chunks;
         (first..self.runs.len()).step_by(self.chunks).all(|i| {
             let (r, n) = self.runs[i];
