@@ -2,9 +2,10 @@
 //!
 //! A decode step with many distinct adapters streams every adapter's weights once per step: at
 //! 16 rows with 16 r=16 all-projection adapters that is 16 × 19.6 MB in f32, more than the
-//! quantized base model itself, and the memory bus (≈19 GB/s here) is the limit. Holding the
-//! weights in f16 halves those bytes; the conversion back to f32 is one instruction per eight
-//! values (F16C), cheaper than the load it saves.
+//! quantized base model itself, and the memory bus is the limit. Holding the weights in f16
+//! halves those bytes; the conversion back to f32 is one instruction per eight values (F16C),
+//! cheaper than the load it saves. (Beside the packed 8-bit kernel adapters are held in 8 bits
+//! instead, see `lora_q8`; f16 serves quantized bases on CPUs without it.)
 
 use half::f16;
 

@@ -123,9 +123,12 @@ impl Linear {
         if let Some(mats) = packed {
             let deltas: Option<Vec<Vec<_>>> = lins
                 .iter()
-                .map(|&(_, p)| match lora.is_empty() {
-                    true => Some(Vec::new()),
-                    false => lora.host_rows(layer, p, rows),
+                .map(|&(_, p)| {
+                    if lora.is_empty() {
+                        Some(Vec::new())
+                    } else {
+                        lora.host_rows(layer, p, rows)
+                    }
                 })
                 .collect();
             if let Some(deltas) = deltas {

@@ -369,10 +369,15 @@ impl<'a> LoraGroups<'a> {
                 per_row[r].is_none_or(|d| d.add_rows(&xs[r * inp..(r + 1) * inp], None, 1, o))
             });
         if !ok {
-            return Err(ModelError::InvalidBatch(
-                "LoRA rank above 512, or rows that do not match the delta, on the CPU path".into(),
-            ));
+            return Err(host_delta_failed());
         }
         Ok(Tensor::from_vec(ys, (rows, out), x.device())?)
     }
+}
+
+/// What a failed [`LoraDelta::add_rows`] (both CPU paths) reports.
+pub(crate) fn host_delta_failed() -> ModelError {
+    ModelError::InvalidBatch(
+        "LoRA rank above 512, or rows that do not match the delta, on the CPU path".into(),
+    )
 }

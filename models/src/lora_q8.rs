@@ -14,9 +14,12 @@
 //! the base output — the base's own Q8_0 rounding is of the same order.
 
 use crate::q8_block::QuantRow;
-use crate::q8_packed::PackedQ8;
+use crate::q8_packed::{PackedQ8, TILE};
 
-const TILE: usize = 16;
+/// `r` rounded up to whole tiles: the rows `A` is packed with.
+fn padded(r: usize) -> usize {
+    r.div_ceil(TILE) * TILE
+}
 
 /// `y += (s·B)·(A·x)` in 8 bits, for runs of up to 4 rows.
 #[derive(Debug, Clone)]
@@ -34,8 +37,7 @@ impl Q8Delta {
     /// Whether [`Q8Delta::new`] can hold a delta of this shape on this CPU, in fewer bytes
     /// than f16 (`A`'s rows are padded to 16: at rank 4 the 8-bit form would be the larger).
     pub(crate) fn fits(out: usize, r: usize, inp: usize) -> bool {
-        let padded = r.div_ceil(TILE) * TILE;
-        let bytes = padded * inp * 36 / 32 + r * (out + 4);
+        let bytes = padded(r) * inp * 36 / 32 + r * (out + 4);
         PackedQ8::supported()
             && r > 0
             && out.is_multiple_of(TILE)
@@ -46,13 +48,12 @@ impl Q8Delta {
     /// `a` `[r, in]`, `b` `[out, r]` row-major; only when [`Q8Delta::fits`].
     pub(crate) fn new(a: &[f32], b: &[f32], (out, r, inp): (usize, usize, usize), s: f32) -> Self {
         assert!(Self::fits(out, r, inp) && a.len() == r * inp && b.len() == out * r);
-        let padded = r.div_ceil(TILE) * TILE;
-        let a = if padded == r {
+        let a = if padded(r) == r {
             PackedQ8::from_dense(a, r, inp)
         } else {
             let mut ap = a.to_vec();
-            ap.resize(padded * inp, 0.0);
-            PackedQ8::from_dense(&ap, padded, inp)
+            ap.resize(padded(r) * inp, 0.0);
+            PackedQ8::from_dense(&ap, padded(r), inp)
         }
         .expect("fits() checked the shape");
         let mut amax = vec![0f32; r];
@@ -102,7 +103,7 @@ impl Q8Delta {
     /// activations `q` were quantized by [`crate::q8_block::quantize_rows`]. The weights are
     /// loaded once for all `n`; each row's result is the same as alone.
     pub(crate) fn add_rows(&self, q: QuantRow<'_>, n: usize, out: &mut [f32]) -> bool {
-        let padded = self.r.div_ceil(TILE) * TILE;
+        let padded = padded(self.r);
         if !(1..=4).contains(&n) || out.len() != n * self.out {
             return false;
         }

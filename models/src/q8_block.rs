@@ -25,14 +25,7 @@ pub(crate) fn quantize_rows(xs: &[f32], rows: usize, inp: usize) -> (Vec<u8>, Ve
         let amax = block_amax(src, simd);
         *d = amax / 127.0;
         let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-        if simd {
-            // SAFETY: AVX-512F/BW detected; `src` and `q` hold a whole block.
-            unsafe { x86::round_block(src.as_ptr(), id, 128, q.as_mut_ptr()) };
-        } else {
-            for (q, &v) in q.iter_mut().zip(src) {
-                *q = (round(v * id) + 128.0) as u8;
-            }
-        }
+        round_into(src, id, 128, q.try_into().expect("a whole block"), simd);
     }
     (xq, dx)
 }
@@ -41,17 +34,31 @@ pub(crate) fn quantize_rows(xs: &[f32], rows: usize, inp: usize) -> (Vec<u8>, Ve
 pub(crate) fn weight_block(src: &[f32], q: &mut [i8; BLOCK], simd: bool) -> (f32, i32) {
     let d = block_amax(src, simd) / 127.0;
     let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-    let sum = if simd {
-        // SAFETY: `simd` means AVX-512F/BW were detected (`has_simd`); `src` has a whole block
-        // (`block_amax` asserts it) and `q` is one.
-        unsafe { x86::round_block(src.as_ptr(), id, 0, q.as_mut_ptr() as *mut u8) }
-    } else {
-        for (q, &v) in q.iter_mut().zip(src) {
-            *q = round(v * id) as i8;
-        }
-        q.iter().map(|&v| v as i32).sum()
-    };
+    let mut bytes = [0u8; BLOCK];
+    let sum = round_into(src, id, 0, &mut bytes, simd);
+    for (q, b) in q.iter_mut().zip(bytes) {
+        *q = b as i8; // two's complement: the bytes are the i8 values
+    }
     (d, sum)
+}
+
+/// `q[j] = round(src[j] · id) + offset` as bytes (`offset` 0: i8 values as their bytes, 128:
+/// u8), by [`x86::round_block`] when `simd`; returns `Σ round(src[j] · id)`.
+fn round_into(src: &[f32], id: f32, offset: i32, q: &mut [u8; BLOCK], simd: bool) -> i32 {
+    assert_eq!(src.len(), BLOCK);
+    if simd {
+        // SAFETY: `simd` means AVX-512F/BW were detected (`has_simd`); `src` and `q` hold a
+        // whole block.
+        unsafe { x86::round_block(src.as_ptr(), id, offset, q.as_mut_ptr()) }
+    } else {
+        let mut sum = 0;
+        for (q, &v) in q.iter_mut().zip(src) {
+            let r = round(v * id) as i32;
+            sum += r;
+            *q = (r + offset) as u8;
+        }
+        sum
+    }
 }
 
 /// `max |v|` over one block; `simd` as [`has_simd`] says.

@@ -23,7 +23,8 @@ use crate::error::Result;
 use crate::lora::LoraDelta;
 use crate::q8_block::{has_simd, quantize_rows, weight_block, QuantRow, BLOCK};
 
-const TILE: usize = 16;
+/// Outputs per tile (and the row padding of an 8-bit LoRA `A`, see `lora_q8`).
+pub(crate) const TILE: usize = 16;
 
 /// A weight matrix `[out, in]` packed for [`PackedQ8::forward`].
 #[derive(Debug)]
@@ -131,24 +132,31 @@ impl PackedQ8 {
         assert!((1..=4).contains(&n));
         assert!(q.xq.len() >= n * self.inp && q.dx.len() >= n * blocks && y.len() >= n * self.out);
         for t in 0..self.out / TILE {
-            let span = t * blocks * TILE;
-            let (w, d, sums) = (
-                &self.w[span * BLOCK..(span + blocks * TILE) * BLOCK],
-                &self.d[span..span + blocks * TILE],
-                &self.sums[span..span + blocks * TILE],
-            );
-            let (x, dx, yt) = (q.xq.as_ptr(), q.dx.as_ptr(), y.as_mut_ptr());
-            // SAFETY: only built where `supported` (callers check); the asserts above keep every
-            // pointer inside its slice.
-            unsafe {
-                let yt = yt.add(t * TILE);
-                match n {
-                    4 => x86::tile::<4>(w, d, sums, blocks, x, self.inp, dx, yt, self.out),
-                    3 => x86::tile::<3>(w, d, sums, blocks, x, self.inp, dx, yt, self.out),
-                    2 => x86::tile::<2>(w, d, sums, blocks, x, self.inp, dx, yt, self.out),
-                    _ => x86::tile::<1>(w, d, sums, blocks, x, self.inp, dx, yt, self.out),
-                }
-            }
+            // SAFETY: the asserts above keep rows 0..n of `q` and `y` inside their slices.
+            unsafe { self.tile(t, q.xq.as_ptr(), q.dx.as_ptr(), n, y.as_mut_ptr()) }
+        }
+    }
+
+    /// Tile `t` (16 outputs) for `n` (1 to 4) rows: row `j`'s activations at `x + j·in`, its
+    /// block scales at `dx + j·blocks`, its outputs at `y + j·out + 16·t`.
+    ///
+    /// # Safety
+    /// The CPU has the kernel ([`PackedQ8::supported`]; a `PackedQ8` is only multiplied where
+    /// it is), and the `n` rows lie inside the buffers `x`, `dx` and `y` point into.
+    unsafe fn tile(&self, t: usize, x: *const u8, dx: *const f32, n: usize, y: *mut f32) {
+        let blocks = self.inp / BLOCK;
+        let span = t * blocks * TILE;
+        let (w, d, sums) = (
+            &self.w[span * BLOCK..(span + blocks * TILE) * BLOCK],
+            &self.d[span..span + blocks * TILE],
+            &self.sums[span..span + blocks * TILE],
+        );
+        let (inp, out, y) = (self.inp, self.out, y.add(t * TILE));
+        match n {
+            4 => x86::tile::<4>(w, d, sums, blocks, x, inp, dx, y, out),
+            3 => x86::tile::<3>(w, d, sums, blocks, x, inp, dx, y, out),
+            2 => x86::tile::<2>(w, d, sums, blocks, x, inp, dx, y, out),
+            _ => x86::tile::<1>(w, d, sums, blocks, x, inp, dx, y, out),
         }
     }
 
@@ -222,9 +230,7 @@ impl PackedQ8 {
             jobs[m].run(c, &input, y, delta)
         });
         if !ok {
-            return Err(crate::ModelError::InvalidBatch(
-                "LoRA rank above 512, or rows that do not match the delta, on the CPU path".into(),
-            ));
+            return Err(crate::lora::host_delta_failed());
         }
         jobs.iter()
             .zip(bufs)
@@ -309,24 +315,14 @@ impl<'a> Job<'a> {
         let (tiles, blocks) = (w.out / TILE, w.inp / BLOCK);
         let (t0, t1) = (c * self.per, ((c + 1) * self.per).min(tiles));
         for t in t0..t1 {
-            let wt = &w.w[t * blocks * TILE * BLOCK..(t + 1) * blocks * TILE * BLOCK];
-            let d = &w.d[t * blocks * TILE..(t + 1) * blocks * TILE];
-            let n = &w.sums[t * blocks * TILE..(t + 1) * blocks * TILE];
             let mut r = 0;
             while r < x.rows {
                 let take = if x.rows - r >= 4 { 4 } else { 1 };
-                // SAFETY: the CPU features were checked by the caller (`supported`); every
-                // pointer stays inside its slice (rows r..r+take, this tile's 16 columns), and
-                // tiles write disjoint columns of `y`.
+                // SAFETY: the caller checked `supported`; rows r..r+take lie inside `x` and
+                // `y` (`rows × out`), and tiles write disjoint columns of `y`.
                 unsafe {
-                    let xr = x.xq.as_ptr().add(r * w.inp);
-                    let dr = x.dx.as_ptr().add(r * blocks);
-                    let yr = y.0.add(r * w.out + t * TILE);
-                    if take == 4 {
-                        x86::tile::<4>(wt, d, n, blocks, xr, w.inp, dr, yr, w.out);
-                    } else {
-                        x86::tile::<1>(wt, d, n, blocks, xr, w.inp, dr, yr, w.out);
-                    }
+                    let (xr, dr) = (x.xq.as_ptr().add(r * w.inp), x.dx.as_ptr().add(r * blocks));
+                    w.tile(t, xr, dr, take, y.0.add(r * w.out));
                 }
                 r += take;
             }
