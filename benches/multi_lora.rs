@@ -105,8 +105,10 @@ fn median_run(mut runs: Vec<serde_json::Value>) -> serde_json::Value {
 }
 
 /// One decode step of `names.len()` rows through `Llama::forward` alone (no scheduler, no
-/// sampling), 40 tokens of context each: base, one adapter for all, one adapter per row. Medians
-/// of `repeats` × 10 steps, the three interleaved; isolates the LoRA kernels' cost.
+/// sampling), 40 tokens of context each: base, one adapter for all, one adapter per row, and
+/// two adapters alternating row by row (the distinct case's arithmetic with its weights in
+/// cache: what `distinct` pays beyond it is streaming adapters from memory). Medians (and
+/// minima, steadier on a shared machine) of `repeats` × 10 steps, interleaved.
 fn decode_steps(
     lm: &loraplex_models::LoadedModel,
     dir: &std::path::Path,
@@ -154,20 +156,24 @@ fn decode_steps(
         }
         t.elapsed().as_secs_f64() * 100.0
     };
-    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut a, mut b, mut c, mut h) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     time(&|i| Some(i)); // warm-up
     for _ in 0..repeats {
         a.push(time(&|_| None));
         b.push(time(&|_| Some(0)));
         c.push(time(&|i| Some(i)));
+        h.push(time(&|i| Some(i % 2)));
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(|x, y| x.partial_cmp(y).unwrap());
         v[v.len() / 2]
     };
-    let (a, b, c) = (median(a), median(b), median(c));
-    json!({"rows": rows, "base": a, "one_adapter": b, "distinct": c,
-           "a_over_b": a / b, "a_over_c": a / c})
+    let min = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
+    let mins = json!({"base": min(&a), "one_adapter": min(&b), "distinct": min(&c),
+                      "two_alternating": min(&h)});
+    let (a, b, c, h) = (median(a), median(b), median(c), median(h));
+    json!({"rows": rows, "base": a, "one_adapter": b, "distinct": c, "two_alternating": h,
+           "min": mins, "a_over_b": a / b, "a_over_c": a / c})
 }
 
 fn main() {

@@ -17,15 +17,7 @@ pub fn pin_thread_count() {
     }
 }
 
-pub const ALL_PROJECTIONS: [Proj; 7] = [
-    Proj::Q,
-    Proj::K,
-    Proj::V,
-    Proj::O,
-    Proj::Gate,
-    Proj::Up,
-    Proj::Down,
-];
+pub const ALL_PROJECTIONS: [Proj; 7] = Proj::ADAPTABLE;
 
 fn peft_name(p: Proj) -> &'static str {
     loraplex_adapters::TARGETS

@@ -212,38 +212,68 @@ impl LoraDelta {
 }
 
 /// All deltas of one adapter, keyed by layer and projection.
+///
+/// A dense table rather than a map: every pass of a decode step looks up each row's delta,
+/// and with 16 adapters hashing those keys cost more than a third as much as the deltas' own
+/// arithmetic.
 #[derive(Debug, Clone, Default)]
 pub struct LoraWeights {
-    deltas: HashMap<(usize, Proj), LoraDelta>,
+    /// `[layer][projection]`, projections in [`Proj::ADAPTABLE`] order.
+    table: Vec<Option<LoraDelta>>,
+    len: usize,
+}
+
+const ADAPTED: [Proj; 7] = Proj::ADAPTABLE;
+
+fn slot(layer: usize, proj: Proj) -> Option<usize> {
+    let p = ADAPTED.iter().position(|&a| a == proj)?;
+    Some(layer * ADAPTED.len() + p)
 }
 
 impl LoraWeights {
+    /// Keys naming a norm or an embedding have no delta to hold and are refused by the
+    /// adapter loader before this; here they are dropped.
     pub fn new(deltas: HashMap<(usize, Proj), LoraDelta>) -> Self {
-        Self { deltas }
+        let mut table: Vec<Option<LoraDelta>> = Vec::new();
+        let mut len = 0;
+        for ((layer, proj), d) in deltas {
+            if let Some(i) = slot(layer, proj) {
+                if table.len() <= i {
+                    table.resize(i + 1, None);
+                }
+                len += 1;
+                table[i] = Some(d);
+            }
+        }
+        Self { table, len }
     }
 
     pub fn get(&self, layer: usize, proj: Proj) -> Option<&LoraDelta> {
-        self.deltas.get(&(layer, proj))
+        self.table.get(slot(layer, proj)?)?.as_ref()
     }
 
     pub fn len(&self) -> usize {
-        self.deltas.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.deltas.is_empty()
+        self.len == 0
     }
 
     pub fn max_rank(&self) -> usize {
-        self.deltas.values().map(LoraDelta::rank).max().unwrap_or(0)
+        self.iter().map(|(_, d)| d.rank()).max().unwrap_or(0)
     }
 
     pub fn size_in_bytes(&self) -> usize {
-        self.deltas.values().map(LoraDelta::size_in_bytes).sum()
+        self.iter().map(|(_, d)| d.size_in_bytes()).sum()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&(usize, Proj), &LoraDelta)> {
-        self.deltas.iter()
+    /// `((layer, projection), delta)` in layer order.
+    pub fn iter(&self) -> impl Iterator<Item = ((usize, Proj), &LoraDelta)> {
+        self.table.iter().enumerate().filter_map(|(i, d)| {
+            let key = (i / ADAPTED.len(), ADAPTED[i % ADAPTED.len()]);
+            d.as_ref().map(|d| (key, d))
+        })
     }
 }
 

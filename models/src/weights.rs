@@ -230,6 +230,17 @@ pub enum Proj {
 }
 
 impl Proj {
+    /// The projections a LoRA adapter can target, in layer order.
+    pub const ADAPTABLE: [Proj; 7] = [
+        Proj::Q,
+        Proj::K,
+        Proj::V,
+        Proj::O,
+        Proj::Gate,
+        Proj::Up,
+        Proj::Down,
+    ];
+
     pub fn name(self, naming: Naming, layer: usize) -> String {
         let (hf, gguf) = match self {
             Proj::Q => ("self_attn.q_proj", "attn_q"),
