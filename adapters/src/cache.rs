@@ -243,12 +243,13 @@ impl AdapterCache {
     }
 
     /// Makes a freshly loaded adapter resident, evicting least-recently-used unleased adapters
-    /// (and any older version of the same name that nobody uses) to make room.
+    /// (and any older version of the same name that nobody uses) to make room. When every
+    /// resident is leased, the adapter comes back (boxed: it is large) for the caller to park.
     pub fn insert(
         &mut self,
         src: &AdapterSource,
         loaded: LoadedAdapter,
-    ) -> std::result::Result<Lease, (CacheFull, LoadedAdapter)> {
+    ) -> std::result::Result<Lease, (CacheFull, Box<LoadedAdapter>)> {
         if let Some(old) = self.by_name.get(&src.name).cloned() {
             if self
                 .entries
@@ -265,7 +266,7 @@ impl AdapterCache {
             || self.bytes() + need > self.cfg.max_bytes
         {
             if !self.evict_one() {
-                return Err((CacheFull, loaded));
+                return Err((CacheFull, Box::new(loaded)));
             }
         }
         let hash: Key = (loaded.info.sha256.clone(), src.name.clone());

@@ -78,7 +78,7 @@ pub fn sampling(
     };
     let min_p = match f.min_p.map(|p| range("min_p", p, 0.0, 1.0)).transpose()? {
         None => None,
-        Some(p) if p == 0.0 => None,
+        Some(0.0) => None,
         Some(p) => Some(MinP::new(p).map_err(|e| ApiError::invalid("min_p", e.to_string()))?),
     };
     let seed = f.seed.map(|s| s as u64).unwrap_or_else(rand::random);

@@ -150,7 +150,8 @@ pub fn fetch_files(r: &HubRef, hub: &HubOptions, files: &[&str]) -> Result<PathB
 
 enum Getter {
     Cache(hf_hub::CacheRepo, String),
-    Api(hf_hub::api::sync::ApiRepo, String),
+    /// Boxed: an API client is several times the size of a cache handle.
+    Api(Box<hf_hub::api::sync::ApiRepo>, String),
 }
 
 impl Getter {
@@ -173,7 +174,7 @@ impl Getter {
             file: String::new(),
             reason: e.to_string(),
         })?;
-        Ok(Getter::Api(api.repo(r.repo()), r.repo.clone()))
+        Ok(Getter::Api(Box::new(api.repo(r.repo())), r.repo.clone()))
     }
 
     fn get(&self, file: &str) -> Result<PathBuf> {

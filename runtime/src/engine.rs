@@ -89,21 +89,11 @@ impl TokenStream {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct EngineConfig {
     pub scheduler: SchedulerConfig,
     pub cache: CacheConfig,
     pub limits: AdapterLimits,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            scheduler: SchedulerConfig::default(),
-            cache: CacheConfig::default(),
-            limits: AdapterLimits::default(),
-        }
-    }
 }
 
 /// Gauges and counters the engine publishes (for metrics and health).
@@ -490,7 +480,7 @@ impl Engine {
             }
             match self.cache.insert(&src, loaded) {
                 Ok(_) => {}
-                Err((_, loaded)) => self.parked.push((src, loaded)),
+                Err((_, loaded)) => self.parked.push((src, *loaded)),
             }
         }
     }

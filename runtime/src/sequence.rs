@@ -143,7 +143,7 @@ impl SequenceState {
             self.sampler.sample(&l)
         };
         let logprob = p.logprobs.map(|n| logprobs_of(raw, id, n));
-        Ok(self.push_token(id, logprob, tok)?)
+        self.push_token(id, logprob, tok)
     }
 
     fn push_token(
