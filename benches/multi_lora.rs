@@ -107,8 +107,9 @@ fn median_run(mut runs: Vec<serde_json::Value>) -> serde_json::Value {
 /// One decode step of `names.len()` rows through `Llama::forward` alone (no scheduler, no
 /// sampling), 40 tokens of context each: base, one adapter for all, one adapter per row, and
 /// two adapters alternating row by row (the distinct case's arithmetic with its weights in
-/// cache: what `distinct` pays beyond it is streaming adapters from memory). Medians (and
-/// minima, steadier on a shared machine) of `repeats` × 10 steps, interleaved.
+/// cache: what `distinct` pays beyond it is streaming adapters from memory), and the time to
+/// merely read those adapters' bytes once. Medians (and minima, steadier on a shared machine)
+/// of `repeats` × 10 steps, interleaved.
 fn decode_steps(
     lm: &loraplex_models::LoadedModel,
     dir: &std::path::Path,
@@ -156,12 +157,32 @@ fn decode_steps(
         }
         t.elapsed().as_secs_f64() * 100.0
     };
+    // The floor under `distinct − two_alternating`: reading every row's adapter bytes once
+    // (fresh buffers of the same sizes, summed by the pool's threads), as such a step must.
+    // Interleaved with the steps, which flush them from cache.
+    let bufs: Vec<Vec<u64>> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| vec![i as u64 + 1; w.size_in_bytes() / 8])
+        .collect();
+    let stream = || {
+        use rayon::prelude::*;
+        let t = Instant::now();
+        let sum: u64 = bufs
+            .par_iter()
+            .map(|b| b.iter().fold(0u64, |s, &v| s.wrapping_add(v)))
+            .sum();
+        std::hint::black_box(sum);
+        t.elapsed().as_secs_f64() * 1000.0
+    };
     let (mut a, mut b, mut c, mut h) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut floor = Vec::new();
     time(&|i| Some(i)); // warm-up
     for _ in 0..repeats {
         a.push(time(&|_| None));
         b.push(time(&|_| Some(0)));
         c.push(time(&|i| Some(i)));
+        floor.push(stream());
         h.push(time(&|i| Some(i % 2)));
     }
     let median = |mut v: Vec<f64>| {
@@ -171,9 +192,13 @@ fn decode_steps(
     let min = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
     let mins = json!({"base": min(&a), "one_adapter": min(&b), "distinct": min(&c),
                       "two_alternating": min(&h)});
+    let adapter_mb = bufs.iter().map(|b| b.len() * 8).sum::<usize>() as f64 / 1e6;
+    let floor = median(floor);
     let (a, b, c, h) = (median(a), median(b), median(c), median(h));
     json!({"rows": rows, "base": a, "one_adapter": b, "distinct": c, "two_alternating": h,
-           "min": mins, "a_over_b": a / b, "a_over_c": a / c})
+           "min": mins, "a_over_b": a / b, "a_over_c": a / c,
+           "adapter_mb_per_step": adapter_mb, "stream_floor_ms": floor,
+           "stream_floor_gb_per_s": adapter_mb / floor})
 }
 
 fn main() {
