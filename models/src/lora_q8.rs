@@ -185,10 +185,10 @@ impl Q8Delta {
         // tiles of `r4 × 16` bytes, `u` `n` rows of `r4`.
         unsafe {
             match n {
-                4 => x86::up::<4>(&self.sbt, u, r4, &corr, &du, out),
-                3 => x86::up::<3>(&self.sbt, u, r4, &corr, &du, out),
-                2 => x86::up::<2>(&self.sbt, u, r4, &corr, &du, out),
-                _ => x86::up::<1>(&self.sbt, u, r4, &corr, &du, out),
+                4 => x86::up_any::<4>(&self.sbt, u, r4, &corr, &du, out),
+                3 => x86::up_any::<3>(&self.sbt, u, r4, &corr, &du, out),
+                2 => x86::up_any::<2>(&self.sbt, u, r4, &corr, &du, out),
+                _ => x86::up_any::<1>(&self.sbt, u, r4, &corr, &du, out),
             }
         }
         true
@@ -201,7 +201,7 @@ mod x86 {
         unreachable!("Q8Delta::fits is false off x86_64")
     }
 
-    pub(super) unsafe fn up<const N: usize>(
+    pub(super) unsafe fn up_any<const N: usize>(
         _: &[u8],
         _: &[i8],
         _: usize,
@@ -258,12 +258,77 @@ mod x86 {
         }
     }
 
+    /// [`up`], with the rows' intermediates broadcast once per call instead of once per tile
+    /// where the rank is 8 or 16 (`G` = 2 or 4 lanes of 4 ranks).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn up_any<const N: usize>(
+        q: &[u8],
+        u: &[i8],
+        r4: usize,
+        corr: &[i32; 4],
+        du: &[f32; 4],
+        out: &mut [f32],
+    ) {
+        match r4 / 4 {
+            4 => up_fixed::<N, 4>(q, u, corr, du, out),
+            2 => up_fixed::<N, 2>(q, u, corr, du, out),
+            _ => up::<N>(q, u, r4, corr, du, out),
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn up_fixed<const N: usize, const G: usize>(
+        q: &[u8],
+        u: &[i8],
+        corr: &[i32; 4],
+        du: &[f32; 4],
+        out: &mut [f32],
+    ) {
+        let r4 = 4 * G;
+        let width = out.len() / N;
+        let tiles = width / TILE;
+        debug_assert!(out.len() == N * tiles * TILE && q.len() >= tiles * r4 * TILE);
+        debug_assert!(N <= 4 && u.len() >= N * r4 && G % 2 == 0);
+        let (up, op) = (u.as_ptr(), out.as_mut_ptr());
+        let mut ub = [[_mm512_setzero_si512(); G]; N];
+        for (j, row) in ub.iter_mut().enumerate() {
+            for (g, v) in row.iter_mut().enumerate() {
+                *v = _mm512_set1_epi32((up.add(j * r4 + 4 * g) as *const i32).read_unaligned());
+            }
+        }
+        let (corr, du) = (
+            corr.map(|c| _mm512_set1_epi32(-c)),
+            du.map(|d| _mm512_set1_ps(d)),
+        );
+        for t in 0..tiles {
+            let w = q.as_ptr().add(t * r4 * TILE);
+            let mut s0 = [_mm512_setzero_si512(); N];
+            let mut s1 = [_mm512_setzero_si512(); N];
+            for (j, s) in s0.iter_mut().enumerate() {
+                *s = corr[j];
+            }
+            for g in (0..G).step_by(2) {
+                let w0 = _mm512_loadu_si512(w.add(g * 4 * TILE) as *const _);
+                let w1 = _mm512_loadu_si512(w.add((g + 1) * 4 * TILE) as *const _);
+                for j in 0..N {
+                    s0[j] = _mm512_dpbusd_epi32(s0[j], w0, ub[j][g]);
+                    s1[j] = _mm512_dpbusd_epi32(s1[j], w1, ub[j][g + 1]);
+                }
+            }
+            for j in 0..N {
+                let o = op.add(j * width + t * TILE);
+                let s = _mm512_cvtepi32_ps(_mm512_add_epi32(s0[j], s1[j]));
+                _mm512_storeu_ps(o, _mm512_fmadd_ps(s, du[j], _mm512_loadu_ps(o)));
+            }
+        }
+    }
+
     /// For each of `N` rows `j` (`out` rows of `out.len()/N`):
     /// `out[t·16 + lane] += du[j] · (Σ_k u[j][k] · q[t][k][lane] − corr[j])`, `k < r4`: the
     /// sums are exact integers, so a row's result is the same whatever rows share the call.
     /// Each output is loaded and stored once, each weight loaded once for all rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn up<const N: usize>(
+    unsafe fn up<const N: usize>(
         q: &[u8],
         u: &[i8],
         r4: usize,
@@ -341,9 +406,9 @@ mod tests {
             eprintln!("no AVX-512 VNNI: adapters stay in f16 on this CPU");
             return;
         }
-        // Rank 12 pads `A`; rank 10 pads the ranks to whole lanes too; rank 80 with runs of 4
-        // takes the heap scratch; a negative scale.
-        for (r, s) in [(12, 0.5f32), (10, 1.0), (80, -2.0)] {
+        // Ranks 16 and 8 take the fixed-rank kernel; rank 12 pads `A`; rank 10 pads the ranks
+        // to whole lanes too; rank 80 with runs of 4 takes the heap scratch; a negative scale.
+        for (r, s) in [(16, 1.5f32), (8, 0.25), (12, 0.5), (10, 1.0), (80, -2.0)] {
             check(48, r, 64, s);
         }
     }
