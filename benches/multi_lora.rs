@@ -157,6 +157,26 @@ fn decode_steps(
         }
         t.elapsed().as_secs_f64() * 100.0
     };
+    // A prefill of every row's 32 first tokens in one step, base vs one adapter per sequence.
+    let mut prefill = |adapted: bool| -> f64 {
+        let inputs: Vec<SeqInput> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                SeqInput::new(&p[..32], LogitsFor::Last).with_adapter(adapted.then(|| &weights[i]))
+            })
+            .collect();
+        let mut fresh: Vec<_> = (0..rows).map(|_| lm.model.new_cache()).collect();
+        let mut refs: Vec<&mut _> = fresh.iter_mut().collect();
+        let t = Instant::now();
+        lm.model.forward(&inputs, &mut refs).unwrap();
+        t.elapsed().as_secs_f64() * 1000.0
+    };
+    let (mut pa, mut pc) = (Vec::new(), Vec::new());
+    for _ in 0..repeats {
+        pa.push(prefill(false));
+        pc.push(prefill(true));
+    }
     // The floor under `distinct − two_alternating`: reading every row's adapter bytes once
     // (fresh buffers of the same sizes, summed by the pool's threads), as such a step must.
     // Interleaved with the steps, which flush them from cache.
@@ -194,11 +214,13 @@ fn decode_steps(
                       "two_alternating": min(&h)});
     let adapter_mb = bufs.iter().map(|b| b.len() * 8).sum::<usize>() as f64 / 1e6;
     let floor = median(floor);
+    let (pa, pc) = (median(pa), median(pc));
     let (a, b, c, h) = (median(a), median(b), median(c), median(h));
     json!({"rows": rows, "base": a, "one_adapter": b, "distinct": c, "two_alternating": h,
            "min": mins, "a_over_b": a / b, "a_over_c": a / c,
            "adapter_mb_per_step": adapter_mb, "stream_floor_ms": floor,
-           "stream_floor_gb_per_s": adapter_mb / floor})
+           "stream_floor_gb_per_s": adapter_mb / floor,
+           "prefill_32_each": {"base": pa, "distinct": pc, "base_over_distinct": pa / pc}})
 }
 
 fn main() {

@@ -288,7 +288,7 @@ mod x86 {
         let width = out.len() / N;
         let tiles = width / TILE;
         debug_assert!(out.len() == N * tiles * TILE && q.len() >= tiles * r4 * TILE);
-        debug_assert!(N <= 4 && u.len() >= N * r4 && G % 2 == 0);
+        debug_assert!(N <= 4 && u.len() >= N * r4 && G.is_multiple_of(2));
         let (up, op) = (u.as_ptr(), out.as_mut_ptr());
         let mut ub = [[_mm512_setzero_si512(); G]; N];
         for (j, row) in ub.iter_mut().enumerate() {
