@@ -158,7 +158,7 @@ fn decode_steps(
         t.elapsed().as_secs_f64() * 100.0
     };
     // A prefill of every row's 32 first tokens in one step, base vs one adapter per sequence.
-    let mut prefill = |adapted: bool| -> f64 {
+    let prefill = |adapted: bool| -> f64 {
         let inputs: Vec<SeqInput> = prompts
             .iter()
             .enumerate()
