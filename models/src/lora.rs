@@ -220,7 +220,6 @@ impl LoraDelta {
 pub struct LoraWeights {
     /// `[layer][projection]`, projections in [`Proj::ADAPTABLE`] order.
     table: Vec<Option<LoraDelta>>,
-    len: usize,
 }
 
 const ADAPTED: [Proj; 7] = Proj::ADAPTABLE;
@@ -235,17 +234,15 @@ impl LoraWeights {
     /// adapter loader before this; here they are dropped.
     pub fn new(deltas: HashMap<(usize, Proj), LoraDelta>) -> Self {
         let mut table: Vec<Option<LoraDelta>> = Vec::new();
-        let mut len = 0;
         for ((layer, proj), d) in deltas {
             if let Some(i) = slot(layer, proj) {
                 if table.len() <= i {
                     table.resize(i + 1, None);
                 }
-                len += 1;
                 table[i] = Some(d);
             }
         }
-        Self { table, len }
+        Self { table }
     }
 
     pub fn get(&self, layer: usize, proj: Proj) -> Option<&LoraDelta> {
@@ -253,11 +250,11 @@ impl LoraWeights {
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.iter().count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.iter().next().is_none()
     }
 
     pub fn max_rank(&self) -> usize {

@@ -258,8 +258,9 @@ mod x86 {
         }
     }
 
-    /// [`up`], with the rows' intermediates broadcast once per call instead of once per tile
-    /// where the rank is 8 or 16 (`G` = 2 or 4 lanes of 4 ranks).
+    /// `up::<N, G>` with `G` the lanes of 4 ranks where it is 2 or 4 (ranks 8 and 16), so that
+    /// each row's intermediate is broadcast once per call and held in registers; other ranks
+    /// take `G = 0`, which reads the lane count at run time and broadcasts per tile.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn up_any<const N: usize>(
         q: &[u8],
@@ -270,65 +271,19 @@ mod x86 {
         out: &mut [f32],
     ) {
         match r4 / 4 {
-            4 => up_fixed::<N, 4>(q, u, corr, du, out),
-            2 => up_fixed::<N, 2>(q, u, corr, du, out),
-            _ => up::<N>(q, u, r4, corr, du, out),
-        }
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn up_fixed<const N: usize, const G: usize>(
-        q: &[u8],
-        u: &[i8],
-        corr: &[i32; 4],
-        du: &[f32; 4],
-        out: &mut [f32],
-    ) {
-        let r4 = 4 * G;
-        let width = out.len() / N;
-        let tiles = width / TILE;
-        debug_assert!(out.len() == N * tiles * TILE && q.len() >= tiles * r4 * TILE);
-        debug_assert!(N <= 4 && u.len() >= N * r4 && G.is_multiple_of(2));
-        let (up, op) = (u.as_ptr(), out.as_mut_ptr());
-        let mut ub = [[_mm512_setzero_si512(); G]; N];
-        for (j, row) in ub.iter_mut().enumerate() {
-            for (g, v) in row.iter_mut().enumerate() {
-                *v = _mm512_set1_epi32((up.add(j * r4 + 4 * g) as *const i32).read_unaligned());
-            }
-        }
-        let (corr, du) = (
-            corr.map(|c| _mm512_set1_epi32(-c)),
-            du.map(|d| _mm512_set1_ps(d)),
-        );
-        for t in 0..tiles {
-            let w = q.as_ptr().add(t * r4 * TILE);
-            let mut s0 = [_mm512_setzero_si512(); N];
-            let mut s1 = [_mm512_setzero_si512(); N];
-            for (j, s) in s0.iter_mut().enumerate() {
-                *s = corr[j];
-            }
-            for g in (0..G).step_by(2) {
-                let w0 = _mm512_loadu_si512(w.add(g * 4 * TILE) as *const _);
-                let w1 = _mm512_loadu_si512(w.add((g + 1) * 4 * TILE) as *const _);
-                for j in 0..N {
-                    s0[j] = _mm512_dpbusd_epi32(s0[j], w0, ub[j][g]);
-                    s1[j] = _mm512_dpbusd_epi32(s1[j], w1, ub[j][g + 1]);
-                }
-            }
-            for j in 0..N {
-                let o = op.add(j * width + t * TILE);
-                let s = _mm512_cvtepi32_ps(_mm512_add_epi32(s0[j], s1[j]));
-                _mm512_storeu_ps(o, _mm512_fmadd_ps(s, du[j], _mm512_loadu_ps(o)));
-            }
+            4 => up::<N, 4>(q, u, r4, corr, du, out),
+            2 => up::<N, 2>(q, u, r4, corr, du, out),
+            _ => up::<N, 0>(q, u, r4, corr, du, out),
         }
     }
 
     /// For each of `N` rows `j` (`out` rows of `out.len()/N`):
     /// `out[t·16 + lane] += du[j] · (Σ_k u[j][k] · q[t][k][lane] − corr[j])`, `k < r4`: the
     /// sums are exact integers, so a row's result is the same whatever rows share the call.
-    /// Each output is loaded and stored once, each weight loaded once for all rows.
+    /// Each output is loaded and stored once, each weight loaded once for all rows. `G`: see
+    /// [`up_any`] (`G > 0` requires `r4 == 4·G`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn up<const N: usize>(
+    unsafe fn up<const N: usize, const G: usize>(
         q: &[u8],
         u: &[i8],
         r4: usize,
@@ -337,22 +292,31 @@ mod x86 {
         out: &mut [f32],
     ) {
         let width = out.len() / N;
-        let (tiles, groups) = (width / TILE, r4 / 4);
+        let tiles = width / TILE;
+        let groups = if G > 0 { G } else { r4 / 4 };
         debug_assert!(out.len() == N * tiles * TILE && q.len() >= tiles * r4 * TILE);
-        debug_assert!(N <= 4 && u.len() >= N * r4);
+        debug_assert!(N <= 4 && u.len() >= N * r4 && (G == 0 || r4 == 4 * G));
         let (up, op) = (u.as_ptr(), out.as_mut_ptr());
-        let ub = |j: usize, g: usize| {
+        let bcast = |j: usize, g: usize| {
             _mm512_set1_epi32((up.add(j * r4 + 4 * g) as *const i32).read_unaligned())
         };
+        let mut held = [[_mm512_setzero_si512(); G]; N];
+        for (j, row) in held.iter_mut().enumerate() {
+            for (g, v) in row.iter_mut().enumerate() {
+                *v = bcast(j, g);
+            }
+        }
+        let ub = |j: usize, g: usize| if G > 0 { held[j][g] } else { bcast(j, g) };
+        let (corr, du) = (
+            corr.map(|c| _mm512_set1_epi32(-c)),
+            du.map(|d| _mm512_set1_ps(d)),
+        );
         for t in 0..tiles {
             let w = q.as_ptr().add(t * r4 * TILE);
             let load = |g: usize| _mm512_loadu_si512(w.add(g * 4 * TILE) as *const _);
             // Two chains per row, so a lone row is not bound by dependent `vpdpbusd`s.
-            let mut s0 = [_mm512_setzero_si512(); N];
+            let mut s0: [__m512i; N] = std::array::from_fn(|j| corr[j]);
             let mut s1 = [_mm512_setzero_si512(); N];
-            for (j, s) in s0.iter_mut().enumerate() {
-                *s = _mm512_set1_epi32(-corr[j]);
-            }
             let mut g = 0;
             while g + 2 <= groups {
                 let (w0, w1) = (load(g), load(g + 1));
@@ -371,10 +335,7 @@ mod x86 {
             for j in 0..N {
                 let o = op.add(j * width + t * TILE);
                 let s = _mm512_cvtepi32_ps(_mm512_add_epi32(s0[j], s1[j]));
-                _mm512_storeu_ps(
-                    o,
-                    _mm512_fmadd_ps(s, _mm512_set1_ps(du[j]), _mm512_loadu_ps(o)),
-                );
+                _mm512_storeu_ps(o, _mm512_fmadd_ps(s, du[j], _mm512_loadu_ps(o)));
             }
         }
     }

@@ -324,14 +324,14 @@ impl<'a> Job<'a> {
     /// Chunk `c`: its tiles for every row and its share of the LoRA runs (into their own rows
     /// of `delta`). `y` and `delta` point at this job's [`Job::buffers`].
     fn run(&self, c: usize, x: &Input<'_>, y: &SendPtr, delta: &SendPtr) -> bool {
-        // Odd chunks take their LoRA rows first: with distinct adapters those rows are bound by
-        // memory and the tiles by arithmetic, so the two halves of a pass overlap on the bus
-        // instead of both streaming adapters at the end (same-process A/B: the 16-row step's
-        // cost of 16 distinct adapters 6.4 -> 5.3 ms).
         if !self.fused {
             self.tiles(c, x, y);
             return true;
         }
+        // Odd chunks take their LoRA rows first: with distinct adapters those rows are bound by
+        // memory and the tiles by arithmetic, so the two halves of a pass overlap on the bus
+        // instead of both streaming adapters at the end (same-process A/B: the 16-row step's
+        // cost of 16 distinct adapters 6.4 -> 5.3 ms).
         let lora_first = c % 2 == 1;
         let ok = lora_first && self.lora_rows(c, x, delta);
         self.tiles(c, x, y);
@@ -362,42 +362,43 @@ impl<'a> Job<'a> {
     }
 
     fn lora_rows(&self, c: usize, x: &Input<'_>, delta: &SendPtr) -> bool {
-        let w = self.w;
-        let blocks = w.inp / BLOCK;
+        let out = self.w.out;
         let first = (c + self.chunks - self.skew % self.chunks) % self.chunks;
         (first..self.runs.len()).step_by(self.chunks).all(|i| {
             let (r, n) = self.runs[i];
-            let d = self.lora[r].expect("runs start at adapted rows");
             // SAFETY: rows r..r+n of `delta` belong to this task alone: run i goes to the one
             // chunk c with i + skew ≡ c (mod chunks).
-            let out = unsafe { std::slice::from_raw_parts_mut(delta.0.add(r * w.out), n * w.out) };
-            let q = QuantRow {
-                xq: &x.xq[r * w.inp..(r + n) * w.inp],
-                dx: &x.dx[r * blocks..(r + n) * blocks],
-            };
-            d.add_rows(&x.xs[r * w.inp..(r + n) * w.inp], Some(q), n, out)
+            let rows = unsafe { std::slice::from_raw_parts_mut(delta.0.add(r * out), n * out) };
+            self.add_run(i, x, rows)
         })
+    }
+
+    /// Run `i`'s deltas into `rows`: its `n × out` rows of a zeroed delta buffer.
+    fn add_run(&self, i: usize, x: &Input<'_>, rows: &mut [f32]) -> bool {
+        let w = self.w;
+        let blocks = w.inp / BLOCK;
+        let (r, n) = self.runs[i];
+        let d = self.lora[r].expect("runs start at adapted rows");
+        let q = QuantRow {
+            xq: &x.xq[r * w.inp..(r + n) * w.inp],
+            dx: &x.dx[r * blocks..(r + n) * blocks],
+        };
+        d.add_rows(&x.xs[r * w.inp..(r + n) * w.inp], Some(q), n, rows)
     }
 
     /// Run `i`'s deltas added to its rows of the finished product `y`, through a scratch
     /// buffer so that each value is added exactly as [`Job::finish`] adds it: a row's result
     /// does not depend on which of the two paths its batch took.
     fn lora_run_into(&self, i: usize, x: &Input<'_>, y: &SendPtr) -> bool {
-        let w = self.w;
-        let blocks = w.inp / BLOCK;
+        let out = self.w.out;
         let (r, n) = self.runs[i];
-        let d = self.lora[r].expect("runs start at adapted rows");
-        let mut delta = vec![0f32; n * w.out];
-        let q = QuantRow {
-            xq: &x.xq[r * w.inp..(r + n) * w.inp],
-            dx: &x.dx[r * blocks..(r + n) * blocks],
-        };
-        if !d.add_rows(&x.xs[r * w.inp..(r + n) * w.inp], Some(q), n, &mut delta) {
+        let mut delta = vec![0f32; n * out];
+        if !self.add_run(i, x, &mut delta) {
             return false;
         }
         // SAFETY: runs cover disjoint rows, every tile was written before this phase began,
         // and `y` holds `rows × out` values.
-        let y = unsafe { std::slice::from_raw_parts_mut(y.0.add(r * w.out), n * w.out) };
+        let y = unsafe { std::slice::from_raw_parts_mut(y.0.add(r * out), n * out) };
         for (o, v) in y.iter_mut().zip(&delta) {
             *o += v;
         }
