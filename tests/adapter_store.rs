@@ -9,7 +9,7 @@ use loraplex_adapters::{
 
 fn info(sha: char) -> AdapterInfo {
     AdapterInfo {
-        sha256: sha.to_string().repeat(64),
+        sha256: Some(sha.to_string().repeat(64)),
         checksum: sha.to_string().repeat(32),
         rank: 4,
         alpha: 8.0,
@@ -45,6 +45,34 @@ fn listed(store: &DirStore) -> Vec<String> {
 
 fn staging_entries(root: &Path) -> usize {
     std::fs::read_dir(root.join(".staging")).unwrap().count()
+}
+
+/// A caller that loaded without the sha256 (`Identity::Checksum`) still gets a version named by
+/// its content: the store hashes the staged files itself.
+#[test]
+fn a_version_without_its_sha256_is_hashed_by_the_store() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = DirStore::open(dir.path()).unwrap();
+    let staging = store.stage().unwrap();
+    let (config, weights) = (b"{\"v\":1}".to_vec(), vec![7u8; 10]);
+    std::fs::write(staging.path().join(CONFIG_FILE), &config).unwrap();
+    std::fs::write(staging.path().join(WEIGHTS_FILE), &weights).unwrap();
+    let unhashed = AdapterInfo {
+        sha256: None,
+        ..info('a')
+    };
+    let stored = store
+        .commit(staging, "acme", &unhashed, VersionMeta::default())
+        .unwrap();
+    let mut h = Sha256::new();
+    h.update((config.len() as u64).to_le_bytes());
+    h.update(&config);
+    h.update(&weights);
+    let want = format!("{:x}", h.finalize());
+    assert_eq!(stored.manifest.sha256, want);
+    assert!(stored.dir.ends_with(&want));
+    assert_eq!(store.current("acme").unwrap().unwrap(), stored);
 }
 
 #[test]

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use loraplex_adapters::{
-    load_dir, load_dir_checked, AdapterError, AdapterLimits, BaseModel, LoadedAdapter, Recorded,
+    load_dir, load_dir_checked, AdapterError, AdapterInfo, AdapterLimits, BaseModel, Identity,
+    LoadedAdapter, Recorded,
 };
 use loraplex_models::{
     KvCache, LoadOptions, LoadedModel, LogitsFor, LoraPrecision, LoraWeights, SeqInput, WeightDtype,
@@ -423,6 +424,16 @@ fn recorded_versions_refuse_changed_bytes() {
     let limits = AdapterLimits::default();
     let first = load_dir(dir.path(), &base, &limits).unwrap().info;
     assert!(first.checksum.starts_with("t1:"), "{}", first.checksum);
+    assert_eq!(first.sha256.as_ref().map(String::len), Some(64));
+    // A folder given by flag skips the sha256; everything else is the same.
+    let quick = load_dir_checked(dir.path(), &base, &limits, Identity::Checksum).unwrap();
+    assert_eq!(
+        quick.info,
+        AdapterInfo {
+            sha256: None,
+            ..first.clone()
+        }
+    );
     let config = std::fs::read(dir.path().join("adapter_config.json")).unwrap();
     let weights = dir.path().join("adapter_model.safetensors");
     let original = std::fs::read(&weights).unwrap();
@@ -436,12 +447,12 @@ fn recorded_versions_refuse_changed_bytes() {
     let records: Vec<Recorded> = [Some(first.checksum.clone()), Some(whole_file), None]
         .into_iter()
         .map(|checksum| Recorded {
-            sha256: first.sha256.clone(),
+            sha256: first.sha256.clone().unwrap(),
             checksum,
         })
         .collect();
     for r in &records {
-        let again = load_dir_checked(dir.path(), &base, &limits, Some(r)).unwrap();
+        let again = load_dir_checked(dir.path(), &base, &limits, Identity::Recorded(r)).unwrap();
         assert_eq!(again.info, first);
     }
     let mut bytes = original.clone();
@@ -449,15 +460,18 @@ fn recorded_versions_refuse_changed_bytes() {
     bytes[last] ^= 0x01; // a low mantissa bit: still a finite, valid tensor
     std::fs::write(&weights, &bytes).unwrap();
     assert!(load_dir(dir.path(), &base, &limits).is_ok());
+    // Unrecorded, the changed bytes are another version: a different cache key.
+    let changed = load_dir_checked(dir.path(), &base, &limits, Identity::Checksum).unwrap();
+    assert_ne!(changed.info.checksum, first.checksum);
     for r in &records {
-        let e = load_dir_checked(dir.path(), &base, &limits, Some(r)).unwrap_err();
+        let e = load_dir_checked(dir.path(), &base, &limits, Identity::Recorded(r)).unwrap_err();
         assert!(matches!(e, AdapterError::Corrupt { .. }), "{e:?}");
     }
     let mut bytes = original;
     bytes[8] = b'['; // the header no longer parses
     std::fs::write(&weights, &bytes).unwrap();
     for r in &records {
-        let e = load_dir_checked(dir.path(), &base, &limits, Some(r)).unwrap_err();
+        let e = load_dir_checked(dir.path(), &base, &limits, Identity::Recorded(r)).unwrap_err();
         assert!(matches!(e, AdapterError::Corrupt { .. }), "{e:?}");
     }
 }

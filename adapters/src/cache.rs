@@ -153,7 +153,8 @@ struct Entry {
     last_used: u64,
 }
 
-/// (content hash, name).
+/// (content checksum, name): the checksum is computed from the bytes each load read, whatever
+/// the load was told about them.
 type Key = (String, String);
 
 #[derive(Debug)]
@@ -269,7 +270,7 @@ impl AdapterCache {
                 return Err((CacheFull, Box::new(loaded)));
             }
         }
-        let hash: Key = (loaded.info.sha256.clone(), src.name.clone());
+        let hash: Key = (loaded.info.checksum.clone(), src.name.clone());
         let lease = Arc::new(Resident {
             name: src.name.clone(),
             generation: src.generation,

@@ -138,7 +138,17 @@ impl AdapterStore for DirStore {
         check_name(name)?;
         let _guard = self.write.lock().expect("store lock");
         let name_dir = self.root.join(name);
-        let vdir = name_dir.join(&info.sha256);
+        let sha256 = match &info.sha256 {
+            Some(h) => h.clone(),
+            None => {
+                let src = staging.path();
+                crate::load::sha256(
+                    &crate::load::read(&src.join(CONFIG_FILE))?,
+                    &crate::load::read(&src.join(WEIGHTS_FILE))?,
+                )
+            }
+        };
+        let vdir = name_dir.join(&sha256);
         let manifest = if vdir.is_dir() {
             // Same content as a stored version: make it current again.
             read_manifest(&vdir)?
@@ -154,7 +164,7 @@ impl AdapterStore for DirStore {
             let manifest = Manifest {
                 name: name.to_string(),
                 version,
-                sha256: info.sha256.clone(),
+                sha256: sha256.clone(),
                 checksum: Some(info.checksum.clone()),
                 size: file_len(&src.join(CONFIG_FILE))? + file_len(&src.join(WEIGHTS_FILE))?,
                 rank: info.rank,
@@ -177,7 +187,7 @@ impl AdapterStore for DirStore {
             manifest
         };
         let tmp = name_dir.join(format!(".{CURRENT}.tmp"));
-        write_synced(&tmp, format!("{}\n", info.sha256).as_bytes())?;
+        write_synced(&tmp, format!("{sha256}\n").as_bytes())?;
         std::fs::rename(&tmp, name_dir.join(CURRENT)).map_err(|e| io_err(&name_dir, e))?;
         sync_dir(&name_dir)?;
         sync_dir(&self.root)?;

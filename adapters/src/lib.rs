@@ -17,7 +17,7 @@ pub use error::{AdapterError, Result};
 pub use inspect::{inspect_dir, AdapterSummary};
 pub use load::{
     load_bytes, load_bytes_checked, load_dir, load_dir_checked, permute_rows_for_gguf, AdapterInfo,
-    AdapterLimits, BaseModel, LoadedAdapter, Recorded, CONFIG_FILE, WEIGHTS_FILE,
+    AdapterLimits, BaseModel, Identity, LoadedAdapter, Recorded, CONFIG_FILE, WEIGHTS_FILE,
 };
 pub use peft::{module_name, PeftConfig, TargetModules, TARGETS};
 pub use store::{

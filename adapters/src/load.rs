@@ -56,10 +56,11 @@ impl Default for AdapterLimits {
 /// Facts about a validated adapter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdapterInfo {
-    /// sha256 over the config and weights bytes: the adapter's version identity.
-    pub sha256: String,
-    /// Tensor-wise xxh3-128 over the same bytes (`t1:` prefix): computed while converting, so
-    /// re-checking it on every load costs no extra pass.
+    /// sha256 over the config and weights bytes: what a store records and shows. `None` when
+    /// the load did not need it (see [`Identity::Checksum`]).
+    pub sha256: Option<String>,
+    /// Tensor-wise xxh3-128 over the same bytes (`t1:` prefix): computed while converting (no
+    /// extra pass), always from the bytes actually loaded, so it is the key of any cache.
     pub checksum: String,
     pub rank: usize,
     pub alpha: f64,
@@ -79,6 +80,19 @@ pub struct AdapterInfo {
 pub struct Recorded {
     pub sha256: String,
     pub checksum: Option<String>,
+}
+
+/// What a load does to name the version it read.
+#[derive(Debug, Clone, Copy)]
+pub enum Identity<'a> {
+    /// Hash every byte with sha256: bytes about to be recorded (uploads) or shown.
+    Sha256,
+    /// A version a store recorded: its checksum is re-checked (its sha256 recomputed only when
+    /// it recorded none) and its sha256 kept.
+    Recorded(&'a Recorded),
+    /// Only the checksum computed while converting: a folder given by flag, whose sha256 no
+    /// store records and no API shows. Hashing it was two thirds of its cold load.
+    Checksum,
 }
 
 #[derive(Debug)]
@@ -101,20 +115,22 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| io_error(path, e))
 }
 
-/// Loads `adapter_config.json` + `adapter_model.safetensors` from a PEFT folder.
+/// Loads `adapter_config.json` + `adapter_model.safetensors` from a PEFT folder, with its
+/// sha256.
 ///
 /// The weights are mapped, not read: hashing and conversion then read the page cache directly
 /// instead of a copy of it (a fifth of a cold load's time for a 20 MB adapter).
 pub fn load_dir(dir: &Path, base: &BaseModel, limits: &AdapterLimits) -> Result<LoadedAdapter> {
-    load_dir_checked(dir, base, limits, None)
+    load_dir_checked(dir, base, limits, Identity::Sha256)
 }
 
-/// [`load_dir`] of a version whose hashes a store recorded; refuses bytes that changed since.
+/// [`load_dir`] naming the version as `identity` says; a recorded version whose bytes changed
+/// since is refused.
 pub fn load_dir_checked(
     dir: &Path,
     base: &BaseModel,
     limits: &AdapterLimits,
-    recorded: Option<&Recorded>,
+    identity: Identity<'_>,
 ) -> Result<LoadedAdapter> {
     let config = read(&dir.join(CONFIG_FILE))?;
     let path = dir.join(WEIGHTS_FILE);
@@ -122,7 +138,7 @@ pub fn load_dir_checked(
     let empty = file.metadata().map(|m| m.len() == 0).unwrap_or(false);
     if empty {
         // Nothing to map (mapping zero bytes is an error on some systems); the parser says why.
-        return load_bytes_checked(&config, &[], &path, base, limits, recorded);
+        return load_bytes_checked(&config, &[], &path, base, limits, identity);
     }
     // Populated: one pass of read-ahead instead of a page fault per 4 KiB on first touch.
     // SAFETY: store versions are immutable (written once, then renamed into place), and a
@@ -130,13 +146,13 @@ pub fn load_dir_checked(
     // is the same trust `mmap`-loading model weights already asks for.
     let weights = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
         .map_err(|e| io_error(&path, e))?;
-    load_bytes_checked(&config, &weights, &path, base, limits, recorded)
+    load_bytes_checked(&config, &weights, &path, base, limits, identity)
 }
 
 /// Validates and builds an adapter from the two files' bytes (`origin` names them in errors).
 ///
 /// Tensors are read in place from the buffer, each converted to f32 and checked for non-finite
-/// values in one pass (tensors in parallel), while the content hash runs alongside.
+/// values in one pass (tensors in parallel), while the sha256 runs alongside.
 pub fn load_bytes(
     config: &[u8],
     weights: &[u8],
@@ -144,7 +160,7 @@ pub fn load_bytes(
     base: &BaseModel,
     limits: &AdapterLimits,
 ) -> Result<LoadedAdapter> {
-    load_bytes_checked(config, weights, origin, base, limits, None)
+    load_bytes_checked(config, weights, origin, base, limits, Identity::Sha256)
 }
 
 /// Whole-file xxh3-128 over the same framing as the sha256: the checksum format of versions
@@ -194,7 +210,7 @@ fn tensorwise_checksum_of(config: &[u8], weights: &[u8]) -> Option<String> {
     Some(tensorwise_checksum(config, weights, digests))
 }
 
-fn sha256(config: &[u8], weights: &[u8]) -> String {
+pub(crate) fn sha256(config: &[u8], weights: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update((config.len() as u64).to_le_bytes());
     h.update(config);
@@ -202,22 +218,28 @@ fn sha256(config: &[u8], weights: &[u8]) -> String {
     format!("{:x}", h.finalize())
 }
 
-/// [`load_bytes`] of a recorded version: the hashes are checked against the record.
+/// [`load_bytes`] naming the version as `identity` says; a recorded version is checked against
+/// its record.
 pub fn load_bytes_checked(
     config: &[u8],
     weights: &[u8],
     origin: &Path,
     base: &BaseModel,
     limits: &AdapterLimits,
-    recorded: Option<&Recorded>,
+    identity: Identity<'_>,
 ) -> Result<LoadedAdapter> {
+    let recorded = match identity {
+        Identity::Recorded(r) => Some(r),
+        _ => None,
+    };
     let recorded_sum = recorded.and_then(|r| r.checksum.as_deref());
     let ((hash, old_sum), built) = rayon::join(
         || {
             // With a recorded checksum the recorded sha256 stands; otherwise it is recomputed.
-            let hash = match recorded {
-                Some(r) if r.checksum.is_some() => r.sha256.clone(),
-                _ => sha256(config, weights),
+            let hash = match identity {
+                Identity::Recorded(r) if r.checksum.is_some() => Some(r.sha256.clone()),
+                Identity::Sha256 | Identity::Recorded(_) => Some(sha256(config, weights)),
+                Identity::Checksum => None,
             };
             let old = recorded_sum
                 .filter(|c| !c.starts_with(TENSORWISE))
@@ -236,7 +258,9 @@ pub fn load_bytes_checked(
             (Ok(b), None) => Some(b.checksum.clone()),
             (Err(_), None) => tensorwise_checksum_of(config, weights),
         };
-        if r.sha256 != hash || recorded_sum.is_some_and(|c| Some(c) != sum_now.as_deref()) {
+        if Some(&r.sha256) != hash.as_ref()
+            || recorded_sum.is_some_and(|c| Some(c) != sum_now.as_deref())
+        {
             return Err(corrupt(r));
         }
     }

@@ -216,7 +216,8 @@ impl EngineHandle {
         &self,
         dir: &std::path::Path,
     ) -> std::result::Result<LoadedAdapter, loraplex_adapters::AdapterError> {
-        self.loader.load_dir(dir, None)
+        self.loader
+            .load_dir(dir, loraplex_adapters::Identity::Sha256)
     }
 
     /// Keeps an adapter validated elsewhere (an upload) in the second tier, so that its first

@@ -16,7 +16,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use loraplex_adapters::{
-    load_dir_checked, AdapterLimits, AdapterSource, BaseModel, LoadedAdapter, Recorded,
+    load_dir_checked, AdapterLimits, AdapterSource, BaseModel, Identity, LoadedAdapter,
 };
 
 type Key = (String, u64);
@@ -75,15 +75,15 @@ impl<M: Send + 'static> Loader<M> {
         }
     }
 
-    /// Validates and builds the adapter at `dir`, checked against `recorded` when a store
-    /// recorded it, in the loader's pool: the one path of engine loads and upload validation.
+    /// Validates and builds the adapter at `dir`, named as `identity` says (a store's record is
+    /// checked), in the loader's pool: the one path of engine loads and upload validation.
     pub(crate) fn load_dir(
         &self,
         dir: &std::path::Path,
-        recorded: Option<&Recorded>,
+        identity: Identity<'_>,
     ) -> loraplex_adapters::Result<LoadedAdapter> {
         self.pool
-            .install(|| load_dir_checked(dir, &self.base, &self.limits, recorded))
+            .install(|| load_dir_checked(dir, &self.base, &self.limits, identity))
     }
 
     pub(crate) fn is_loading(&self, src: &AdapterSource) -> bool {
@@ -101,7 +101,12 @@ impl<M: Send + 'static> Loader<M> {
         let this = self.clone();
         std::thread::spawn(move || {
             let result = this
-                .load_dir(&src.dir, src.recorded.as_ref())
+                .load_dir(
+                    &src.dir,
+                    src.recorded
+                        .as_ref()
+                        .map_or(Identity::Checksum, Identity::Recorded),
+                )
                 .map_err(|e| e.to_string());
             let _ = this.tx.send((this.wrap)(src, result));
         });
