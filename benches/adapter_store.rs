@@ -135,7 +135,8 @@ fn main() {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/SmolLM2-135M-Instruct.Q4_1.gguf");
     let lm =
         Arc::new(loraplex_models::load(path.to_str().unwrap(), &LoadOptions::default()).unwrap());
-    let work = std::env::temp_dir().join(format!("loraplex-bench-store-{}", std::process::id()));
+    let scratch = common::Scratch::new("loraplex-bench-store-");
+    let work = scratch.path();
     let (src, store_dir) = (work.join("src"), work.join("store"));
     let (store, _) = DirStore::open(&store_dir).unwrap();
     let engine_cfg = EngineConfig {
@@ -257,5 +258,4 @@ fn main() {
     let _ = stop_tx.send(());
     server.join().unwrap();
     engine.shutdown();
-    let _ = std::fs::remove_dir_all(&work);
 }

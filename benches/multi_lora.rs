@@ -238,7 +238,8 @@ fn main() {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/SmolLM2-135M-Instruct.Q4_1.gguf");
     let lm =
         Arc::new(loraplex_models::load(path.to_str().unwrap(), &LoadOptions::default()).unwrap());
-    let dir = std::env::temp_dir().join(format!("loraplex-bench-adapters-{}", std::process::id()));
+    let scratch = common::Scratch::new("loraplex-bench-adapters-");
+    let dir = scratch.path();
     let reg = AdapterRegistry::new();
     let names: Vec<String> = (0..4 * c)
         .map(|k| {
@@ -284,7 +285,7 @@ fn main() {
     let loads = cold(false);
     let loads_recorded = cold(true);
     eprintln!("cold load of an r=16 all-projection adapter: {loads:?} ms (flag), {loads_recorded:?} ms (store)");
-    let step = decode_steps(&lm, &dir, &names[..c], &base, repeats);
+    let step = decode_steps(&lm, dir, &names[..c], &base, repeats);
     eprintln!("decode step alone: {step}");
     if std::env::var_os("LORAPLEX_BENCH_STEP_ONLY").is_some() {
         return;
@@ -353,5 +354,4 @@ fn main() {
         }
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
-    let _ = std::fs::remove_dir_all(dir);
 }

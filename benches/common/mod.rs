@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use loraplex_models::Proj;
@@ -18,6 +18,41 @@ pub fn pin_thread_count() {
 }
 
 pub const ALL_PROJECTIONS: [Proj; 7] = Proj::ADAPTABLE;
+
+/// A folder under the temp dir named `{prefix}{pid}`, removed when dropped (also when the bench
+/// panics). Creating one first removes those that runs killed before they could clean up (their
+/// process is gone): `multi_lora` writes 1.2 GB of adapters, and a few interrupted runs filled
+/// this machine's disk.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(prefix: &str) -> Self {
+        let tmp = std::env::temp_dir();
+        for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix(prefix) else {
+                continue;
+            };
+            let gone = pid.parse::<u32>().is_ok()
+                && Path::new("/proc/self").exists()
+                && !Path::new("/proc").join(pid).exists();
+            if gone {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Self(tmp.join(format!("{prefix}{}", std::process::id())))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 fn peft_name(p: Proj) -> &'static str {
     loraplex_adapters::TARGETS

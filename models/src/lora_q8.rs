@@ -45,8 +45,10 @@ fn round_intermediate(h: &[f32], q: &mut [i8]) -> f32 {
 pub(crate) struct Q8Delta {
     r: usize,
     out: usize,
-    /// `[ceil(r/16)·16, in]`; rows past `r` are zero.
-    a: std::sync::Arc<PackedQ8>,
+    /// `[ceil(r/16)·16, in]`; rows past `r` are zero. Held inline, not behind a pointer: a
+    /// delta's first use in a step already waits on memory for its own struct and then its
+    /// streams, and a third hop between them was another full wait per row and projection.
+    a: PackedQ8,
     /// `[out/16][r4/4][16][4]` (`r4`: `r` rounded up to 4): `round(sBᵀ[k][o] / scale[k]) + 128`,
     /// unsigned as `vpdpbusd` takes its first operand; ranks past `r` hold 128 (zero).
     sbt: Vec<u8>,
@@ -110,7 +112,7 @@ impl Q8Delta {
         Self {
             r,
             out,
-            a: std::sync::Arc::new(a),
+            a,
             sbt,
             scale,
         }

@@ -34,7 +34,7 @@ pub(crate) const TILE: usize = 16;
 const FUSED_ROWS: usize = 32;
 
 /// A weight matrix `[out, in]` packed for [`PackedQ8::forward`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PackedQ8 {
     out: usize,
     inp: usize,
