@@ -1,6 +1,7 @@
 //! Reading a PEFT adapter and checking it against the base model. Everything is validated before
 //! any `LoraWeights` exists, so a refused adapter leaves no trace.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
@@ -287,27 +288,35 @@ pub fn load_bytes_checked(
     })
 }
 
-/// A tensor of the file as f32, with its shape.
-pub(crate) struct Host {
+/// A tensor of the file as f32, with its shape: borrowed from the file's bytes where they
+/// already are f32 in place (aligned, little-endian), else converted.
+pub(crate) struct Host<'a> {
     pub(crate) shape: Vec<usize>,
-    pub(crate) data: Vec<f32>,
+    pub(crate) data: Cow<'a, [f32]>,
     /// xxh3-128 of the tensor's bytes (see [`tensorwise_checksum`]).
     pub(crate) digest: u128,
 }
 
-pub(crate) fn read_tensor(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Host> {
+pub(crate) fn read_tensor<'a>(
+    name: &str,
+    view: &safetensors::tensor::TensorView<'a>,
+) -> Result<Host<'a>> {
     let bytes = view.data();
     let digest = xxhash_rust::xxh3::xxh3_128(bytes);
-    let data: Vec<f32> = match view.dtype() {
+    let data: Cow<'a, [f32]> = match view.dtype() {
         safetensors::Dtype::F32 => f32_from_le(bytes),
-        safetensors::Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        safetensors::Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
+        safetensors::Dtype::F16 => Cow::Owned(
+            bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        ),
+        safetensors::Dtype::BF16 => Cow::Owned(
+            bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        ),
         other => {
             return Err(AdapterError::BadTensor {
                 tensor: name.to_string(),
@@ -333,11 +342,18 @@ pub(crate) fn read_tensor(name: &str, view: &safetensors::tensor::TensorView<'_>
     })
 }
 
-/// Little-endian f32 bytes (safetensors' byte order) as values: a plain copy on little-endian
-/// machines, whatever the buffer's alignment.
-fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
+/// Little-endian f32 bytes (safetensors' byte order) as values: the bytes themselves where
+/// they are aligned on a little-endian machine (a mapped file's tensors usually are; copying
+/// them was a tenth of a cold load), else a copy.
+fn f32_from_le(bytes: &[u8]) -> Cow<'_, [f32]> {
     let n = bytes.len() / 4;
     if cfg!(target_endian = "little") {
+        // SAFETY: every bit pattern is a valid f32, and on a little-endian machine these bytes
+        // are exactly the values; `align_to` yields only the correctly aligned middle part.
+        let (head, mid, _) = unsafe { bytes[..4 * n].align_to::<f32>() };
+        if head.is_empty() {
+            return Cow::Borrowed(mid);
+        }
         let mut v = Vec::<f32>::with_capacity(n);
         // SAFETY: `v` has room for `n` f32s, i.e. `4n` bytes, all of which are written before
         // `set_len`; on a little-endian machine these bytes are exactly the values.
@@ -345,12 +361,14 @@ fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr() as *mut u8, 4 * n);
             v.set_len(n);
         }
-        v
+        Cow::Owned(v)
     } else {
-        bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
+        Cow::Owned(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
     }
 }
 
@@ -462,17 +480,17 @@ fn build(
             expect_shape(&format!("{module}.lora_B.weight"), &b.shape, &[out, rank])?;
             let b = match (proj, c.rope_layout) {
                 (Proj::Q, RopeLayout::Interleaved) => {
-                    permute_rows_for_gguf(&b.data, out, rank, c.num_heads)
+                    Cow::Owned(permute_rows_for_gguf(&b.data, out, rank, c.num_heads))
                 }
                 (Proj::K, RopeLayout::Interleaved) => {
-                    permute_rows_for_gguf(&b.data, out, rank, c.num_kv_heads)
+                    Cow::Owned(permute_rows_for_gguf(&b.data, out, rank, c.num_kv_heads))
                 }
                 _ => b.data,
             };
             let scale = cfg.scale(rank, alpha);
             let delta = LoraDelta::from_host(
-                a.data,
-                b,
+                &a.data,
+                &b,
                 (out, rank, inp),
                 scale,
                 base.dtype,
@@ -587,5 +605,31 @@ mod tests {
         let b: Vec<f32> = (0..8).map(|x| x as f32).collect();
         let p = super::permute_rows_for_gguf(&b, 8, 1, 2);
         assert_eq!(p, vec![0., 2., 1., 3., 4., 6., 5., 7.]);
+    }
+
+    /// f32 tensors are borrowed from the file where aligned and copied where not, with the
+    /// same values either way.
+    #[test]
+    fn f32_tensors_are_borrowed_when_aligned() {
+        use std::borrow::Cow;
+        let want = [1.5f32, -2.0, 3.25, f32::MIN_POSITIVE];
+        let le: Vec<u8> = want.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut buf = vec![0u8; le.len() + 8];
+        let base = buf.as_ptr() as usize;
+        let at = |aligned: bool| {
+            (0..4)
+                .find(|o| (base + o).is_multiple_of(4) == aligned)
+                .unwrap()
+        };
+        for (aligned, borrowed) in [(true, true), (false, false)] {
+            let o = at(aligned);
+            buf[o..o + le.len()].copy_from_slice(&le);
+            let got = super::f32_from_le(&buf[o..o + le.len()]);
+            assert_eq!(
+                matches!(got, Cow::Borrowed(_)),
+                borrowed && cfg!(target_endian = "little")
+            );
+            assert_eq!(&got[..], &want);
+        }
     }
 }

@@ -75,11 +75,11 @@ impl LoraDelta {
     }
 
     /// From host buffers: `a` `[r, in]` and `b` `[out, r]` row-major (`dims` = (out, r, in)).
-    /// On the CPU in f32 this is one pass over `b` (scale and transpose), and over `a` only to
-    /// convert it when `precision` asks for f16.
+    /// Borrowed, so that the loader can hand over tensors straight from the mapped file; each
+    /// store copies or converts only what it keeps.
     pub fn from_host(
-        a: Vec<f32>,
-        b: Vec<f32>,
+        a: &[f32],
+        b: &[f32],
         (out, r, inp): (usize, usize, usize),
         scale: f64,
         dtype: DType,
@@ -92,13 +92,13 @@ impl LoraDelta {
             )));
         }
         if !(device.is_cpu() && dtype == DType::F32) {
-            let a = Tensor::from_vec(a, (r, inp), device)?;
-            let b = Tensor::from_vec(b, (out, r), device)?;
+            let a = Tensor::from_slice(a, (r, inp), device)?;
+            let b = Tensor::from_slice(b, (out, r), device)?;
             return Self::new(&a, &b, scale, dtype);
         }
         let (a, sbt) = match precision {
             LoraPrecision::Q8 if Q8Delta::fits(out, r, inp) => {
-                let store = Store::Q8(Q8Delta::new(&a, &b, (out, r, inp), scale as f32));
+                let store = Store::Q8(Q8Delta::new(a, b, (out, r, inp), scale as f32));
                 return Ok(Self { r, inp, out, store });
             }
             LoraPrecision::F32 => {
@@ -108,11 +108,11 @@ impl LoraDelta {
                         sbt[k * out + o] = (b[o * r + k] as f64 * scale) as f32;
                     }
                 }
-                (HostMat::F32(a), HostMat::F32(sbt))
+                (HostMat::F32(a.to_vec()), HostMat::F32(sbt))
             }
             LoraPrecision::F16 | LoraPrecision::Q8 => (
-                HostMat::f16_from(&a),
-                HostMat::f16_scaled_transposed(&b, out, r, scale as f32),
+                HostMat::f16_from(a),
+                HostMat::f16_scaled_transposed(b, out, r, scale as f32),
             ),
         };
         Ok(Self {

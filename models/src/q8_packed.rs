@@ -571,7 +571,7 @@ mod tests {
         let delta = |out: usize, salt: u32| {
             let (a, b) = (data(16 * inp, salt), data(out * 16, salt + 1));
             let (dt, p) = (candle_core::DType::F32, crate::LoraPrecision::Q8);
-            LoraDelta::from_host(a, b, (out, 16, inp), 0.5, dt, p, &Device::Cpu).unwrap()
+            LoraDelta::from_host(&a, &b, (out, 16, inp), 0.5, dt, p, &Device::Cpu).unwrap()
         };
         let (d0, d2) = (delta(48, 7), delta(32, 9));
         let l0 = [Some(&d0), None, Some(&d0), Some(&d0), None];
@@ -607,7 +607,7 @@ mod tests {
         let delta = |salt: u32| {
             let (a, b) = (data(16 * inp, salt), data(out * 16, salt + 1));
             let (dt, p) = (candle_core::DType::F32, crate::LoraPrecision::Q8);
-            LoraDelta::from_host(a, b, (out, 16, inp), 0.5, dt, p, &Device::Cpu).unwrap()
+            LoraDelta::from_host(&a, &b, (out, 16, inp), 0.5, dt, p, &Device::Cpu).unwrap()
         };
         let (d0, d1) = (delta(7), delta(9));
         // Runs of 1 to 4 rows, rows without an adapter between them.
