@@ -319,8 +319,8 @@ fn main() {
     // (d): 4·C adapters cycling through C slots, on a fresh engine per run, as folders given
     // by flag and as store versions (what the admin API's uploads and pulls register: the
     // content hash was recorded when the version was stored, so a cold load re-checks only the
-    // tensor-wise checksum). Alternated and each reported by its median run: the first run of
-    // a process also warms the allocator for the ones after it.
+    // tensor-wise checksum). Alternated, each kind first in turn, and each reported by its
+    // median run: the first run of a process also warms the allocator for the ones after it.
     let store_reg = AdapterRegistry::new();
     for n in &names {
         let info = loraplex_adapters::load_dir(&dir.join(n), &base, &Default::default())
@@ -339,9 +339,14 @@ fn main() {
         r
     };
     let (mut d, mut d_store) = (Vec::new(), Vec::new());
-    for _ in 0..repeats.min(3) {
-        d.push(cold_run(&reg));
-        d_store.push(cold_run(&store_reg));
+    for i in 0..repeats.min(3) {
+        if i % 2 == 0 {
+            d.push(cold_run(&reg));
+            d_store.push(cold_run(&store_reg));
+        } else {
+            d_store.push(cold_run(&store_reg));
+            d.push(cold_run(&reg));
+        }
     }
     let (d, d_store) = (median_run(d), median_run(d_store));
     let tps = |v: &serde_json::Value| v["output_tok_per_s"].as_f64().unwrap();

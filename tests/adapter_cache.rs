@@ -1,16 +1,19 @@
 //! The resident adapter cache: leases, LRU eviction, memory accounting, versions.
 
 use loraplex_adapters::{
-    load_dir, AdapterCache, AdapterLimits, AdapterRegistry, BaseModel, CacheConfig, LoadedAdapter,
+    load_dir_checked, AdapterCache, AdapterLimits, AdapterRegistry, BaseModel, CacheConfig,
+    Identity, LoadedAdapter,
 };
 
 use crate::util::{golden, tiny};
 
+/// As the engine loads a folder given by flag: no sha256, the checksum is the cache's key.
 fn loaded(name: &str) -> LoadedAdapter {
-    load_dir(
+    load_dir_checked(
         &golden().join("tiny-adapters").join(name),
         &BaseModel::of(tiny()),
         &AdapterLimits::default(),
+        Identity::Checksum,
     )
     .unwrap()
 }
@@ -61,7 +64,7 @@ fn eviction_is_lru_and_never_touches_a_leased_adapter() {
 #[test]
 fn two_names_for_the_same_bytes_are_both_resident() {
     // An alias (say, an A/B arm) holding byte-identical files must not evict its twin on every
-    // use: the cache keys entries by content hash and name.
+    // use: the cache keys entries by content checksum and name.
     let (reg, mut cache) = setup(4);
     let a = reg.get("a-r8-qv").unwrap();
     let alias = reg.register("a-alias", a.dir.clone());
@@ -69,7 +72,8 @@ fn two_names_for_the_same_bytes_are_both_resident() {
         cache.insert(&a, loaded("a-r8-qv")).unwrap(),
         cache.insert(&alias, loaded("a-r8-qv")).unwrap(),
     );
-    assert_eq!(la.info.sha256, lb.info.sha256);
+    assert_eq!(la.info.checksum, lb.info.checksum);
+    assert_eq!(la.info.sha256, None);
     assert!(cache.contains(&a) && cache.contains(&alias));
     assert_eq!(cache.len(), 2);
     assert_eq!(cache.bytes(), 2 * la.info.bytes);
@@ -129,9 +133,9 @@ fn a_replaced_version_is_never_served_to_new_requests() {
         "the old version does not answer for the new one"
     );
     let new = cache.insert(&v2, loaded("b-r16-all")).unwrap();
-    assert_ne!(old.info.sha256, new.info.sha256);
+    assert_ne!(old.info.checksum, new.info.checksum);
     assert_eq!(old.generation, v1.generation);
-    assert_eq!(cache.get(&v2).unwrap().info.sha256, new.info.sha256);
+    assert_eq!(cache.get(&v2).unwrap().info.checksum, new.info.checksum);
 }
 
 #[test]
@@ -142,16 +146,16 @@ fn evicted_adapters_wait_in_the_second_tier() {
         reg.get("b-r16-all").unwrap(),
         reg.get("c-r4-rslora").unwrap(),
     );
-    let sha_a = cache
+    let sum_a = cache
         .insert(&a, loaded("a-r8-qv"))
         .unwrap()
         .info
-        .sha256
+        .checksum
         .clone();
     cache.insert(&b, loaded("b-r16-all")).unwrap();
     assert_eq!((cache.len(), cache.warm_len()), (1, 1));
     let back = cache.take_warm(&a).expect("a waits in the second tier");
-    assert_eq!(back.info.sha256, sha_a);
+    assert_eq!(back.info.checksum, sum_a);
     cache.insert(&a, back).unwrap(); // b goes warm
     cache.insert(&c, loaded("c-r4-rslora")).unwrap(); // a goes warm, b falls out (2 in total)
     assert!(cache.take_warm(&b).is_none());

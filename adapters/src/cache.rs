@@ -3,9 +3,10 @@
 //!
 //! A running sequence holds a [`Lease`] (an `Arc` of the resident adapter): eviction only ever
 //! drops adapters nobody leases, and a leased adapter's memory is freed when its last lease drops,
-//! even if it was unloaded or replaced meanwhile. Resident entries are keyed by content hash (and
-//! name), so
-//! a replaced adapter never serves a new request from the old weights.
+//! even if it was unloaded or replaced meanwhile. Resident entries are keyed by the content
+//! checksum of the bytes each load read (and the name), and answer only for the registry
+//! generation they were loaded for, so a replaced adapter never serves a new request from the
+//! old weights.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -160,7 +161,7 @@ type Key = (String, String);
 #[derive(Debug)]
 pub struct AdapterCache {
     cfg: CacheConfig,
-    /// The active tier, keyed by content hash and name: two names holding byte-identical
+    /// The active tier, keyed by content checksum and name: two names holding byte-identical
     /// adapters (an alias for an A/B arm) are two entries, not one evicting the other.
     entries: HashMap<Key, Entry>,
     /// The second tier: evicted from the active set, still validated and in memory; LRU order

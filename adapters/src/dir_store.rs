@@ -136,18 +136,16 @@ impl AdapterStore for DirStore {
         meta: VersionMeta,
     ) -> Result<StoredAdapter> {
         check_name(name)?;
-        let _guard = self.write.lock().expect("store lock");
-        let name_dir = self.root.join(name);
+        // Before the lock: the staging folder is this caller's alone.
         let sha256 = match &info.sha256 {
             Some(h) => h.clone(),
             None => {
                 let src = staging.path();
-                crate::load::sha256(
-                    &crate::load::read(&src.join(CONFIG_FILE))?,
-                    &crate::load::read(&src.join(WEIGHTS_FILE))?,
-                )
+                crate::load::sha256_files(&src.join(CONFIG_FILE), &src.join(WEIGHTS_FILE))?
             }
         };
+        let _guard = self.write.lock().expect("store lock");
+        let name_dir = self.root.join(name);
         let vdir = name_dir.join(&sha256);
         let manifest = if vdir.is_dir() {
             // Same content as a stored version: make it current again.

@@ -144,7 +144,10 @@ pub fn load_dir_checked(
     // Populated: one pass of read-ahead instead of a page fault per 4 KiB on first touch.
     // SAFETY: store versions are immutable (written once, then renamed into place), and a
     // folder given by flag is the operator's; a file truncated while mapped could fault, which
-    // is the same trust `mmap`-loading model weights already asks for.
+    // is the same trust `mmap`-loading model weights already asks for. Tensors are read from
+    // the mapping more than once (checked, then converted), so a folder rewritten in place
+    // during its load could build values that were never checked; replacing files by rename,
+    // as the store does, cannot.
     let weights = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
         .map_err(|e| io_error(&path, e))?;
     load_bytes_checked(&config, &weights, &path, base, limits, identity)
@@ -211,6 +214,20 @@ fn tensorwise_checksum_of(config: &[u8], weights: &[u8]) -> Option<String> {
     Some(tensorwise_checksum(config, weights, digests))
 }
 
+/// [`sha256`] of the two files, read in pieces rather than whole.
+pub(crate) fn sha256_files(config: &Path, weights: &Path) -> Result<String> {
+    let len = std::fs::metadata(config)
+        .map_err(|e| io_error(config, e))?
+        .len();
+    let mut h = Sha256::new();
+    h.update(len.to_le_bytes());
+    for p in [config, weights] {
+        let mut f = std::fs::File::open(p).map_err(|e| io_error(p, e))?;
+        std::io::copy(&mut f, &mut h).map_err(|e| io_error(p, e))?;
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
 pub(crate) fn sha256(config: &[u8], weights: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update((config.len() as u64).to_le_bytes());
@@ -236,7 +253,8 @@ pub fn load_bytes_checked(
     let recorded_sum = recorded.and_then(|r| r.checksum.as_deref());
     let ((hash, old_sum), built) = rayon::join(
         || {
-            // With a recorded checksum the recorded sha256 stands; otherwise it is recomputed.
+            // A recorded checksum lets the recorded sha256 stand; a record without one has its
+            // sha256 recomputed and compared; `Checksum` loads compute none.
             let hash = match identity {
                 Identity::Recorded(r) if r.checksum.is_some() => Some(r.sha256.clone()),
                 Identity::Sha256 | Identity::Recorded(_) => Some(sha256(config, weights)),
@@ -351,7 +369,7 @@ fn f32_from_le(bytes: &[u8]) -> Cow<'_, [f32]> {
         // SAFETY: every bit pattern is a valid f32, and on a little-endian machine these bytes
         // are exactly the values; `align_to` yields only the correctly aligned middle part.
         let (head, mid, _) = unsafe { bytes[..4 * n].align_to::<f32>() };
-        if head.is_empty() {
+        if head.is_empty() && mid.len() == n {
             return Cow::Borrowed(mid);
         }
         let mut v = Vec::<f32>::with_capacity(n);

@@ -114,7 +114,9 @@ pub trait AdapterStore: Send + Sync + std::fmt::Debug {
 
     /// Makes the staged PEFT folder (already validated, `info` from the validator) the current
     /// version of `name`, atomically: readers see the old version or the new one, never a part.
-    /// Content already stored under `name` becomes current again without a new version.
+    /// Content already stored under `name` becomes current again without a new version. Versions
+    /// are named by their sha256: one `info` lacks (a load with `Identity::Checksum`) is
+    /// computed from the staged files.
     fn commit(
         &self,
         staging: Staging,

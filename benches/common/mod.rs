@@ -20,9 +20,10 @@ pub fn pin_thread_count() {
 pub const ALL_PROJECTIONS: [Proj; 7] = Proj::ADAPTABLE;
 
 /// A folder under the temp dir named `{prefix}{pid}`, removed when dropped (also when the bench
-/// panics). Creating one first removes those that runs killed before they could clean up (their
-/// process is gone): `multi_lora` writes 1.2 GB of adapters, and a few interrupted runs filled
-/// this machine's disk.
+/// panics). Creating one first removes those that runs killed before they could clean up: their
+/// process is gone and the folder is an hour old (a pid from another pid namespace sharing the
+/// temp dir is not proof of death). `multi_lora` writes 1.2 GB of adapters, and a few
+/// interrupted runs filled this machine's disk.
 pub struct Scratch(PathBuf);
 
 impl Scratch {
@@ -33,7 +34,14 @@ impl Scratch {
             let Some(pid) = name.strip_prefix(prefix) else {
                 continue;
             };
-            let gone = pid.parse::<u32>().is_ok()
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > 3600);
+            let gone = old
+                && pid.parse::<u32>().is_ok()
                 && Path::new("/proc/self").exists()
                 && !Path::new("/proc").join(pid).exists();
             if gone {

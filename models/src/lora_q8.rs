@@ -382,8 +382,16 @@ mod tests {
             return;
         }
         // Ranks 16 and 8 take the fixed-rank kernel; rank 12 pads `A`; rank 10 pads the ranks
-        // to whole lanes too; rank 80 with runs of 4 takes the heap scratch; a negative scale.
-        for (r, s) in [(16, 1.5f32), (8, 0.25), (12, 0.5), (10, 1.0), (80, -2.0)] {
+        // to whole lanes too; rank 20 is a whole 16-rank chunk of `B` plus a tail; rank 80 with
+        // runs of 4 takes the heap scratch; a negative scale.
+        for (r, s) in [
+            (16, 1.5f32),
+            (8, 0.25),
+            (12, 0.5),
+            (10, 1.0),
+            (20, 0.75),
+            (80, -2.0),
+        ] {
             check(48, r, 64, s);
         }
     }
