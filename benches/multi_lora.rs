@@ -94,6 +94,20 @@ fn run(
     })
 }
 
+/// What a store records for the adapter at `dir` (loaded once, with its sha256).
+fn record(
+    dir: &std::path::Path,
+    base: &loraplex_adapters::BaseModel,
+) -> loraplex_adapters::Recorded {
+    let info = loraplex_adapters::load_dir(dir, base, &Default::default())
+        .unwrap()
+        .info;
+    loraplex_adapters::Recorded {
+        sha256: info.sha256.expect("load_dir computes the sha256"),
+        checksum: Some(info.checksum),
+    }
+}
+
 /// The run with the median throughput, with the spread of all runs.
 fn median_run(mut runs: Vec<serde_json::Value>) -> serde_json::Value {
     let tps = |v: &serde_json::Value| v["output_tok_per_s"].as_f64().unwrap();
@@ -265,13 +279,8 @@ fn main() {
             .map(|k| {
                 let d = dir.join(&names[k]);
                 // Both kinds after the same untimed load (page cache, allocator warm).
-                let i = loraplex_adapters::load_dir(&d, &base, &Default::default())
-                    .unwrap()
-                    .info;
-                let rec = recorded.then(|| loraplex_adapters::Recorded {
-                    sha256: i.sha256.unwrap(),
-                    checksum: Some(i.checksum),
-                });
+                let rec = record(&d, &base);
+                let rec = recorded.then_some(rec);
                 let identity = rec.as_ref().map_or(Identity::Checksum, Identity::Recorded);
                 let t = Instant::now();
                 loraplex_adapters::load_dir_checked(&d, &base, &Default::default(), identity)
@@ -323,14 +332,7 @@ fn main() {
     // median run: the first run of a process also warms the allocator for the ones after it.
     let store_reg = AdapterRegistry::new();
     for n in &names {
-        let info = loraplex_adapters::load_dir(&dir.join(n), &base, &Default::default())
-            .unwrap()
-            .info;
-        let rec = loraplex_adapters::Recorded {
-            sha256: info.sha256.unwrap(),
-            checksum: Some(info.checksum),
-        };
-        store_reg.register_version(n, dir.join(n), Some(rec));
+        store_reg.register_version(n, dir.join(n), Some(record(&dir.join(n), &base)));
     }
     let cold_run = |reg: &AdapterRegistry| {
         let h = loraplex_runtime::start(lm.clone(), reg.clone(), cfg).unwrap();

@@ -214,26 +214,40 @@ fn tensorwise_checksum_of(config: &[u8], weights: &[u8]) -> Option<String> {
     Some(tensorwise_checksum(config, weights, digests))
 }
 
+/// The version identity's framing, in one place for bytes in memory and for files: sha256
+/// over the config's length (u64, little-endian), then `feed`, which hashes the config's and
+/// the weights' bytes in that order.
+fn framed_sha256<E>(
+    config_len: u64,
+    feed: impl FnOnce(&mut Sha256) -> std::result::Result<(), E>,
+) -> std::result::Result<String, E> {
+    let mut h = Sha256::new();
+    h.update(config_len.to_le_bytes());
+    feed(&mut h)?;
+    Ok(format!("{:x}", h.finalize()))
+}
+
 /// [`sha256`] of the two files, read in pieces rather than whole.
 pub(crate) fn sha256_files(config: &Path, weights: &Path) -> Result<String> {
     let len = std::fs::metadata(config)
         .map_err(|e| io_error(config, e))?
         .len();
-    let mut h = Sha256::new();
-    h.update(len.to_le_bytes());
-    for p in [config, weights] {
-        let mut f = std::fs::File::open(p).map_err(|e| io_error(p, e))?;
-        std::io::copy(&mut f, &mut h).map_err(|e| io_error(p, e))?;
-    }
-    Ok(format!("{:x}", h.finalize()))
+    framed_sha256(len, |h| {
+        for p in [config, weights] {
+            let mut f = std::fs::File::open(p).map_err(|e| io_error(p, e))?;
+            std::io::copy(&mut f, h).map_err(|e| io_error(p, e))?;
+        }
+        Ok(())
+    })
 }
 
 pub(crate) fn sha256(config: &[u8], weights: &[u8]) -> String {
-    let mut h = Sha256::new();
-    h.update((config.len() as u64).to_le_bytes());
-    h.update(config);
-    h.update(weights);
-    format!("{:x}", h.finalize())
+    let Ok(hash) = framed_sha256::<std::convert::Infallible>(config.len() as u64, |h| {
+        h.update(config);
+        h.update(weights);
+        Ok(())
+    });
+    hash
 }
 
 /// [`load_bytes`] naming the version as `identity` says; a recorded version is checked against

@@ -404,8 +404,7 @@ impl<'a> Job<'a> {
     }
 
     /// Run `i`'s deltas added to its rows of the finished product `y`, through a scratch
-    /// buffer so that each value is added exactly as [`Job::finish`] adds it: a row's result
-    /// does not depend on which of the two paths its batch took.
+    /// buffer, by [`add_delta`] as [`Job::finish`] adds them.
     fn lora_run_into(&self, i: usize, x: &Input<'_>, y: &SendPtr) -> bool {
         let out = self.w.out;
         let (r, n) = self.runs[i];
@@ -416,9 +415,7 @@ impl<'a> Job<'a> {
         // SAFETY: runs cover disjoint rows, and `y` has room for `rows × out` values, every one
         // of which the tiles wrote before this phase began.
         let y = unsafe { std::slice::from_raw_parts_mut(y.0.add(r * out), n * out) };
-        for (o, v) in y.iter_mut().zip(&delta) {
-            *o += v;
-        }
+        add_delta(y, &delta);
         true
     }
 
@@ -431,12 +428,19 @@ impl<'a> Job<'a> {
         for (r, d) in self.lora.iter().enumerate() {
             if d.is_some() {
                 let (yr, dr) = (r * out, (r + 1) * out);
-                for (o, v) in y[yr..dr].iter_mut().zip(&delta[yr..dr]) {
-                    *o += v;
-                }
+                add_delta(&mut y[yr..dr], &delta[yr..dr]);
             }
         }
         y
+    }
+}
+
+/// `y += delta`: the one way a LoRA delta reaches its rows of the product, on both paths
+/// ([`Job::finish`] and [`Job::lora_run_into`]), so a row's result does not depend on which
+/// path its batch took.
+fn add_delta(y: &mut [f32], delta: &[f32]) {
+    for (o, v) in y.iter_mut().zip(delta) {
+        *o += v;
     }
 }
 
