@@ -206,6 +206,30 @@ impl LoraDelta {
         true
     }
 
+    /// [`LoraDelta::add_rows`] into a fresh buffer: `out = sBᵀ·(A·x)`, every value written,
+    /// equal bit for bit to adding to zeros. The 8-bit form writes without reading; the others
+    /// zero `out` first.
+    pub(crate) fn write_rows(
+        &self,
+        x: &[f32],
+        q: Option<QuantRow<'_>>,
+        n: usize,
+        out: &mut [std::mem::MaybeUninit<f32>],
+    ) -> bool {
+        if let (Store::Q8(d), Some(q)) = (&self.store, q) {
+            return d.write_rows(q, n, out);
+        }
+        out.fill(std::mem::MaybeUninit::new(0.0));
+        // SAFETY: every value was just initialized; MaybeUninit<f32> has f32's layout.
+        let out = unsafe { &mut *(out as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+        self.add_rows(x, q, n, out)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_q8(&self) -> bool {
+        matches!(self.store, Store::Q8(_))
+    }
+
     fn is_host(&self) -> bool {
         matches!(self.store, Store::Host { .. } | Store::Q8(_))
     }

@@ -162,8 +162,35 @@ impl Q8Delta {
     /// activations `q` were quantized by [`crate::q8_block::quantize_rows`]. The weights are
     /// loaded once for all `n`; each row's result is the same as alone.
     pub(crate) fn add_rows(&self, q: QuantRow<'_>, n: usize, out: &mut [f32]) -> bool {
+        // SAFETY: `out` is `len` initialized values.
+        unsafe { self.product::<true>(q, n, out.as_mut_ptr(), out.len()) }
+    }
+
+    /// [`Q8Delta::add_rows`] into a fresh buffer: `out = (s·B)·(A·x)`, every value written, the
+    /// same values as added to zeros (`+0.0` for a zero product, as `0.0 + x` gives).
+    pub(crate) fn write_rows(
+        &self,
+        q: QuantRow<'_>,
+        n: usize,
+        out: &mut [std::mem::MaybeUninit<f32>],
+    ) -> bool {
+        // SAFETY: `out` is `len` values the kernel only stores to.
+        unsafe { self.product::<false>(q, n, out.as_mut_ptr() as *mut f32, out.len()) }
+    }
+
+    /// `ADD`: `out += delta`, else `out = delta` (`out` may then be uninitialized).
+    ///
+    /// # Safety
+    /// `out` points at `len` writable values, initialized when `ADD`.
+    unsafe fn product<const ADD: bool>(
+        &self,
+        q: QuantRow<'_>,
+        n: usize,
+        out: *mut f32,
+        len: usize,
+    ) -> bool {
         let padded = padded(self.r);
-        if !(1..=4).contains(&n) || out.len() != n * self.out {
+        if !(1..=4).contains(&n) || len != n * self.out {
             return false;
         }
         // On the stack up to rank 64 for runs of 4: this runs per row and projection, and
@@ -199,13 +226,14 @@ impl Q8Delta {
             corr[j] = 128 * uj.iter().map(|&v| v as i32).sum::<i32>();
         }
         // SAFETY: a Q8Delta exists only where `fits` saw AVX-512 VNNI; `sbt` holds `out/16`
-        // tiles of `r4 × 16` bytes, `u` `n` rows of `r4`.
+        // tiles of `r4 × 16` bytes, `u` `n` rows of `r4`, `out` (the caller's) `n` rows of
+        // `self.out`.
         unsafe {
             match n {
-                4 => x86::up_any::<4>(&self.sbt, u, r4, &corr, &du, out),
-                3 => x86::up_any::<3>(&self.sbt, u, r4, &corr, &du, out),
-                2 => x86::up_any::<2>(&self.sbt, u, r4, &corr, &du, out),
-                _ => x86::up_any::<1>(&self.sbt, u, r4, &corr, &du, out),
+                4 => x86::up_any::<4, ADD>(&self.sbt, u, r4, &corr, &du, out, len),
+                3 => x86::up_any::<3, ADD>(&self.sbt, u, r4, &corr, &du, out, len),
+                2 => x86::up_any::<2, ADD>(&self.sbt, u, r4, &corr, &du, out, len),
+                _ => x86::up_any::<1, ADD>(&self.sbt, u, r4, &corr, &du, out, len),
             }
         }
         true
@@ -218,13 +246,14 @@ mod x86 {
         unreachable!("Q8Delta::fits is false off x86_64")
     }
 
-    pub(super) unsafe fn up_any<const N: usize>(
+    pub(super) unsafe fn up_any<const N: usize, const ADD: bool>(
         _: &[u8],
         _: &[i8],
         _: usize,
         _: &[i32; 4],
         _: &[f32; 4],
-        _: &mut [f32],
+        _: *mut f32,
+        _: usize,
     ) {
         unreachable!("Q8Delta::fits is false off x86_64")
     }
@@ -276,41 +305,44 @@ mod x86 {
     /// each row's intermediate is broadcast once per call and held in registers; other ranks
     /// take `G = 0`, which reads the lane count at run time and broadcasts per tile.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn up_any<const N: usize>(
+    pub(super) unsafe fn up_any<const N: usize, const ADD: bool>(
         q: &[u8],
         u: &[i8],
         r4: usize,
         corr: &[i32; 4],
         du: &[f32; 4],
-        out: &mut [f32],
+        out: *mut f32,
+        len: usize,
     ) {
         match r4 / 4 {
-            4 => up::<N, 4>(q, u, r4, corr, du, out),
-            2 => up::<N, 2>(q, u, r4, corr, du, out),
-            _ => up::<N, 0>(q, u, r4, corr, du, out),
+            4 => up::<N, 4, ADD>(q, u, r4, corr, du, out, len),
+            2 => up::<N, 2, ADD>(q, u, r4, corr, du, out, len),
+            _ => up::<N, 0, ADD>(q, u, r4, corr, du, out, len),
         }
     }
 
-    /// For each of `N` rows `j` (`out` rows of `out.len()/N`):
-    /// `out[t·16 + lane] += du[j] · (Σ_k u[j][k] · q[t][k][lane] − corr[j])`, `k < r4`: the
+    /// For each of `N` rows `j` (`out` rows of `len/N`):
+    /// `out[t·16 + lane] += du[j] · (Σ_k u[j][k] · q[t][k][lane] − corr[j])`, `k < r4` (with
+    /// `ADD`; else `=`, as added to `+0.0`, reading nothing from `out`): the
     /// sums are exact integers, so a row's result is the same whatever rows share the call.
     /// Each output is loaded and stored once, each weight loaded once for all rows. `G`: see
     /// [`up_any`] (`G > 0` requires `r4 == 4·G`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn up<const N: usize, const G: usize>(
+    unsafe fn up<const N: usize, const G: usize, const ADD: bool>(
         q: &[u8],
         u: &[i8],
         r4: usize,
         corr: &[i32; 4],
         du: &[f32; 4],
-        out: &mut [f32],
+        op: *mut f32,
+        len: usize,
     ) {
-        let width = out.len() / N;
+        let width = len / N;
         let tiles = width / TILE;
         let groups = if G > 0 { G } else { r4 / 4 };
-        debug_assert!(out.len() == N * tiles * TILE && q.len() >= tiles * r4 * TILE);
+        debug_assert!(len == N * tiles * TILE && q.len() >= tiles * r4 * TILE);
         debug_assert!(N <= 4 && u.len() >= N * r4 && (G == 0 || r4 == 4 * G));
-        let (up, op) = (u.as_ptr(), out.as_mut_ptr());
+        let up = u.as_ptr();
         let bcast = |j: usize, g: usize| {
             _mm512_set1_epi32((up.add(j * r4 + 4 * g) as *const i32).read_unaligned())
         };
@@ -349,7 +381,14 @@ mod x86 {
             for j in 0..N {
                 let o = op.add(j * width + t * TILE);
                 let s = _mm512_cvtepi32_ps(_mm512_add_epi32(s0[j], s1[j]));
-                _mm512_storeu_ps(o, _mm512_fmadd_ps(s, du[j], _mm512_loadu_ps(o)));
+                let v = if ADD {
+                    _mm512_fmadd_ps(s, du[j], _mm512_loadu_ps(o))
+                } else {
+                    // One rounding either way; `+ 0.0` turns a -0.0 product into +0.0 as
+                    // `fma(s, du, 0.0)` does, so writing equals adding to zeros bit for bit.
+                    _mm512_add_ps(_mm512_mul_ps(s, du[j]), _mm512_setzero_ps())
+                };
+                _mm512_storeu_ps(o, v);
             }
         }
     }
@@ -455,6 +494,21 @@ mod tests {
             for (o, v) in row.iter().enumerate() {
                 assert!((v - s * b[o * r + k]).abs() <= s.abs() / 127.0);
             }
+        }
+        // Writing a fresh buffer gives what adding to zeros gives, bit for bit (a zero rank
+        // row makes some products exactly zero; both give +0.0 then).
+        for n in 1..=4 {
+            let xs: Vec<f32> = (0..n * inp).map(|i| val(i, 13)).collect();
+            let (xq, dx) = quantize_rows(&xs, n, inp);
+            let q = QuantRow { xq: &xq, dx: &dx };
+            let mut added = vec![0f32; n * out];
+            assert!(d.add_rows(q, n, &mut added));
+            let mut written = Vec::with_capacity(n * out);
+            assert!(d.write_rows(q, n, written.spare_capacity_mut()));
+            // SAFETY: `write_rows` wrote every value.
+            unsafe { written.set_len(n * out) };
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&added), bits(&written), "{n} rows");
         }
         // Rows run together give each row's result alone, bit for bit.
         for n in 2..=4 {
