@@ -216,8 +216,14 @@ impl LoraDelta {
         n: usize,
         out: &mut [std::mem::MaybeUninit<f32>],
     ) -> bool {
-        if let (Store::Q8(d), Some(q)) = (&self.store, q) {
-            return d.write_rows(q, n, out);
+        if let Store::Q8(d) = &self.store {
+            return match q {
+                Some(q) => d.write_rows(q, n, out),
+                None => {
+                    let (xq, dx) = quantize_rows(x, n, self.inp);
+                    d.write_rows(QuantRow { xq: &xq, dx: &dx }, n, out)
+                }
+            };
         }
         out.fill(std::mem::MaybeUninit::new(0.0));
         // SAFETY: every value was just initialized; MaybeUninit<f32> has f32's layout.
@@ -426,7 +432,7 @@ impl<'a> LoraGroups<'a> {
     }
 }
 
-/// What a failed [`LoraDelta::add_rows`] (both CPU paths) reports.
+/// What a failed [`LoraDelta::add_rows`] or [`LoraDelta::write_rows`] (both CPU paths) reports.
 pub(crate) fn host_delta_failed() -> ModelError {
     ModelError::InvalidBatch(
         "LoRA rank above 512, or rows that do not match the delta, on the CPU path".into(),

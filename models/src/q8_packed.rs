@@ -4,7 +4,8 @@
 //! weights per step and runs 8 multiply-adds per instruction; candle's Q8_0 kernel reads the
 //! compact weights but once per row. Here the weights are 8-bit (Q8_0's blocks of 32 with one
 //! scale each), packed so that one `vpdpbusd` does 64 multiply-adds for 16 outputs, and each
-//! weight block is loaded once for every row of the batch.
+//! weight block is loaded once per group of rows (up to 16 in decode-sized batches, 4 in
+//! prefills; see `Job::tiles`).
 //!
 //! Layout, per tile of 16 outputs and block of 32 inputs: 8 groups × 16 outputs × 4 inputs of
 //! `i8` (512 bytes), in a stream of its own the 16 f16 block scales, and in a third the 16 sums
@@ -176,7 +177,10 @@ impl PackedQ8 {
             4 => x86::tile::<4>(w, d, sums, blocks, x, inp, dx, y, out, ahead),
             3 => x86::tile::<3>(w, d, sums, blocks, x, inp, dx, y, out, ahead),
             2 => x86::tile::<2>(w, d, sums, blocks, x, inp, dx, y, out, ahead),
-            _ => x86::tile::<1>(w, d, sums, blocks, x, inp, dx, y, out, ahead),
+            1 => x86::tile::<1>(w, d, sums, blocks, x, inp, dx, y, out, ahead),
+            // Outputs are not zeroed first (see `Job::buffers`): a row count without a kernel
+            // must not pass for one row.
+            _ => unreachable!("tile of {n} rows"),
         }
     }
 
@@ -434,7 +438,8 @@ impl<'a> Job<'a> {
         let out = self.w.out;
         let (r, n) = self.runs[i];
         let mut delta = Vec::with_capacity(n * out);
-        if !self.write_run(i, x, delta.spare_capacity_mut()) {
+        // The first n × out values: a capacity may be larger than asked for.
+        if !self.write_run(i, x, &mut delta.spare_capacity_mut()[..n * out]) {
             return false;
         }
         // SAFETY: `write_run` wrote all `n × out` values.
@@ -610,8 +615,9 @@ mod tests {
             eprintln!("no AVX-512 VNNI here: the packed kernel is not used on this CPU");
             return;
         }
-        // Rows taken 4 and 1+1+1 at a time; 8, 4 and 1; 16, 8 and 1; and a prefill's 4s.
-        for rows in [7, 13, 25, FUSED_ROWS + 9] {
+        // Rows taken 4 and 3 at a time; 8, 4 and 1; 16, 8 and 1; 16, 8, 4 and 2; and a
+        // prefill's 4s and 1.
+        for rows in [7, 13, 25, 30, FUSED_ROWS + 9] {
             product_matches_f32_and_rows_alone(rows);
         }
     }
@@ -666,21 +672,28 @@ mod tests {
         let x = Tensor::from_vec(data(rows * inp, 4), (rows, inp), &Device::Cpu).unwrap();
         let refs: Vec<&PackedQ8> = mats.iter().collect();
         let fused = PackedQ8::forward_many(&refs, &x, &loras).unwrap();
+        let xs = data(rows * inp, 4);
         for ((m, l), got) in mats.iter().zip(loras).zip(fused) {
             let alone = m.forward_with_lora(&x, l).unwrap();
             let (got, alone): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
                 (got.to_vec2().unwrap(), alone.to_vec2().unwrap());
             assert_eq!(got, alone);
+            // Each adapted row is the plain product plus its delta computed on its own (added
+            // to zeros), bit for bit; other rows are the plain product.
+            let plain: Vec<Vec<f32>> = m.forward(&x).unwrap().to_vec2().unwrap();
+            let out = plain[0].len();
+            for (r, (got, plain)) in got.iter().zip(&plain).enumerate() {
+                let Some(d) = l.get(r).copied().flatten() else {
+                    assert_eq!(got, plain, "row {r} has no adapter");
+                    continue;
+                };
+                let mut delta = vec![0f32; out];
+                assert!(d.add_rows(&xs[r * inp..(r + 1) * inp], None, 1, &mut delta));
+                let want: Vec<f32> = plain.iter().zip(&delta).map(|(p, d)| p + d).collect();
+                assert_eq!(got, &want, "row {r}");
+                assert_ne!(got, plain, "row {r}'s delta was added");
+            }
         }
-        // The deltas were added: row 0 of the first matrix differs from the plain product.
-        let plain: Vec<Vec<f32>> = mats[0].forward(&x).unwrap().to_vec2().unwrap();
-        let with: Vec<Vec<f32>> = mats[0]
-            .forward_with_lora(&x, &l0)
-            .unwrap()
-            .to_vec2()
-            .unwrap();
-        assert_ne!(plain[0], with[0]);
-        assert_eq!(plain[1], with[1]);
     }
 
     #[test]
@@ -697,6 +710,7 @@ mod tests {
         };
         // 8-bit and (rank 4) f16 deltas.
         let (d0, d1, d4) = (delta(16, 7), delta(16, 9), delta(4, 11));
+        assert!(d0.is_q8() && !d4.is_q8());
         // Runs of 1 to 4 rows, rows without an adapter between them.
         let lora: Vec<Option<&LoraDelta>> = (0..rows)
             .map(|r| match r % 8 {
