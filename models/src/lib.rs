@@ -5,6 +5,7 @@ mod attention_cpu;
 mod chat;
 mod config;
 mod error;
+mod gated;
 mod gguf;
 mod hf;
 mod host_kernels;
