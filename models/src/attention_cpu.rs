@@ -6,6 +6,7 @@
 use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
+use crate::elementwise::exp_shifted;
 use crate::error::{ModelError, Result};
 use crate::host_kernels::dot;
 
@@ -65,27 +66,48 @@ pub(crate) fn decode_attention(
     let groups = nh / nkv;
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0f32; jobs.len() * nh * hd];
-    out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
-        let (s, h) = (idx / nh, idx % nh);
-        let (k, v) = &views[s];
-        let g = h / groups;
-        let qh = &qv[(jobs[s].row * nh + h) * hd..(jobs[s].row * nh + h + 1) * hd];
-        let mut scores: Vec<f32> = (0..k.len)
-            .map(|j| dot(qh, k.row(g, j, hd)) * scale)
-            .collect();
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        for (j, p) in scores.iter().enumerate() {
-            let w = p / sum;
-            for (od, vd) in o.iter_mut().zip(v.row(g, j, hd)) {
-                *od += w * vd;
+    // One task per sequence and KV head, for the `groups` query heads sharing it: each key and
+    // value row is loaded once for all of them.
+    out.par_chunks_mut(groups * hd)
+        .enumerate()
+        .for_each(|(idx, o)| {
+            let (s, g) = (idx / nkv, idx % nkv);
+            let (k, v) = &views[s];
+            let len = k.len;
+            let q0 = (jobs[s].row * nh + g * groups) * hd;
+            let qs = &qv[q0..q0 + groups * hd];
+            // Scores of every head of the group, on the stack for contexts up to 1024 at 4
+            // heads per KV head (the decode step allocated a buffer per head and layer).
+            let (mut stack, mut heap) = ([0f32; 4096], Vec::new());
+            let scores = if groups * len <= stack.len() {
+                &mut stack[..groups * len]
+            } else {
+                heap.resize(groups * len, 0.0);
+                &mut heap[..]
+            };
+            for j in 0..len {
+                let kr = k.row(g, j, hd);
+                for (i, q) in qs.chunks_exact(hd).enumerate() {
+                    scores[i * len + j] = dot(q, kr) * scale;
+                }
             }
-        }
-    });
+            for w in scores.chunks_exact_mut(len) {
+                let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum = exp_shifted(w, max);
+                for p in w.iter_mut() {
+                    *p /= sum;
+                }
+            }
+            for j in 0..len {
+                let vr = v.row(g, j, hd);
+                for (i, oh) in o.chunks_exact_mut(hd).enumerate() {
+                    let w = scores[i * len + j];
+                    for (od, vd) in oh.iter_mut().zip(vr) {
+                        *od += w * vd;
+                    }
+                }
+            }
+        });
     drop(views);
     drop(guards);
     let dev = q.device();

@@ -278,7 +278,7 @@ impl Mlp {
             project(&[(&self.gate, Proj::Gate), (&self.up, Proj::Up)], x)?
                 .try_into()
                 .expect("one output per projection");
-        let h = crate::gated::silu_mul(&gate, &up)?;
+        let h = crate::elementwise::silu_mul(&gate, &up)?;
         let [down]: [Tensor; 1] = project(&[(&self.down, Proj::Down)], &h)?
             .try_into()
             .expect("one output per projection");

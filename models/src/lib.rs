@@ -4,8 +4,8 @@
 mod attention_cpu;
 mod chat;
 mod config;
+mod elementwise;
 mod error;
-mod gated;
 mod gguf;
 mod hf;
 mod host_kernels;
