@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use crate::elementwise::exp_shifted;
 use crate::error::{ModelError, Result};
-use crate::host_kernels::dot;
+use crate::host_kernels::{dot, scratch};
 
 /// One decoding sequence: the row of its query in `q`, and its cache views `[nkv, len, hd]`.
 pub(crate) struct DecodeJob {
@@ -79,12 +79,7 @@ pub(crate) fn decode_attention(
             // Scores of every head of the group, on the stack for contexts up to 1024 at 4
             // heads per KV head (the decode step allocated a buffer per head and layer).
             let (mut stack, mut heap) = ([0f32; 4096], Vec::new());
-            let scores = if groups * len <= stack.len() {
-                &mut stack[..groups * len]
-            } else {
-                heap.resize(groups * len, 0.0);
-                &mut heap[..]
-            };
+            let scores = scratch(&mut stack, &mut heap, groups * len);
             for j in 0..len {
                 let kr = k.row(g, j, hd);
                 for (i, q) in qs.chunks_exact(hd).enumerate() {

@@ -27,6 +27,22 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// The first `len` values of `stack` when they fit, else of `heap` grown to `len`: scratch
+/// for kernels that run per row and projection or per head and layer, where a heap buffer
+/// (or zeroing one sized for the largest case) cost more than the work itself.
+pub(crate) fn scratch<'a, T: Copy + Default, const N: usize>(
+    stack: &'a mut [T; N],
+    heap: &'a mut Vec<T>,
+    len: usize,
+) -> &'a mut [T] {
+    if len <= N {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, T::default());
+        &mut heap[..]
+    }
+}
+
 /// `out += t · b`.
 pub(crate) fn axpy(out: &mut [f32], t: f32, b: &[f32]) {
     for (o, &b) in out.iter_mut().zip(b) {

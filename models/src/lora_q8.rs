@@ -16,6 +16,7 @@
 //! Rounding: 8-bit activations, intermediate and weights as in Q8_0, on a delta that is itself
 //! small next to the base output — the base's own Q8_0 rounding is of the same order.
 
+use crate::host_kernels::scratch;
 use crate::q8_block::QuantRow;
 use crate::q8_packed::{PackedQ8, TILE};
 
@@ -196,22 +197,12 @@ impl Q8Delta {
         // On the stack up to rank 64 for runs of 4: this runs per row and projection, and
         // zeroing a buffer sized for the largest rank (512) cost more than the product at r=16.
         let (mut stack, mut heap) = ([0f32; 256], Vec::new());
-        let h = if n * padded <= stack.len() {
-            &mut stack[..n * padded]
-        } else {
-            heap.resize(n * padded, 0.0);
-            &mut heap[..]
-        };
+        let h = scratch(&mut stack, &mut heap, n * padded);
         self.a.rows(q, n, h);
         let r4 = quads(self.r);
         let (mut u, mut du, mut corr) = ([0i8; 256], [0f32; 4], [0i32; 4]);
         let mut u_heap = Vec::new();
-        let u = if n * r4 <= u.len() {
-            &mut u[..n * r4]
-        } else {
-            u_heap.resize(n * r4, 0);
-            &mut u_heap[..]
-        };
+        let u = scratch(&mut u, &mut u_heap, n * r4);
         for (j, (row, uj)) in h
             .chunks_exact_mut(padded)
             .zip(u.chunks_exact_mut(r4))
