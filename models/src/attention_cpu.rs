@@ -54,7 +54,7 @@ pub(crate) fn decode_attention(
     nkv: usize,
     hd: usize,
 ) -> Result<Vec<Tensor>> {
-    let qv: Vec<f32> = q.flatten_all()?.to_vec1()?;
+    let qv = crate::host_kernels::f32_values(q)?;
     let guards: Vec<_> = jobs
         .iter()
         .map(|j| (j.k.storage_and_layout(), j.v.storage_and_layout()))

@@ -222,7 +222,7 @@ impl PackedQ8 {
                 m.inp
             )));
         }
-        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let xs = crate::host_kernels::f32_values(x)?;
         let (xq, dx) = quantize_rows(&xs, rows, inp);
         let input = Input {
             xs: &xs,
