@@ -7,9 +7,9 @@
 //! (Cephes' `expf` polynomial, a few ulp from libm's), the gate with its product in the same
 //! pass.
 
-use candle_core::Tensor;
 #[cfg(target_arch = "x86_64")]
-use candle_core::{DType, Storage};
+use candle_core::DType;
+use candle_core::Tensor;
 
 use crate::error::Result;
 
@@ -45,27 +45,21 @@ fn fused(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
         || up.dtype() != DType::F32
         || gate.shape() != up.shape()
         || !gate.device().is_cpu()
+        || !gate.is_contiguous()
+        || !up.is_contiguous()
     {
         return Ok(None);
     }
-    let (gs, gl) = gate.storage_and_layout();
-    let (us, ul) = up.storage_and_layout();
-    let (Storage::Cpu(gs), Storage::Cpu(us)) = (&*gs, &*us) else {
-        return Ok(None);
-    };
-    let (Some((g0, g1)), Some((u0, u1))) = (gl.contiguous_offsets(), ul.contiguous_offsets())
-    else {
-        return Ok(None);
-    };
+    // Contiguous f32 on the CPU: both borrowed in place.
     let (g, u) = (
-        &gs.as_slice::<f32>()?[g0..g1],
-        &us.as_slice::<f32>()?[u0..u1],
+        crate::host_kernels::f32_values(gate)?,
+        crate::host_kernels::f32_values(up)?,
     );
     let mut out = Vec::with_capacity(g.len());
     // SAFETY: AVX-512F detected; `g` and `u` have the same length (same shape, contiguous),
     // and `out` has room for as many values, all of which the pass writes.
     unsafe {
-        x86::silu_mul(g, u, out.as_mut_ptr());
+        x86::silu_mul(&g, &u, out.as_mut_ptr());
         out.set_len(g.len());
     }
     Ok(Some(Tensor::from_vec(out, gate.shape(), gate.device())?))
@@ -85,7 +79,7 @@ mod x86 {
         let (n, one) = (g.len(), _mm512_set1_ps(1.0));
         let mut i = 0;
         while i < n {
-            let mask: __mmask16 = if n - i >= 16 { !0 } else { (1 << (n - i)) - 1 };
+            let mask = crate::host_kernels::lanes(n - i);
             let x = _mm512_maskz_loadu_ps(mask, g.as_ptr().add(i));
             let v = _mm512_maskz_loadu_ps(mask, u.as_ptr().add(i));
             let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), x));
@@ -102,7 +96,7 @@ mod x86 {
         let mut sum = _mm512_setzero_ps();
         let mut i = 0;
         while i < n {
-            let mask: __mmask16 = if n - i >= 16 { !0 } else { (1 << (n - i)) - 1 };
+            let mask = crate::host_kernels::lanes(n - i);
             let p = v.as_mut_ptr().add(i);
             let e = exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, p), m));
             _mm512_mask_storeu_ps(p, mask, e);

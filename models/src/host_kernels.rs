@@ -69,6 +69,16 @@ pub(crate) fn f32_values(
     }
 }
 
+/// The AVX-512 mask for the next 16 of `left` values: every lane, or the first `left`.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn lanes(left: usize) -> u16 {
+    if left >= 16 {
+        !0
+    } else {
+        (1 << left) - 1
+    }
+}
+
 /// The first `len` values of `stack` when they fit, else of `heap` grown to `len`: scratch
 /// for kernels that run per row and projection or per head and layer, where a heap buffer
 /// (or zeroing one sized for the largest case) cost more than the work itself.

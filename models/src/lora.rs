@@ -181,15 +181,7 @@ impl LoraDelta {
     ) -> bool {
         let (a, sbt) = match &self.store {
             Store::Host { a, sbt } => (a, sbt),
-            Store::Q8(d) => {
-                return match q {
-                    Some(q) => d.add_rows(q, n, out),
-                    None => {
-                        let (xq, dx) = quantize_rows(x, n, self.inp);
-                        d.add_rows(QuantRow { xq: &xq, dx: &dx }, n, out)
-                    }
-                }
-            }
+            Store::Q8(d) => return self.quantized(x, q, n, |q| d.add_rows(q, n, out)),
             Store::Device { .. } => return false,
         };
         let mut tmp = [0f32; 512];
@@ -217,18 +209,30 @@ impl LoraDelta {
         out: &mut [std::mem::MaybeUninit<f32>],
     ) -> bool {
         if let Store::Q8(d) = &self.store {
-            return match q {
-                Some(q) => d.write_rows(q, n, out),
-                None => {
-                    let (xq, dx) = quantize_rows(x, n, self.inp);
-                    d.write_rows(QuantRow { xq: &xq, dx: &dx }, n, out)
-                }
-            };
+            return self.quantized(x, q, n, |q| d.write_rows(q, n, out));
         }
         out.fill(std::mem::MaybeUninit::new(0.0));
         // SAFETY: every value was just initialized; MaybeUninit<f32> has f32's layout.
         let out = unsafe { &mut *(out as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
         self.add_rows(x, q, n, out)
+    }
+
+    /// `f` on `n` rows of activations in 8 bits: `q` when the packed base product already
+    /// quantized them, else `x` quantized here.
+    fn quantized<R>(
+        &self,
+        x: &[f32],
+        q: Option<QuantRow<'_>>,
+        n: usize,
+        f: impl FnOnce(QuantRow<'_>) -> R,
+    ) -> R {
+        match q {
+            Some(q) => f(q),
+            None => {
+                let (xq, dx) = quantize_rows(x, n, self.inp);
+                f(QuantRow { xq: &xq, dx: &dx })
+            }
+        }
     }
 
     #[cfg(test)]

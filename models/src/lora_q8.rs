@@ -276,7 +276,7 @@ mod x86 {
             let src = b.as_ptr().add(o * r4);
             for c in (0..r4).step_by(16) {
                 let n = (r4 - c).min(16);
-                let mask: __mmask16 = if n == 16 { !0 } else { (1 << n) - 1 };
+                let mask = crate::host_kernels::lanes(n);
                 let v = _mm512_maskz_loadu_ps(mask, src.add(c));
                 let id = _mm512_maskz_loadu_ps(mask, ids.as_ptr().add(c));
                 let v = crate::q8_block::x86::round(_mm512_mul_ps(v, id));

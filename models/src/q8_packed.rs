@@ -170,7 +170,6 @@ impl PackedQ8 {
             &self.sums[span..span + blocks * TILE],
         );
         let (inp, out, y) = (self.inp, self.out, y.add(t * TILE));
-        debug_assert!(matches!(n, 1..=4 | 8 | 16));
         match n {
             16 => x86::tile::<16>(w, d, sums, blocks, x, inp, dx, y, out, ahead),
             8 => x86::tile::<8>(w, d, sums, blocks, x, inp, dx, y, out, ahead),
