@@ -35,9 +35,9 @@ fn setup(max_loras: usize) -> (AdapterRegistry, AdapterCache) {
 fn eviction_is_lru_and_never_touches_a_leased_adapter() {
     let (reg, mut cache) = setup(2);
     let (a, b, c) = (
-        reg.get("a-r8-qv").unwrap(),
-        reg.get("b-r16-all").unwrap(),
-        reg.get("c-r4-rslora").unwrap(),
+        reg.get("a-r8-qv").unwrap().version,
+        reg.get("b-r16-all").unwrap().version,
+        reg.get("c-r4-rslora").unwrap().version,
     );
     let lease_a = cache.insert(&a, loaded("a-r8-qv")).unwrap();
     drop(cache.insert(&b, loaded("b-r16-all")).unwrap());
@@ -66,8 +66,10 @@ fn two_names_for_the_same_bytes_are_both_resident() {
     // An alias (say, an A/B arm) holding byte-identical files must not evict its twin on every
     // use: the cache keys entries by content checksum and name.
     let (reg, mut cache) = setup(4);
-    let a = reg.get("a-r8-qv").unwrap();
-    let alias = reg.register("a-alias", a.dir.clone());
+    let a = reg.get("a-r8-qv").unwrap().version;
+    let alias = reg
+        .register("a-alias", golden().join("tiny-adapters/a-r8-qv"))
+        .version;
     let (la, lb) = (
         cache.insert(&a, loaded("a-r8-qv")).unwrap(),
         cache.insert(&alias, loaded("a-r8-qv")).unwrap(),
@@ -86,7 +88,7 @@ fn two_names_for_the_same_bytes_are_both_resident() {
 fn memory_accounting_returns_to_baseline_after_unload() {
     let (reg, mut cache) = setup(4);
     assert_eq!(cache.bytes(), 0);
-    let a = reg.get("a-r8-qv").unwrap();
+    let a = reg.get("a-r8-qv").unwrap().version;
     let lease = cache.insert(&a, loaded("a-r8-qv")).unwrap();
     let bytes = lease.info.bytes;
     assert!(bytes > 0 && cache.bytes() == bytes);
@@ -111,9 +113,14 @@ fn byte_budget_bounds_residency() {
         max_bytes: a.info.bytes + 1,
         max_cpu_loras: 10,
     });
-    cache.insert(&reg.get("a-r8-qv").unwrap(), a).unwrap();
     cache
-        .insert(&reg.get("c-r4-rslora").unwrap(), loaded("c-r4-rslora"))
+        .insert(&reg.get("a-r8-qv").unwrap().version, a)
+        .unwrap();
+    cache
+        .insert(
+            &reg.get("c-r4-rslora").unwrap().version,
+            loaded("c-r4-rslora"),
+        )
         .unwrap();
     assert_eq!(
         cache.len(),
@@ -125,16 +132,20 @@ fn byte_budget_bounds_residency() {
 #[test]
 fn a_replaced_version_is_never_served_to_new_requests() {
     let (reg, mut cache) = setup(4);
-    let v1 = reg.register("prod", golden().join("tiny-adapters/a-r8-qv"));
+    let v1 = reg
+        .register("prod", golden().join("tiny-adapters/a-r8-qv"))
+        .version;
     let old = cache.insert(&v1, loaded("a-r8-qv")).unwrap();
-    let v2 = reg.register("prod", golden().join("tiny-adapters/b-r16-all"));
+    let v2 = reg
+        .register("prod", golden().join("tiny-adapters/b-r16-all"))
+        .version;
     assert!(
         cache.get(&v2).is_none(),
         "the old version does not answer for the new one"
     );
     let new = cache.insert(&v2, loaded("b-r16-all")).unwrap();
     assert_ne!(old.info.checksum, new.info.checksum);
-    assert_eq!(old.generation, v1.generation);
+    assert_eq!(old.version, v1);
     assert_eq!(cache.get(&v2).unwrap().info.checksum, new.info.checksum);
 }
 
@@ -142,9 +153,9 @@ fn a_replaced_version_is_never_served_to_new_requests() {
 fn evicted_adapters_wait_in_the_second_tier() {
     let (reg, mut cache) = setup(1); // one active, two in total
     let (a, b, c) = (
-        reg.get("a-r8-qv").unwrap(),
-        reg.get("b-r16-all").unwrap(),
-        reg.get("c-r4-rslora").unwrap(),
+        reg.get("a-r8-qv").unwrap().version,
+        reg.get("b-r16-all").unwrap().version,
+        reg.get("c-r4-rslora").unwrap().version,
     );
     let sum_a = cache
         .insert(&a, loaded("a-r8-qv"))

@@ -40,7 +40,7 @@ fn collect(mut s: TokenStream) -> (Vec<u32>, Result<(FinishReason, Usage), Runti
         {
             TokenEvent::Token { id, .. } => toks.push(id),
             TokenEvent::PromptLogprobs(_) => {}
-            TokenEvent::Finished { reason, usage } => break Ok((reason, usage)),
+            TokenEvent::Finished { reason, usage, .. } => break Ok((reason, usage)),
             TokenEvent::Failed(e) => break Err(e),
         }
     };
@@ -326,4 +326,126 @@ fn prompt_logprobs_equal_teacher_forced_scoring() {
         );
     }
     h.shutdown();
+}
+
+/// A well-formed config over a weights file that is not safetensors.
+fn corrupt_weights(dir: &std::path::Path) -> std::path::PathBuf {
+    let d = dir.join("broken");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("adapter_config.json"),
+        r#"{"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}"#,
+    )
+    .unwrap();
+    std::fs::write(d.join("adapter_model.safetensors"), b"garbage").unwrap();
+    d
+}
+
+/// Polls `cond` for up to 10 s: the engine updates its gauges after a step.
+fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+#[test]
+fn the_waiting_count_returns_to_zero_however_requests_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = corrupt_weights(dir.path());
+    let h = engine(EngineConfig {
+        scheduler: SchedulerConfig {
+            max_running: 1,
+            max_step_tokens: 64,
+            max_waiting: 16,
+        },
+        ..Default::default()
+    });
+    h.registry().register("broken", broken);
+    let waiting = || h.stats().waiting.load(std::sync::atomic::Ordering::SeqCst);
+    // One runs, others wait behind it: some are cancelled while waiting, one fails its load.
+    let running = h.submit(request(vec![1, 2, 3], "base", 32)).unwrap();
+    let cancelled: Vec<TokenStream> = (0..4)
+        .map(|_| h.submit(request(vec![4, 5], "a-r8-qv", 4)).unwrap())
+        .collect();
+    let failing = h.submit(request(vec![1, 2], "broken", 4)).unwrap();
+    let finishing = h.submit(request(vec![6, 7], "base", 2)).unwrap();
+    assert!(waiting() >= 1);
+    drop(cancelled);
+    assert!(collect(failing).1.is_err());
+    assert!(collect(running).1.is_ok());
+    assert!(collect(finishing).1.is_ok());
+    assert!(eventually(|| waiting() == 0), "waiting = {}", waiting());
+    // A refused submit leaves no count behind either.
+    assert!(h.submit(request(vec![], "base", 2)).is_err());
+    assert_eq!(waiting(), 0);
+    h.shutdown();
+}
+
+#[test]
+fn a_failed_load_reports_the_adapter_error_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = corrupt_weights(dir.path());
+    let h = engine(EngineConfig::default());
+    h.registry().register("broken", broken);
+    let (_, fin) = collect(h.submit(request(vec![1, 2, 3], "broken", 4)).unwrap());
+    match fin {
+        Err(RuntimeError::AdapterLoad { name, source }) => {
+            assert_eq!(name, "broken");
+            assert!(
+                matches!(*source, loraplex_adapters::AdapterError::Corrupt { .. }),
+                "{source:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    h.shutdown();
+}
+
+#[test]
+fn timings_account_for_a_cold_adapter_load() {
+    let h = engine(EngineConfig::default());
+    let timings = |adapter: &str| {
+        let mut s = h.submit(request(vec![1, 2, 3], adapter, 3)).unwrap();
+        loop {
+            match s.blocking_next() {
+                Some(TokenEvent::Finished { timings, .. }) => break timings,
+                Some(TokenEvent::Failed(e)) => panic!("{e}"),
+                Some(_) => {}
+                None => panic!("no final event"),
+            }
+        }
+    };
+    let cold = timings("a-r8-qv");
+    let warm = timings("a-r8-qv");
+    let base = timings("base");
+    assert!(cold.adapter_wait > Duration::ZERO, "{cold:?}");
+    for t in [cold, warm, base] {
+        assert!(t.adapter_wait <= t.queued && t.queued <= t.first_token);
+        assert!(t.first_token <= t.total, "{t:?}");
+    }
+    assert_eq!(warm.adapter_wait, Duration::ZERO);
+    assert_eq!(base.adapter_wait, Duration::ZERO);
+    h.shutdown();
+}
+
+#[test]
+fn a_bad_scheduler_configuration_is_a_typed_start_error() {
+    let cfg = EngineConfig {
+        scheduler: SchedulerConfig {
+            max_running: 8,
+            max_step_tokens: 8,
+            max_waiting: 8,
+        },
+        ..Default::default()
+    };
+    match loraplex_runtime::start(tiny_arc(), tiny_registry(), cfg) {
+        Err(RuntimeError::InvalidConfig(m)) => assert!(m.contains("max_step_tokens"), "{m}"),
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("started"),
+    }
 }

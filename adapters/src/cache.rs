@@ -1,5 +1,5 @@
-//! Which adapters exist (the registry, shared with request handlers) and which are resident in
-//! memory (the cache, owned by the engine loop).
+//! Which adapter versions are resident in memory: the cache, owned by the engine's residency
+//! (see `loraplex_runtime`), never shared.
 //!
 //! A running sequence holds a [`Lease`] (an `Arc` of the resident adapter): eviction only ever
 //! drops adapters nobody leases, and a leased adapter's memory is freed when its last lease drops,
@@ -8,114 +8,18 @@
 //! generation they were loaded for, so a replaced adapter never serves a new request from the
 //! old weights.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use loraplex_models::LoraWeights;
 
-use crate::error::{AdapterError, Result};
-use crate::load::{AdapterInfo, LoadedAdapter, Recorded};
-
-/// Where a registered adapter version comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdapterSource {
-    pub name: String,
-    pub dir: PathBuf,
-    /// Bumped on every replace: distinguishes versions before their hash is known.
-    pub generation: u64,
-    /// The hashes the store recorded; a load whose bytes hash differently is refused (the files
-    /// changed or rotted on disk).
-    pub recorded: Option<Recorded>,
-}
-
-/// Name → source. Cheap to clone and share; request handlers consult it to refuse unknown
-/// names before anything is queued.
-#[derive(Debug, Clone, Default)]
-pub struct AdapterRegistry {
-    inner: Arc<RwLock<HashMap<String, AdapterSource>>>,
-    next_gen: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl AdapterRegistry {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds or replaces `name`; returns the new source.
-    pub fn register(&self, name: &str, dir: PathBuf) -> AdapterSource {
-        self.register_version(name, dir, None)
-    }
-
-    /// Adds or replaces `name` with a stored version of known content hash.
-    pub fn register_version(
-        &self,
-        name: &str,
-        dir: PathBuf,
-        recorded: Option<Recorded>,
-    ) -> AdapterSource {
-        let generation = self
-            .next_gen
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
-        let src = AdapterSource {
-            name: name.to_string(),
-            dir,
-            generation,
-            recorded,
-        };
-        self.inner
-            .write()
-            .expect("registry lock")
-            .insert(name.to_string(), src.clone());
-        src
-    }
-
-    pub fn remove(&self, name: &str) -> Option<AdapterSource> {
-        self.inner.write().expect("registry lock").remove(name)
-    }
-
-    pub fn get(&self, name: &str) -> Option<AdapterSource> {
-        self.inner.read().expect("registry lock").get(name).cloned()
-    }
-
-    pub fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .inner
-            .read()
-            .expect("registry lock")
-            .keys()
-            .cloned()
-            .collect();
-        v.sort();
-        v
-    }
-
-    /// Registers every sub-folder of `dir` holding an `adapter_config.json`, named after it.
-    pub fn scan_dir(&self, dir: &std::path::Path) -> Result<Vec<String>> {
-        let entries = std::fs::read_dir(dir).map_err(|e| AdapterError::Io {
-            path: dir.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        let mut names = Vec::new();
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.join(crate::load::CONFIG_FILE).is_file() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                self.register(&name, p);
-                names.push(name);
-            }
-        }
-        names.sort();
-        Ok(names)
-    }
-}
+use crate::load::{AdapterInfo, LoadedAdapter};
+use crate::registry::AdapterVersion;
 
 /// An adapter in memory.
 #[derive(Debug)]
 pub struct Resident {
-    pub name: String,
-    pub generation: u64,
+    pub version: AdapterVersion,
     pub weights: LoraWeights,
     pub info: AdapterInfo,
 }
@@ -156,7 +60,7 @@ struct Entry {
 
 /// (content checksum, name): the checksum is computed from the bytes each load read, whatever
 /// the load was told about them.
-type Key = (String, String);
+type Key = (String, Arc<str>);
 
 #[derive(Debug)]
 pub struct AdapterCache {
@@ -166,9 +70,9 @@ pub struct AdapterCache {
     entries: HashMap<Key, Entry>,
     /// The second tier: evicted from the active set, still validated and in memory; LRU order
     /// (front = oldest).
-    warm: std::collections::VecDeque<Lease>,
+    warm: VecDeque<Lease>,
     /// Name → key of the version resident for it.
-    by_name: HashMap<String, Key>,
+    by_name: HashMap<Arc<str>, Key>,
     tick: u64,
     pub loads: u64,
     /// Bumped by every change of either tier (for observers that refresh a copy).
@@ -181,7 +85,7 @@ impl AdapterCache {
         Self {
             cfg,
             entries: HashMap::new(),
-            warm: std::collections::VecDeque::new(),
+            warm: VecDeque::new(),
             by_name: HashMap::new(),
             tick: 0,
             loads: 0,
@@ -190,13 +94,10 @@ impl AdapterCache {
         }
     }
 
-    /// Takes the current version of `src` from the second tier, if it is there.
-    pub fn take_warm(&mut self, src: &AdapterSource) -> Option<LoadedAdapter> {
+    /// Takes `version` from the second tier, if it is there.
+    pub fn take_warm(&mut self, version: &AdapterVersion) -> Option<LoadedAdapter> {
+        let pos = self.warm.iter().position(|l| l.version == *version)?;
         self.changes += 1;
-        let pos = self
-            .warm
-            .iter()
-            .position(|l| l.name == src.name && l.generation == src.generation)?;
         let lease = self.warm.remove(pos).expect("position is valid");
         match Arc::try_unwrap(lease) {
             Ok(r) => Some(LoadedAdapter {
@@ -210,26 +111,25 @@ impl AdapterCache {
 
     /// Adds a validated adapter to the second tier (dropping the oldest there if full); the
     /// active tier is untouched.
-    pub fn offer_warm(&mut self, src: &AdapterSource, loaded: LoadedAdapter) {
-        self.changes += 1;
-        if self.contains(src) {
+    pub fn offer_warm(&mut self, version: &AdapterVersion, loaded: LoadedAdapter) {
+        if self.contains(version) {
             return;
         }
-        self.warm.retain(|l| l.name != src.name);
+        self.changes += 1;
+        self.warm.retain(|l| l.version.name != version.name);
         self.warm.push_back(Arc::new(Resident {
-            name: src.name.clone(),
-            generation: src.generation,
+            version: version.clone(),
             weights: loaded.weights,
             info: loaded.info,
         }));
         self.trim_warm();
     }
 
-    /// A lease on the resident version of `src`, if it is the current one.
-    pub fn get(&mut self, src: &AdapterSource) -> Option<Lease> {
-        let hash = self.by_name.get(&src.name)?;
-        let e = self.entries.get_mut(hash)?;
-        if e.lease.generation != src.generation {
+    /// A lease on `version` if it is in the active tier.
+    pub fn get(&mut self, version: &AdapterVersion) -> Option<Lease> {
+        let key = self.by_name.get(&version.name)?;
+        let e = self.entries.get_mut(key)?;
+        if e.lease.version != *version {
             return None;
         }
         self.tick += 1;
@@ -237,11 +137,12 @@ impl AdapterCache {
         Some(e.lease.clone())
     }
 
-    pub fn contains(&self, src: &AdapterSource) -> bool {
+    /// Whether `version` is in the active tier.
+    pub fn contains(&self, version: &AdapterVersion) -> bool {
         self.by_name
-            .get(&src.name)
-            .and_then(|h| self.entries.get(h))
-            .is_some_and(|e| e.lease.generation == src.generation)
+            .get(&version.name)
+            .and_then(|k| self.entries.get(k))
+            .is_some_and(|e| e.lease.version == *version)
     }
 
     /// Makes a freshly loaded adapter resident, evicting least-recently-used unleased adapters
@@ -249,10 +150,10 @@ impl AdapterCache {
     /// resident is leased, the adapter comes back (boxed: it is large) for the caller to park.
     pub fn insert(
         &mut self,
-        src: &AdapterSource,
+        version: &AdapterVersion,
         loaded: LoadedAdapter,
     ) -> std::result::Result<Lease, (CacheFull, Box<LoadedAdapter>)> {
-        if let Some(old) = self.by_name.get(&src.name).cloned() {
+        if let Some(old) = self.by_name.get(&version.name).cloned() {
             if self
                 .entries
                 .get(&old)
@@ -261,7 +162,7 @@ impl AdapterCache {
                 self.entries.remove(&old);
                 self.evictions += 1;
             }
-            self.by_name.remove(&src.name);
+            self.by_name.remove(&version.name);
         }
         let need = loaded.info.bytes;
         while self.entries.len() + 1 > self.cfg.max_loras
@@ -271,23 +172,22 @@ impl AdapterCache {
                 return Err((CacheFull, Box::new(loaded)));
             }
         }
-        let hash: Key = (loaded.info.checksum.clone(), src.name.clone());
+        let key: Key = (loaded.info.checksum.clone(), version.name.clone());
         let lease = Arc::new(Resident {
-            name: src.name.clone(),
-            generation: src.generation,
+            version: version.clone(),
             weights: loaded.weights,
             info: loaded.info,
         });
         self.tick += 1;
         self.entries.insert(
-            hash.clone(),
+            key.clone(),
             Entry {
                 lease: lease.clone(),
                 last_used: self.tick,
             },
         );
-        self.by_name.insert(src.name.clone(), hash);
-        self.warm.retain(|l| l.name != src.name);
+        self.by_name.insert(version.name.clone(), key);
+        self.warm.retain(|l| l.version.name != version.name);
         self.trim_warm();
         self.loads += 1;
         self.changes += 1;
@@ -296,20 +196,21 @@ impl AdapterCache {
 
     /// Drops the least recently used adapter that no sequence leases.
     fn evict_one(&mut self) -> bool {
-        self.changes += 1;
         let victim = self
             .entries
             .iter()
             .filter(|(_, e)| Arc::strong_count(&e.lease) == 1)
             .min_by_key(|(_, e)| e.last_used)
-            .map(|(h, _)| h.clone());
-        let Some(h) = victim else { return false };
-        let e = self.entries.remove(&h).expect("victim exists");
-        if self.by_name.get(&e.lease.name) == Some(&h) {
-            self.by_name.remove(&e.lease.name);
+            .map(|(k, _)| k.clone());
+        let Some(k) = victim else { return false };
+        self.changes += 1;
+        let e = self.entries.remove(&k).expect("victim exists");
+        let name = &e.lease.version.name;
+        if self.by_name.get(name) == Some(&k) {
+            self.by_name.remove(name);
         }
         self.evictions += 1;
-        self.warm.retain(|l| l.name != e.lease.name);
+        self.warm.retain(|l| l.version.name != *name);
         self.warm.push_back(e.lease);
         self.trim_warm();
         true
@@ -326,19 +227,19 @@ impl AdapterCache {
     /// Forgets `name` in both tiers; leased weights stay alive until their sequences finish.
     pub fn unload(&mut self, name: &str) {
         self.changes += 1;
-        if let Some(h) = self.by_name.remove(name) {
-            self.entries.remove(&h);
+        if let Some(k) = self.by_name.remove(name) {
+            self.entries.remove(&k);
         }
-        self.warm.retain(|l| l.name != name);
+        self.warm.retain(|l| &*l.version.name != name);
     }
 
-    /// `(name, generation)` of every adapter in memory, in either tier.
-    pub fn in_memory(&self) -> impl Iterator<Item = (&str, u64)> {
+    /// Every version in memory, in either tier.
+    pub fn in_memory(&self) -> impl Iterator<Item = &AdapterVersion> {
         self.entries
             .values()
             .map(|e| &e.lease)
             .chain(self.warm.iter())
-            .map(|l| (l.name.as_str(), l.generation))
+            .map(|l| &l.version)
     }
 
     /// Adapters in the second tier.
@@ -359,11 +260,12 @@ impl AdapterCache {
         self.entries.values().map(|e| e.lease.info.bytes).sum()
     }
 
-    /// Resident names, most recently used first.
+    /// Names in the active tier, most recently used first.
     pub fn resident_names(&self) -> Vec<String> {
-        let mut v: Vec<(&Entry, &String)> =
-            self.entries.values().map(|e| (e, &e.lease.name)).collect();
-        v.sort_by_key(|(e, _)| std::cmp::Reverse(e.last_used));
-        v.into_iter().map(|(_, n)| n.clone()).collect()
+        let mut v: Vec<&Entry> = self.entries.values().collect();
+        v.sort_by_key(|e| std::cmp::Reverse(e.last_used));
+        v.into_iter()
+            .map(|e| e.lease.version.name.to_string())
+            .collect()
     }
 }

@@ -7,11 +7,10 @@ mod error;
 mod inspect;
 mod load;
 mod peft;
+mod registry;
 mod store;
 
-pub use cache::{
-    AdapterCache, AdapterRegistry, AdapterSource, CacheConfig, CacheFull, Lease, Resident,
-};
+pub use cache::{AdapterCache, CacheConfig, CacheFull, Lease, Resident};
 pub use dir_store::DirStore;
 pub use error::{AdapterError, Result};
 pub use inspect::{inspect_dir, AdapterSummary};
@@ -20,6 +19,7 @@ pub use load::{
     AdapterLimits, BaseModel, Identity, LoadedAdapter, Recorded, CONFIG_FILE, WEIGHTS_FILE,
 };
 pub use peft::{module_name, PeftConfig, TargetModules, TARGETS};
+pub use registry::{AdapterRegistry, AdapterSource, AdapterVersion};
 pub use store::{
     check_name, AdapterStore, Manifest, Staging, StoreCheck, StoredAdapter, VersionMeta,
 };

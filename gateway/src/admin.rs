@@ -223,14 +223,7 @@ fn card(
     stored: Option<&StoredAdapter>,
     with_versions: bool,
 ) -> AdapterCard {
-    let resident = st
-        .engine
-        .stats()
-        .resident_names
-        .read()
-        .expect("stats lock")
-        .iter()
-        .any(|n| n == name);
+    let resident = st.engine.is_resident(name);
     let requests = st.adapter_requests(name);
     let versions = match (with_versions, &st.store) {
         (true, Some(store)) => store

@@ -148,6 +148,8 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Overloaded => ApiError::Overloaded,
             RuntimeError::ShuttingDown => ApiError::Unavailable,
             other @ (RuntimeError::AdapterLoad { .. }
+            | RuntimeError::InvalidConfig(_)
+            | RuntimeError::EngineStart(_)
             | RuntimeError::StepFailed(_)
             | RuntimeError::Model(_)) => ApiError::Internal(other.to_string()),
         }

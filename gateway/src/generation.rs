@@ -102,7 +102,7 @@ pub fn events(index: usize, s: TokenStream) -> BoxStream<'static, (usize, Choice
                 timing.token();
                 ChoiceEvent::Token { text, id, logprob }
             }
-            Some(TokenEvent::Finished { reason, usage }) => {
+            Some(TokenEvent::Finished { reason, usage, .. }) => {
                 timing.finished(&usage);
                 ChoiceEvent::Finished { reason, usage }
             }

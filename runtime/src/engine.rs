@@ -1,276 +1,40 @@
 //! The engine loop: the one owner of the model's mutable state (sequences, KV caches, the
-//! scheduler, resident adapters). Everything else talks to it through a cloneable
-//! [`EngineHandle`], as TGI's router talks to its queue task.
+//! scheduler, adapter residency). Each turn drains messages, settles adapter residency, drops
+//! cancelled requests, then runs one step: plan, forward, and each row's logits back to its
+//! sequence.
 //!
 //! Invariants: every submitted request gets exactly one final event (`Finished` or `Failed`);
 //! a request whose receiver is dropped is cancelled at the next step and its KV cache freed;
 //! cold adapters load on their own thread while the batch keeps running.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::time::Instant;
 
 use loraplex_adapters::{
-    AdapterCache, AdapterLimits, AdapterRegistry, AdapterSource, BaseModel, CacheConfig, Lease,
-    LoadedAdapter,
+    AdapterLimits, AdapterRegistry, AdapterSource, AdapterVersion, BaseModel, CacheConfig, Lease,
 };
-use loraplex_models::{KvCache, LoadedModel, LogitsFor, SeqInput};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use loraplex_models::{KvCache, LoadedModel, SeqInput};
+use tokio::sync::mpsc::UnboundedSender;
 
+use crate::batch::{forward, plan_row, RowLogits};
 use crate::error::{Result, RuntimeError};
-use crate::generate::check_context;
+use crate::handle::{EngineHandle, Msg, Submitted};
 use crate::loader::Loader;
+use crate::request::{Timings, TokenEvent, Usage};
+use crate::residency::{Residency, ResidencyView};
 use crate::sampling::{logprobs_of, TokenLogprob};
-use crate::scheduler::{AdapterKey, Scheduled, Scheduler, SchedulerConfig, SeqId};
-use crate::sequence::{FinishReason, GenerationParams, SequenceState};
-
-/// A validated request, ready for the queue.
-#[derive(Debug, Clone)]
-pub struct GenerationRequest {
-    pub prompt: Vec<u32>,
-    pub params: GenerationParams,
-    /// Adapter name; `None` is the base model.
-    pub adapter: Option<String>,
-    /// Log-probabilities of the prompt's own tokens (teacher-forced), with this many
-    /// alternatives each.
-    pub prompt_logprobs: Option<usize>,
-}
-
-impl GenerationRequest {
-    pub fn new(prompt: Vec<u32>, params: GenerationParams) -> Self {
-        Self {
-            prompt,
-            params,
-            adapter: None,
-            prompt_logprobs: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Usage {
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-}
-
-/// What a request's stream carries.
-#[derive(Debug)]
-pub enum TokenEvent {
-    /// Logprobs of prompt tokens `1..` (the first has no context), sent once before any token.
-    PromptLogprobs(Vec<TokenLogprob>),
-    Token {
-        id: u32,
-        text: String,
-        logprob: Option<TokenLogprob>,
-    },
-    Finished {
-        reason: FinishReason,
-        usage: Usage,
-    },
-    Failed(RuntimeError),
-}
-
-/// The receiving side of a request; dropping it cancels the request.
-#[derive(Debug)]
-pub struct TokenStream {
-    rx: UnboundedReceiver<TokenEvent>,
-}
-
-impl TokenStream {
-    pub async fn next(&mut self) -> Option<TokenEvent> {
-        self.rx.recv().await
-    }
-
-    /// For synchronous callers (CLI, tests, benchmarks); never call inside an async runtime.
-    pub fn blocking_next(&mut self) -> Option<TokenEvent> {
-        self.rx.blocking_recv()
-    }
-}
+use crate::scheduler::{Scheduled, Scheduler, SchedulerConfig, SeqId};
+use crate::sequence::{FinishReason, SequenceState};
+use crate::stats::{EngineStats, QueueSlot};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EngineConfig {
     pub scheduler: SchedulerConfig,
     pub cache: CacheConfig,
     pub limits: AdapterLimits,
-}
-
-/// Gauges and counters the engine publishes (for metrics and health).
-#[derive(Debug, Default)]
-pub struct EngineStats {
-    pub running: AtomicUsize,
-    pub waiting: AtomicUsize,
-    pub resident_adapters: AtomicUsize,
-    pub resident_adapter_bytes: AtomicUsize,
-    pub adapter_loads: AtomicU64,
-    pub adapter_evictions: AtomicU64,
-    pub steps: AtomicU64,
-    /// Names of the adapters in the active tier, most recently used first; refreshed when the
-    /// cache changes (for the admin API's residency column).
-    pub resident_names: std::sync::RwLock<Vec<String>>,
-    /// `name#generation` of every adapter in either tier: a submit for one of these starts no
-    /// load.
-    pub adapters_in_memory: std::sync::RwLock<HashSet<String>>,
-    cache_changes: AtomicU64,
-}
-
-enum Msg {
-    Submit {
-        id: SeqId,
-        req: GenerationRequest,
-        tx: UnboundedSender<TokenEvent>,
-    },
-    Loaded {
-        src: AdapterSource,
-        result: std::result::Result<LoadedAdapter, String>,
-    },
-    Unload(String),
-    /// A validated adapter from outside (an upload) for the second tier.
-    Offer {
-        src: AdapterSource,
-        loaded: LoadedAdapter,
-    },
-    Shutdown,
-}
-
-/// The only way into the engine. Cheap to clone.
-#[derive(Clone)]
-pub struct EngineHandle {
-    tx: Sender<Msg>,
-    next_id: Arc<AtomicU64>,
-    stats: Arc<EngineStats>,
-    registry: AdapterRegistry,
-    max_waiting: usize,
-    context: usize,
-    loader: Loader<Msg>,
-    thread: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
-}
-
-impl EngineHandle {
-    /// Queues a request. Refuses at once what can never run: an unknown adapter, a prompt that
-    /// does not fit the context, a full queue.
-    pub fn submit(&self, req: GenerationRequest) -> Result<TokenStream> {
-        if req.prompt.is_empty() {
-            return Err(RuntimeError::EmptyPrompt);
-        }
-        if req.prompt.len() + req.params.max_tokens > self.context {
-            return Err(RuntimeError::ContextOverflow {
-                prompt: req.prompt.len(),
-                max_tokens: req.params.max_tokens,
-                context: self.context,
-            });
-        }
-        let src = match &req.adapter {
-            Some(name) => Some(
-                self.registry
-                    .get(name)
-                    .ok_or_else(|| RuntimeError::UnknownAdapter(name.clone()))?,
-            ),
-            None => None,
-        };
-        // Reserve a waiting slot; the engine releases it when the sequence starts or ends.
-        let reserved = self.stats.waiting.fetch_add(1, Ordering::SeqCst);
-        if reserved >= self.max_waiting {
-            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(RuntimeError::Overloaded);
-        }
-        if let Some(src) = src {
-            let in_memory = adapter_key(&src).is_some_and(|k| {
-                self.stats
-                    .adapters_in_memory
-                    .read()
-                    .expect("stats lock")
-                    .contains(&k)
-            });
-            if !in_memory {
-                self.loader.load(src);
-            }
-        }
-        let (tx, rx) = unbounded_channel();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(Msg::Submit { id, req, tx }).is_err() {
-            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(RuntimeError::ShuttingDown);
-        }
-        Ok(TokenStream { rx })
-    }
-
-    pub fn stats(&self) -> &EngineStats {
-        &self.stats
-    }
-
-    pub fn registry(&self) -> &AdapterRegistry {
-        &self.registry
-    }
-
-    /// Drops the resident copy of `name` (after the registry no longer lists it, or to force a
-    /// reload); running sequences keep their lease.
-    pub fn unload_adapter(&self, name: &str) {
-        let _ = self.tx.send(Msg::Unload(name.to_string()));
-    }
-
-    /// Validates and builds the PEFT adapter at `dir` for this engine's base model and limits,
-    /// with the code and the thread pool of the engine's own loads. Blocking.
-    pub fn validate_adapter(
-        &self,
-        dir: &std::path::Path,
-    ) -> std::result::Result<LoadedAdapter, loraplex_adapters::AdapterError> {
-        self.loader
-            .load_dir(dir, loraplex_adapters::Identity::Sha256)
-    }
-
-    /// Keeps an adapter validated elsewhere (an upload) in the second tier, so that its first
-    /// request skips the disk read and validation. Never evicts an active adapter for it.
-    pub fn offer_adapter(&self, src: AdapterSource, loaded: LoadedAdapter) {
-        // Seen as in memory from now on, so a submit racing the engine's next publish does not
-        // load it a second time.
-        if let Some(k) = adapter_key(&src) {
-            self.stats
-                .adapters_in_memory
-                .write()
-                .expect("stats lock")
-                .insert(k);
-        }
-        let _ = self.tx.send(Msg::Offer { src, loaded });
-    }
-
-    /// Stops the loop after failing whatever is still queued or running, and waits for it.
-    pub fn shutdown(&self) {
-        let _ = self.tx.send(Msg::Shutdown);
-        if let Some(t) = self.thread.lock().expect("engine thread lock").take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Scheduler key of an adapter version: requests for a replaced adapter queue apart from the old.
-fn adapter_key(src: &AdapterSource) -> AdapterKey {
-    Some(format!("{}#{}", src.name, src.generation))
-}
-
-struct Seq {
-    state: SequenceState,
-    prompt: Vec<u32>,
-    adapter: Option<AdapterSource>,
-    lease: Option<Lease>,
-    cache: Option<KvCache>,
-    tx: UnboundedSender<TokenEvent>,
-    prompt_logprobs: Option<usize>,
-    collected_prompt_logprobs: Vec<TokenLogprob>,
-}
-
-struct Engine {
-    model: Arc<LoadedModel>,
-    rx: Receiver<Msg>,
-    sched: Scheduler,
-    seqs: HashMap<SeqId, Seq>,
-    cache: AdapterCache,
-    loader: Loader<Msg>,
-    /// Loaded but not yet admitted to the cache because every slot is leased.
-    parked: Vec<(AdapterSource, LoadedAdapter)>,
-    stats: Arc<EngineStats>,
-    registry: AdapterRegistry,
 }
 
 /// Starts the engine loop on its own thread.
@@ -281,41 +45,43 @@ pub fn start(
 ) -> Result<EngineHandle> {
     cfg.scheduler
         .validate()
-        .map_err(|m| RuntimeError::InvalidParameter {
-            param: "scheduler",
-            message: m,
-        })?;
+        .map_err(RuntimeError::InvalidConfig)?;
     let (tx, rx) = std::sync::mpsc::channel();
     let stats = Arc::new(EngineStats::default());
+    let view = ResidencyView::default();
     let context = model.model.config().max_position_embeddings;
     let loader = Loader::new(
         BaseModel::of(&model),
         cfg.limits,
         tx.clone(),
-        |src, result| Msg::Loaded { src, result },
+        |src: AdapterSource, result| Msg::Loaded {
+            version: src.version,
+            result,
+        },
     );
     let engine = Engine {
         model,
         rx,
         sched: Scheduler::new(cfg.scheduler),
         seqs: HashMap::new(),
-        cache: AdapterCache::new(cfg.cache),
-        loader: loader.clone(),
-        parked: Vec::new(),
+        residency: Residency::new(
+            cfg.cache,
+            loader.clone(),
+            registry.clone(),
+            view.clone(),
+            stats.clone(),
+        ),
         stats: stats.clone(),
-        registry: registry.clone(),
     };
     let thread = std::thread::Builder::new()
         .name("loraplex-engine".into())
         .spawn(move || engine.run())
-        .map_err(|e| RuntimeError::InvalidParameter {
-            param: "engine",
-            message: e.to_string(),
-        })?;
+        .map_err(RuntimeError::EngineStart)?;
     Ok(EngineHandle {
         tx,
         next_id: Arc::new(AtomicU64::new(1)),
         stats,
+        view,
         registry,
         max_waiting: cfg.scheduler.max_waiting,
         context,
@@ -324,11 +90,35 @@ pub fn start(
     })
 }
 
+struct Seq {
+    state: SequenceState,
+    prompt: Vec<u32>,
+    adapter: Option<AdapterSource>,
+    lease: Option<Lease>,
+    cache: Option<KvCache>,
+    tx: UnboundedSender<TokenEvent>,
+    /// Held while the sequence waits; dropped (giving the place back) when it starts.
+    slot: Option<QueueSlot>,
+    prompt_logprobs: Option<usize>,
+    collected_prompt_logprobs: Vec<TokenLogprob>,
+    submitted: Instant,
+    timings: Timings,
+}
+
+struct Engine {
+    model: Arc<LoadedModel>,
+    rx: Receiver<Msg>,
+    sched: Scheduler,
+    seqs: HashMap<SeqId, Seq>,
+    residency: Residency<Msg>,
+    stats: Arc<EngineStats>,
+}
+
 impl Engine {
     fn run(mut self) {
         loop {
             // Block only when there is nothing to do.
-            let first = if self.sched.is_idle() && self.parked.is_empty() {
+            let first = if self.sched.is_idle() && !self.residency.has_parked() {
                 match self.rx.recv() {
                     Ok(m) => Some(m),
                     Err(_) => return,
@@ -336,154 +126,90 @@ impl Engine {
             } else {
                 None
             };
-            let mut msgs: Vec<Msg> = first.into_iter().collect();
-            msgs.extend(self.rx.try_iter());
+            let msgs: Vec<Msg> = first.into_iter().chain(self.rx.try_iter()).collect();
             for m in msgs {
                 if !self.handle(m) {
                     self.fail_all(|| RuntimeError::ShuttingDown);
                     return;
                 }
             }
-            self.retry_parked();
+            let sched = &self.sched;
+            self.residency
+                .settle(|v| sched.has_waiting(&Some(v.clone())));
             self.drop_cancelled();
             self.step();
-            self.publish();
+            self.residency.publish();
+            self.stats
+                .running
+                .store(self.sched.running_len(), Ordering::Relaxed);
         }
     }
 
     /// Returns false on shutdown.
     fn handle(&mut self, m: Msg) -> bool {
         match m {
-            Msg::Submit { id, req, tx } => self.admit_request(id, req, tx),
-            Msg::Loaded { src, result } => {
-                self.loader.finished(&src);
-                match result {
-                    Ok(loaded) => self.parked.push((src, loaded)),
-                    Err(e) => {
-                        for id in self.sched.waiting_for(&adapter_key(&src)) {
-                            let still_this_version = self
-                                .seqs
-                                .get(&id)
-                                .and_then(|s| s.adapter.as_ref())
-                                .map(|a| a.generation)
-                                == Some(src.generation);
-                            if still_this_version {
-                                self.finish_failed(
-                                    id,
-                                    RuntimeError::AdapterLoad {
-                                        name: src.name.clone(),
-                                        reason: e.clone(),
-                                    },
-                                );
-                            }
-                        }
+            Msg::Submit(s) => self.enqueue(s),
+            Msg::Loaded { version, result } => {
+                if let Some(e) = self.residency.on_loaded(version.clone(), result) {
+                    for id in self.sched.waiting_for(&Some(version.clone())) {
+                        let reason = RuntimeError::AdapterLoad {
+                            name: version.name.to_string(),
+                            source: e.clone(),
+                        };
+                        self.finish_failed(id, reason);
                     }
                 }
             }
-            Msg::Unload(name) => self.cache.unload(&name),
-            Msg::Offer { src, loaded } => {
-                if self.registry.get(&src.name).as_ref() == Some(&src) {
-                    self.cache.offer_warm(&src, loaded);
-                }
-            }
+            Msg::Unload(name) => self.residency.unload(&name),
+            Msg::Offer { src, loaded } => self.residency.on_offer(src, loaded),
             Msg::Shutdown => return false,
         }
         true
     }
 
-    fn admit_request(
-        &mut self,
-        id: SeqId,
-        req: GenerationRequest,
-        tx: UnboundedSender<TokenEvent>,
-    ) {
+    fn enqueue(&mut self, s: Submitted) {
         let vocab = self.model.model.config().vocab_size;
         let state = match SequenceState::new(
-            &req.prompt,
-            req.params.clone(),
+            &s.req.prompt,
+            s.req.params.clone(),
             &self.model.tokenizer,
             vocab,
-        )
-        .and_then(|s| {
-            check_context(&self.model.model, req.prompt.len(), req.params.max_tokens).map(|_| s)
-        }) {
-            Ok(s) => s,
+        ) {
+            Ok(state) => state,
             Err(e) => {
-                self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-                let _ = tx.send(TokenEvent::Failed(e));
+                let _ = s.tx.send(TokenEvent::Failed(e));
                 return;
             }
         };
-        let adapter = match &req.adapter {
-            None => None,
-            Some(name) => match self.registry.get(name) {
-                Some(src) => Some(src),
-                None => {
-                    self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-                    let _ = tx.send(TokenEvent::Failed(RuntimeError::UnknownAdapter(
-                        name.clone(),
-                    )));
-                    return;
-                }
-            },
-        };
-        // Key by name and version so a replaced adapter's requests queue separately.
-        let key: AdapterKey = adapter.as_ref().and_then(adapter_key);
-        if let Some(src) = &adapter {
-            if !self.cache.contains(src) && !self.parked.iter().any(|(p, _)| p == src) {
-                self.start_load(src.clone());
-            }
+        let key = s.adapter.as_ref().map(|a| a.version.clone());
+        if let Some(src) = &s.adapter {
+            self.residency.want(src);
         }
-        // The handle already bounded the queue with the same number; this only guards it.
-        if self.sched.enqueue(id, key, req.prompt.len()).is_err() {
-            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-            let _ = tx.send(TokenEvent::Failed(RuntimeError::Overloaded));
+        // The handle's slot already bounds the queue with the same number; this only guards it.
+        if self
+            .sched
+            .enqueue(s.id, s.req.priority, key, s.req.prompt.len())
+            .is_err()
+        {
+            let _ = s.tx.send(TokenEvent::Failed(RuntimeError::Overloaded));
             return;
         }
         self.seqs.insert(
-            id,
+            s.id,
             Seq {
                 state,
-                prompt: req.prompt,
-                adapter,
+                prompt: s.req.prompt,
+                adapter: s.adapter,
                 lease: None,
                 cache: None,
-                tx,
-                prompt_logprobs: req.prompt_logprobs,
+                tx: s.tx,
+                slot: Some(s.slot),
+                prompt_logprobs: s.req.prompt_logprobs,
                 collected_prompt_logprobs: Vec::new(),
+                submitted: s.at,
+                timings: Timings::default(),
             },
         );
-    }
-
-    fn start_load(&mut self, src: AdapterSource) {
-        if self.loader.is_loading(&src) {
-            return;
-        }
-        if let Some(loaded) = self.cache.take_warm(&src) {
-            self.parked.push((src, loaded));
-            return;
-        }
-        self.loader.load(src);
-    }
-
-    fn retry_parked(&mut self) {
-        let parked = std::mem::take(&mut self.parked);
-        for (src, loaded) in parked {
-            // A version replaced while loading is dropped; its waiters reload the new one.
-            if self.registry.get(&src.name).map(|s| s.generation) != Some(src.generation)
-                && self.sched.waiting_for(&adapter_key(&src)).is_empty()
-            {
-                continue;
-            }
-            // Loaded twice (a submit and an eviction raced): the resident copy stays.
-            if self.cache.contains(&src) {
-                continue;
-            }
-            match self.cache.insert(&src, loaded) {
-                Ok(_) => {}
-                Err((_, loaded)) => self.parked.push((src, *loaded)),
-            }
-        }
     }
 
     fn drop_cancelled(&mut self) {
@@ -494,48 +220,39 @@ impl Engine {
             .map(|(&id, _)| id)
             .collect();
         for id in gone {
-            let was_waiting = self.seqs.get(&id).is_some_and(|s| s.cache.is_none());
             self.sched.remove(id);
             self.seqs.remove(&id);
-            if was_waiting {
-                self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-            }
         }
     }
 
     fn step(&mut self) {
-        let mut ready: HashSet<AdapterKey> = HashSet::new();
-        let mut missing: Vec<AdapterSource> = Vec::new();
-        for src in self
-            .seqs
-            .values()
-            .filter(|s| s.cache.is_none())
-            .filter_map(|s| s.adapter.as_ref())
-        {
-            if self.cache.contains(src) {
-                ready.insert(adapter_key(src));
-            } else if !self.parked.iter().any(|(p, _)| p == src) {
-                missing.push(src.clone());
-            }
-        }
-        // Waiting on an adapter that is neither resident nor on its way (evicted meanwhile): load it.
-        for src in missing {
-            self.start_load(src);
-        }
-        let (seqs, cache, stats) = (&mut self.seqs, &mut self.cache, &self.stats);
+        // Waiting on a version that left memory meanwhile (evicted): fetch it again.
+        self.residency.refetch(self.sched.waiting_adapters());
+        let ready: HashSet<AdapterVersion> = self
+            .sched
+            .waiting_adapters()
+            .filter(|v| self.residency.is_ready(v))
+            .cloned()
+            .collect();
+        let (seqs, residency) = (&mut self.seqs, &mut self.residency);
         let model = &self.model.model;
+        let now = Instant::now();
         let plan = self.sched.schedule(
-            |a| a.is_none() || ready.contains(a),
+            |a| a.as_ref().is_none_or(|v| ready.contains(v)),
             |id| {
                 let s = seqs.get_mut(&id).expect("scheduled sequences exist");
                 if let Some(src) = &s.adapter {
-                    match cache.get(src) {
+                    match residency.lease(&src.version) {
                         Some(lease) => s.lease = Some(lease),
                         None => return false,
                     }
+                    if let Some(at) = residency.arrived(&src.version) {
+                        s.timings.adapter_wait = at.saturating_duration_since(s.submitted);
+                    }
                 }
                 s.cache = Some(model.new_cache());
-                stats.waiting.fetch_sub(1, Ordering::SeqCst);
+                s.slot = None;
+                s.timings.queued = now.duration_since(s.submitted);
                 true
             },
         );
@@ -567,40 +284,31 @@ impl Engine {
             .map(|p| [self.seqs[&p.id].state.output().last().copied().unwrap_or(0)])
             .collect();
         let result = {
-            let mut inputs = Vec::with_capacity(plan.len());
-            for (p, last) in plan.iter().zip(&last_tokens) {
-                let s = &self.seqs[&p.id];
-                let chunk = &s.prompt[p.start..p.start + p.len];
-                let (tokens, logits) = if p.decode {
-                    (&last[..], LogitsFor::Last)
-                } else if s.prompt_logprobs.is_some() {
-                    (chunk, LogitsFor::All)
-                } else if p.completes_prompt {
-                    (chunk, LogitsFor::Last)
-                } else {
-                    (chunk, LogitsFor::None)
-                };
-                inputs.push(
-                    SeqInput::new(tokens, logits)
-                        .with_adapter(s.lease.as_ref().map(|l| &l.weights)),
-                );
-            }
+            let inputs: Vec<SeqInput<'_>> = plan
+                .iter()
+                .zip(&last_tokens)
+                .map(|(p, last)| {
+                    let s = &self.seqs[&p.id];
+                    let (tokens, logits) =
+                        plan_row(p, &s.prompt, last, s.prompt_logprobs.is_some());
+                    SeqInput::new(tokens, logits).with_adapter(s.lease.as_ref().map(|l| &l.weights))
+                })
+                .collect();
             let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
-            self.model.model.forward(&inputs, &mut refs)
+            forward(&self.model.model, &inputs, &mut refs)
         };
         for (p, c) in plan.iter().zip(caches) {
             self.seqs.get_mut(&p.id).expect("exists").cache = Some(c);
         }
-        let outputs = result?;
-        for (p, logits) in plan.iter().zip(outputs) {
-            let Some(logits) = logits else { continue };
-            let rows = logits.to_vec2::<f32>()?;
-            self.on_logits(p, rows);
+        for (p, rows) in plan.iter().zip(result?) {
+            if let Some(rows) = rows {
+                self.on_logits(p, rows);
+            }
         }
         Ok(())
     }
 
-    fn on_logits(&mut self, p: &Scheduled, rows: Vec<Vec<f32>>) {
+    fn on_logits(&mut self, p: &Scheduled, rows: RowLogits) {
         let tok = &self.model.tokenizer;
         let s = self.seqs.get_mut(&p.id).expect("exists");
         if let (Some(n), false) = (s.prompt_logprobs, p.decode) {
@@ -617,6 +325,9 @@ impl Engine {
         }
         if !(p.decode || p.completes_prompt) {
             return;
+        }
+        if p.completes_prompt {
+            s.timings.first_token = s.submitted.elapsed();
         }
         if s.state.params().max_tokens == 0 {
             self.finish_ok(p.id, FinishReason::Length);
@@ -645,16 +356,30 @@ impl Engine {
                 prompt_tokens: s.prompt.len(),
                 completion_tokens: s.state.output().len(),
             };
-            let _ = s.tx.send(TokenEvent::Finished { reason, usage });
+            let timings = Timings {
+                total: s.submitted.elapsed(),
+                ..s.timings
+            };
+            tracing::debug!(
+                seq = id,
+                adapter = s.adapter.as_ref().map(|a| a.version.to_string()),
+                adapter_wait_us = timings.adapter_wait.as_micros() as u64,
+                queued_us = timings.queued.as_micros() as u64,
+                first_token_us = timings.first_token.as_micros() as u64,
+                total_us = timings.total.as_micros() as u64,
+                "request finished"
+            );
+            let _ = s.tx.send(TokenEvent::Finished {
+                reason,
+                usage,
+                timings,
+            });
         }
     }
 
     fn finish_failed(&mut self, id: SeqId, e: RuntimeError) {
         self.sched.remove(id);
         if let Some(s) = self.seqs.remove(&id) {
-            if s.cache.is_none() {
-                self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
-            }
             let _ = s.tx.send(TokenEvent::Failed(e));
         }
     }
@@ -663,26 +388,6 @@ impl Engine {
         let ids: Vec<SeqId> = self.seqs.keys().copied().collect();
         for id in ids {
             self.finish_failed(id, e());
-        }
-    }
-
-    fn publish(&self) {
-        let s = &self.stats;
-        s.running.store(self.sched.running_len(), Ordering::Relaxed);
-        s.resident_adapter_bytes
-            .store(self.cache.bytes(), Ordering::Relaxed);
-        s.adapter_loads.store(self.cache.loads, Ordering::Relaxed);
-        s.adapter_evictions
-            .store(self.cache.evictions, Ordering::Relaxed);
-        s.resident_adapters
-            .store(self.cache.len(), Ordering::Relaxed);
-        if s.cache_changes.swap(self.cache.changes, Ordering::Relaxed) != self.cache.changes {
-            *s.resident_names.write().expect("stats lock") = self.cache.resident_names();
-            *s.adapters_in_memory.write().expect("stats lock") = self
-                .cache
-                .in_memory()
-                .map(|(name, generation)| format!("{name}#{generation}"))
-                .collect();
         }
     }
 }

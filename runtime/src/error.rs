@@ -1,6 +1,9 @@
 //! Errors of the runtime: rejected parameters (the caller's fault, naming the parameter) versus
 //! model failures.
 
+use std::sync::Arc;
+
+use loraplex_adapters::AdapterError;
 use loraplex_models::ModelError;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,14 +27,24 @@ pub enum RuntimeError {
     #[error("the model {0:?} does not exist")]
     UnknownAdapter(String),
 
-    #[error("adapter {name:?} could not be loaded: {reason}")]
-    AdapterLoad { name: String, reason: String },
+    /// Shared by every request that waited for the load.
+    #[error("adapter {name:?} could not be loaded: {source}")]
+    AdapterLoad {
+        name: String,
+        source: Arc<AdapterError>,
+    },
 
     #[error("the engine queue is full; retry later")]
     Overloaded,
 
     #[error("the engine is shutting down")]
     ShuttingDown,
+
+    #[error("invalid engine configuration: {0}")]
+    InvalidConfig(String),
+
+    #[error("the engine thread could not start: {0}")]
+    EngineStart(#[source] std::io::Error),
 
     #[error("the batch step failed: {0}")]
     StepFailed(String),

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use loraplex_models::{KvCache, Llama, LogitsFor, LoraWeights, SeqInput, Tokenizer};
 
+use crate::batch::{forward, pick_mut};
 use crate::error::{Result, RuntimeError};
 use crate::sampling::TokenLogprob;
 use crate::sequence::{FinishReason, GenerationParams, SequenceState};
@@ -103,27 +104,13 @@ pub fn generate(
                 .with_adapter(requests[i].adapter)
             })
             .collect();
-        let mut refs: Vec<&mut KvCache> = Vec::with_capacity(active.len());
-        {
-            let mut rest: &mut [KvCache] = &mut caches;
-            let mut base = 0;
-            for &i in &active {
-                let (_, tail) = rest.split_at_mut(i - base);
-                let (c, tail) = tail.split_at_mut(1);
-                refs.push(&mut c[0]);
-                rest = tail;
-                base = i + 1;
-            }
-        }
-        let logits = model.forward(&inputs, &mut refs)?;
+        let mut refs = pick_mut(&mut caches, &active);
+        let logits = forward(model, &inputs, &mut refs)?;
         let elapsed = start.elapsed();
         let mut still = Vec::with_capacity(active.len());
-        for (&i, l) in active.iter().zip(logits) {
-            let l = l
-                .expect("asked for last-position logits")
-                .squeeze(0)?
-                .to_vec1::<f32>()?;
-            let step = seqs[i].accept_logits(&l, tok)?;
+        for (&i, rows) in active.iter().zip(logits) {
+            let rows = rows.expect("asked for last-position logits");
+            let step = seqs[i].accept_logits(&rows[0], tok)?;
             let g = &mut out[i];
             if first {
                 g.prefill = elapsed;

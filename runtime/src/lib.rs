@@ -1,22 +1,27 @@
 //! Loraplex runtime: sampling, stop conditions, per-sequence state, generation and scoring over a
 //! `loraplex_models::Llama`. It never sees OpenAI or HTTP types.
 
+mod batch;
 mod engine;
 mod error;
 mod generate;
+mod handle;
 mod loader;
+mod request;
+mod residency;
 mod sampling;
 mod scheduler;
 mod score;
 mod sequence;
+mod stats;
 mod stop;
 
-pub use engine::{
-    start, EngineConfig, EngineHandle, EngineStats, GenerationRequest, TokenEvent, TokenStream,
-    Usage,
-};
+pub use engine::{start, EngineConfig};
 pub use error::{Result, RuntimeError};
 pub use generate::{check_context, generate, GenRequest, Generation};
+pub use handle::EngineHandle;
+pub use request::{GenerationRequest, Priority, Timings, TokenEvent, TokenStream, Usage};
+pub use residency::ResidencyView;
 pub use sampling::{
     argmax, logprobs_of, top_n, truncated_distribution, LogitBias, MinP, Penalties, Sampler,
     Sampling, Temperature, TokenLogprob, TopP,
@@ -24,4 +29,5 @@ pub use sampling::{
 pub use scheduler::{AdapterKey, QueueFull, Scheduled, Scheduler, SchedulerConfig, SeqId};
 pub use score::{score, ScoredToken};
 pub use sequence::{FinishReason, GenerationParams, SequenceState, TokenStep};
+pub use stats::EngineStats;
 pub use stop::{StopScan, StopStrings};

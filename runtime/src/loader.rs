@@ -3,8 +3,10 @@
 //! The handle starts a load at `submit` when the adapter is not in memory, so the disk read and
 //! validation overlap the step in progress; the engine only sees messages between steps, and a
 //! load it started itself would make a cold request miss one more step. The engine also starts
-//! loads (an adapter evicted while its requests waited). Both go through one in-flight set, so
-//! each version loads once.
+//! loads (an adapter evicted while its requests waited), and an upload's validated weights are
+//! handed over as a claimed "load" too. All go through one in-flight set, so each version loads
+//! once; a version leaves the set only after the engine has published it as in memory, so a
+//! submit racing the hand-over never starts a second load.
 //!
 //! Loads run in their own small rayon pool: validation uses `rayon::join`, and a job on the
 //! global pool would sit between the forward pass's matmul chunks (rayon jobs are not
@@ -16,20 +18,15 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use loraplex_adapters::{
-    load_dir_checked, AdapterLimits, AdapterSource, BaseModel, Identity, LoadedAdapter,
+    load_dir_checked, AdapterError, AdapterLimits, AdapterSource, AdapterVersion, BaseModel,
+    Identity, LoadedAdapter,
 };
 
-type Key = (String, u64);
-
-fn key(src: &AdapterSource) -> Key {
-    (src.name.clone(), src.generation)
-}
-
 /// What a finished load reports to the engine.
-pub(crate) type LoadResult = std::result::Result<LoadedAdapter, String>;
+pub(crate) type LoadResult = std::result::Result<LoadedAdapter, Arc<AdapterError>>;
 
 pub(crate) struct Loader<M> {
-    inflight: Arc<Mutex<HashSet<Key>>>,
+    inflight: Arc<Mutex<HashSet<AdapterVersion>>>,
     base: Arc<BaseModel>,
     limits: AdapterLimits,
     /// Where results go, wrapped into the engine's message type.
@@ -86,16 +83,21 @@ impl<M: Send + 'static> Loader<M> {
             .install(|| load_dir_checked(dir, &self.base, &self.limits, identity))
     }
 
-    pub(crate) fn is_loading(&self, src: &AdapterSource) -> bool {
+    pub(crate) fn is_loading(&self, version: &AdapterVersion) -> bool {
+        self.inflight.lock().expect("loader lock").contains(version)
+    }
+
+    /// Marks `version` as on its way; false if it already was.
+    pub(crate) fn claim(&self, version: &AdapterVersion) -> bool {
         self.inflight
             .lock()
             .expect("loader lock")
-            .contains(&key(src))
+            .insert(version.clone())
     }
 
     /// Starts loading `src` unless it is already on its way.
     pub(crate) fn load(&self, src: AdapterSource) {
-        if !self.inflight.lock().expect("loader lock").insert(key(&src)) {
+        if !self.claim(&src.version) {
             return;
         }
         let this = self.clone();
@@ -107,13 +109,13 @@ impl<M: Send + 'static> Loader<M> {
                         .as_ref()
                         .map_or(Identity::Checksum, Identity::Recorded),
                 )
-                .map_err(|e| e.to_string());
+                .map_err(Arc::new);
             let _ = this.tx.send((this.wrap)(src, result));
         });
     }
 
-    /// The engine received the result of `src`'s load.
-    pub(crate) fn finished(&self, src: &AdapterSource) {
-        self.inflight.lock().expect("loader lock").remove(&key(src));
+    /// The engine has published the outcome of `version`'s load (or hand-over).
+    pub(crate) fn finished(&self, version: &AdapterVersion) {
+        self.inflight.lock().expect("loader lock").remove(version);
     }
 }

@@ -5,18 +5,23 @@
 //! 1. every running sequence that has finished its prompt decodes one token;
 //! 2. running sequences still in their prompt continue it (chunked prefill), oldest first, with
 //!    whatever budget is left, so a long prompt never stalls decoding streams;
-//! 3. waiting sequences are admitted while there is budget and a free slot, taking adapters in
-//!    round-robin order so a burst on one adapter does not starve the others. A sequence whose
-//!    adapter is not resident yet stays waiting without blocking the others.
+//! 3. waiting sequences are admitted while there is budget and a free slot, class by class
+//!    ([`Priority`], highest first), and within a class taking adapters in round-robin order so
+//!    a burst on one adapter does not starve the others. A sequence whose adapter is not
+//!    resident yet stays waiting without blocking the others.
 
 use std::collections::{HashMap, VecDeque};
+
+use loraplex_adapters::AdapterVersion;
+
+use crate::request::Priority;
 
 /// Identifies a request inside the engine.
 pub type SeqId = u64;
 
-/// Which adapter a sequence uses (`None`: the base model). Version-specific: a replaced adapter
-/// gets a new key.
-pub type AdapterKey = Option<String>;
+/// Which adapter version a sequence uses (`None`: the base model): requests for a replaced
+/// adapter queue apart from the old version's.
+pub type AdapterKey = Option<AdapterVersion>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SchedulerConfig {
@@ -61,6 +66,7 @@ pub struct QueueFull;
 #[derive(Debug, Clone)]
 struct Meta {
     adapter: AdapterKey,
+    priority: Priority,
     prompt_len: usize,
     /// Prompt tokens already in the KV cache.
     prefilled: usize,
@@ -78,14 +84,21 @@ pub struct Scheduled {
     pub completes_prompt: bool,
 }
 
+/// The waiting sequences of one priority class.
+#[derive(Debug, Default)]
+struct Class {
+    waiting: HashMap<AdapterKey, VecDeque<SeqId>>,
+    /// Adapters with waiting sequences, in round-robin order.
+    rr: VecDeque<AdapterKey>,
+}
+
 #[derive(Debug)]
 pub struct Scheduler {
     cfg: SchedulerConfig,
     metas: HashMap<SeqId, Meta>,
     running: Vec<SeqId>,
-    waiting: HashMap<AdapterKey, VecDeque<SeqId>>,
-    /// Adapters with waiting sequences, in round-robin order.
-    rr: VecDeque<AdapterKey>,
+    /// Indexed by `Priority::index`.
+    classes: Vec<Class>,
     n_waiting: usize,
 }
 
@@ -95,8 +108,7 @@ impl Scheduler {
             cfg,
             metas: HashMap::new(),
             running: Vec::new(),
-            waiting: HashMap::new(),
-            rr: VecDeque::new(),
+            classes: Priority::ALL.iter().map(|_| Class::default()).collect(),
             n_waiting: 0,
         }
     }
@@ -120,6 +132,7 @@ impl Scheduler {
     pub fn enqueue(
         &mut self,
         id: SeqId,
+        priority: Priority,
         adapter: AdapterKey,
         prompt_len: usize,
     ) -> Result<(), QueueFull> {
@@ -130,13 +143,15 @@ impl Scheduler {
             id,
             Meta {
                 adapter: adapter.clone(),
+                priority,
                 prompt_len,
                 prefilled: 0,
             },
         );
-        let q = self.waiting.entry(adapter.clone()).or_default();
+        let class = &mut self.classes[priority.index()];
+        let q = class.waiting.entry(adapter.clone()).or_default();
         if q.is_empty() {
-            self.rr.push_back(adapter);
+            class.rr.push_back(adapter);
         }
         q.push_back(id);
         self.n_waiting += 1;
@@ -150,25 +165,42 @@ impl Scheduler {
         };
         if let Some(pos) = self.running.iter().position(|&r| r == id) {
             self.running.remove(pos);
-        } else if let Some(q) = self.waiting.get_mut(&meta.adapter) {
+            return true;
+        }
+        let class = &mut self.classes[meta.priority.index()];
+        if let Some(q) = class.waiting.get_mut(&meta.adapter) {
             if let Some(pos) = q.iter().position(|&w| w == id) {
                 q.remove(pos);
                 self.n_waiting -= 1;
                 if q.is_empty() {
-                    self.waiting.remove(&meta.adapter);
-                    self.rr.retain(|a| a != &meta.adapter);
+                    class.waiting.remove(&meta.adapter);
+                    class.rr.retain(|a| a != &meta.adapter);
                 }
             }
         }
         true
     }
 
-    /// Sequences waiting for an adapter, with their ids (to fail them if it cannot load).
+    /// Sequences of every class waiting for an adapter version (to fail them if it cannot load).
     pub fn waiting_for(&self, adapter: &AdapterKey) -> Vec<SeqId> {
-        self.waiting
-            .get(adapter)
-            .map(|q| q.iter().copied().collect())
-            .unwrap_or_default()
+        self.classes
+            .iter()
+            .filter_map(|c| c.waiting.get(adapter))
+            .flat_map(|q| q.iter().copied())
+            .collect()
+    }
+
+    /// Whether any sequence waits for `adapter`.
+    pub fn has_waiting(&self, adapter: &AdapterKey) -> bool {
+        self.classes.iter().any(|c| c.waiting.contains_key(adapter))
+    }
+
+    /// Adapter versions some waiting sequence needs, each once.
+    pub fn waiting_adapters(&self) -> impl Iterator<Item = &AdapterVersion> {
+        self.classes
+            .iter()
+            .flat_map(|c| c.rr.iter())
+            .filter_map(|a| a.as_ref())
     }
 
     /// Plans the next step. `ready(adapter)` says whether an adapter is resident; `admit(id)` is
@@ -179,8 +211,7 @@ impl Scheduler {
         mut ready: impl FnMut(&AdapterKey) -> bool,
         mut admit: impl FnMut(SeqId) -> bool,
     ) -> Vec<Scheduled> {
-        let cfg = self.cfg;
-        let mut budget = cfg.max_step_tokens;
+        let mut budget = self.cfg.max_step_tokens;
         let mut plan = Vec::new();
         for &id in &self.running {
             let m = &self.metas[&id];
@@ -213,17 +244,32 @@ impl Scheduler {
                 budget -= len;
             }
         }
-        // Admission, round-robin across adapters that are ready.
+        for class in Priority::ALL {
+            self.admit_class(class, &mut budget, &mut plan, &mut ready, &mut admit);
+        }
+        plan
+    }
+
+    /// Admission within one class, round-robin across its adapters that are ready.
+    fn admit_class(
+        &mut self,
+        priority: Priority,
+        budget: &mut usize,
+        plan: &mut Vec<Scheduled>,
+        ready: &mut impl FnMut(&AdapterKey) -> bool,
+        admit: &mut impl FnMut(SeqId) -> bool,
+    ) {
+        let class = &mut self.classes[priority.index()];
         let mut skipped = 0;
-        while budget > 0 && self.running.len() < cfg.max_running && skipped < self.rr.len() {
-            let adapter = self.rr.pop_front().expect("rr is non-empty");
-            let q = self
+        while *budget > 0 && self.running.len() < self.cfg.max_running && skipped < class.rr.len() {
+            let adapter = class.rr.pop_front().expect("rr is non-empty");
+            let q = class
                 .waiting
                 .get_mut(&adapter)
                 .expect("rr entries have queues");
             let id = *q.front().expect("queues in rr are non-empty");
             if !ready(&adapter) || !admit(id) {
-                self.rr.push_back(adapter);
+                class.rr.push_back(adapter);
                 skipped += 1;
                 continue;
             }
@@ -231,13 +277,13 @@ impl Scheduler {
             q.pop_front();
             self.n_waiting -= 1;
             if q.is_empty() {
-                self.waiting.remove(&adapter);
+                class.waiting.remove(&adapter);
             } else {
-                self.rr.push_back(adapter);
+                class.rr.push_back(adapter);
             }
             self.running.push(id);
             let m = self.metas.get_mut(&id).expect("waiting has meta");
-            let len = m.prompt_len.min(budget);
+            let len = m.prompt_len.min(*budget);
             plan.push(Scheduled {
                 id,
                 start: 0,
@@ -246,15 +292,20 @@ impl Scheduler {
                 completes_prompt: len == m.prompt_len,
             });
             m.prefilled = len;
-            budget -= len;
+            *budget -= len;
         }
-        plan
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const P: Priority = Priority::Interactive;
+
+    fn v(name: &str) -> AdapterKey {
+        Some(AdapterVersion::new(name, 1))
+    }
 
     fn sched(max_running: usize, budget: usize, max_waiting: usize) -> Scheduler {
         Scheduler::new(SchedulerConfig {
@@ -271,7 +322,7 @@ mod tests {
     #[test]
     fn sequences_join_and_leave_at_token_granularity() {
         let mut s = sched(4, 100, 10);
-        s.enqueue(1, None, 5).unwrap();
+        s.enqueue(1, P, None, 5).unwrap();
         let p = all_ready(&mut s);
         assert_eq!(
             p,
@@ -283,7 +334,7 @@ mod tests {
                 completes_prompt: true
             }]
         );
-        s.enqueue(2, None, 3).unwrap();
+        s.enqueue(2, P, None, 3).unwrap();
         let p = all_ready(&mut s);
         assert_eq!(p.len(), 2);
         assert!(p[0].decode && p[0].id == 1);
@@ -307,9 +358,9 @@ mod tests {
     #[test]
     fn long_prompts_are_chunked_and_never_stall_decoding() {
         let mut s = sched(4, 16, 10);
-        s.enqueue(1, None, 4).unwrap();
+        s.enqueue(1, P, None, 4).unwrap();
         all_ready(&mut s);
-        s.enqueue(2, None, 40).unwrap();
+        s.enqueue(2, P, None, 40).unwrap();
         let mut chunks = Vec::new();
         for _ in 0..4 {
             let p = all_ready(&mut s);
@@ -339,7 +390,7 @@ mod tests {
     fn running_count_is_bounded() {
         let mut s = sched(2, 100, 10);
         for id in 0..5 {
-            s.enqueue(id, None, 2).unwrap();
+            s.enqueue(id, P, None, 2).unwrap();
         }
         let p = all_ready(&mut s);
         assert_eq!(p.len(), 2);
@@ -350,10 +401,10 @@ mod tests {
     fn admission_is_fair_across_adapters() {
         let mut s = sched(4, 1000, 100);
         for id in 0..20 {
-            s.enqueue(id, Some("burst".into()), 2).unwrap();
+            s.enqueue(id, P, v("burst"), 2).unwrap();
         }
-        s.enqueue(100, Some("quiet".into()), 2).unwrap();
-        s.enqueue(101, None, 2).unwrap();
+        s.enqueue(100, P, v("quiet"), 2).unwrap();
+        s.enqueue(101, P, None, 2).unwrap();
         let p = all_ready(&mut s);
         let ids: Vec<SeqId> = p.iter().map(|x| x.id).collect();
         assert!(ids.contains(&100) && ids.contains(&101), "{ids:?}");
@@ -362,11 +413,11 @@ mod tests {
     #[test]
     fn unready_adapters_wait_without_blocking_others() {
         let mut s = sched(4, 1000, 100);
-        s.enqueue(1, Some("cold".into()), 2).unwrap();
-        s.enqueue(2, None, 2).unwrap();
+        s.enqueue(1, P, v("cold"), 2).unwrap();
+        s.enqueue(2, P, None, 2).unwrap();
         let p = s.schedule(|a| a.is_none(), |_| true);
         assert_eq!(p.iter().map(|x| x.id).collect::<Vec<_>>(), vec![2]);
-        assert_eq!(s.waiting_for(&Some("cold".into())), vec![1]);
+        assert_eq!(s.waiting_for(&v("cold")), vec![1]);
         let p = s.schedule(|_| true, |_| true);
         assert!(p.iter().any(|x| x.id == 1 && !x.decode));
     }
@@ -374,7 +425,7 @@ mod tests {
     #[test]
     fn a_refused_admission_leaves_the_sequence_waiting() {
         let mut s = sched(4, 1000, 100);
-        s.enqueue(1, Some("a".into()), 2).unwrap();
+        s.enqueue(1, P, v("a"), 2).unwrap();
         assert!(s.schedule(|_| true, |_| false).is_empty());
         assert_eq!(s.waiting_len(), 1);
     }
@@ -382,23 +433,41 @@ mod tests {
     #[test]
     fn the_queue_is_bounded() {
         let mut s = sched(1, 100, 2);
-        s.enqueue(1, None, 1).unwrap();
-        s.enqueue(2, None, 1).unwrap();
-        assert_eq!(s.enqueue(3, None, 1), Err(QueueFull));
+        s.enqueue(1, P, None, 1).unwrap();
+        s.enqueue(2, P, None, 1).unwrap();
+        assert_eq!(s.enqueue(3, P, None, 1), Err(QueueFull));
         all_ready(&mut s); // admits 1
-        s.enqueue(3, None, 1).unwrap();
+        s.enqueue(3, P, None, 1).unwrap();
     }
 
     #[test]
     fn cancellation_frees_running_and_waiting_slots() {
         let mut s = sched(1, 100, 10);
-        s.enqueue(1, None, 3).unwrap();
-        s.enqueue(2, Some("x".into()), 3).unwrap();
+        s.enqueue(1, P, None, 3).unwrap();
+        s.enqueue(2, P, v("x"), 3).unwrap();
         all_ready(&mut s);
         assert!(s.remove(2)); // waiting
         assert!(s.remove(1)); // running
         assert!(!s.remove(1));
         assert!(s.is_idle());
         assert!(all_ready(&mut s).is_empty());
+    }
+
+    #[test]
+    fn versions_of_one_name_queue_apart() {
+        let mut s = sched(4, 1000, 100);
+        let (old, new) = (
+            Some(AdapterVersion::new("a", 1)),
+            Some(AdapterVersion::new("a", 2)),
+        );
+        s.enqueue(1, P, old.clone(), 2).unwrap();
+        s.enqueue(2, P, new.clone(), 2).unwrap();
+        let p = s.schedule(|a| a == &new, |_| true);
+        assert_eq!(p.iter().map(|x| x.id).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(s.waiting_for(&old), vec![1]);
+        assert_eq!(
+            s.waiting_adapters().collect::<Vec<_>>(),
+            vec![old.as_ref().unwrap()]
+        );
     }
 }

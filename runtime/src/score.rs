@@ -4,6 +4,7 @@
 
 use loraplex_models::{Llama, LogitsFor, LoraWeights, SeqInput};
 
+use crate::batch::forward;
 use crate::error::{Result, RuntimeError};
 use crate::sampling::{argmax, logprobs_of, TokenLogprob};
 
@@ -32,7 +33,8 @@ pub fn score(
     while pos < ids.len() - 1 {
         let end = (pos + SCORE_CHUNK).min(ids.len() - 1);
         let wanted = end > from - 1;
-        let logits = model.forward(
+        let logits = forward(
+            model,
             &[SeqInput::new(
                 &ids[pos..end],
                 if wanted {
@@ -44,8 +46,7 @@ pub fn score(
             .with_adapter(adapter)],
             &mut [&mut cache],
         )?;
-        if let Some(l) = logits.into_iter().next().flatten() {
-            let rows = l.to_vec2::<f32>()?;
+        if let Some(rows) = logits.into_iter().next().flatten() {
             for (k, row) in rows.iter().enumerate() {
                 let p = pos + k;
                 if p + 1 >= from {
