@@ -101,7 +101,9 @@ impl<M: Send + 'static> Loader<M> {
             return;
         }
         let this = self.clone();
+        let asked = std::time::Instant::now();
         std::thread::spawn(move || {
+            let started = std::time::Instant::now();
             let result = this
                 .load_dir(
                     &src.dir,
@@ -110,6 +112,12 @@ impl<M: Send + 'static> Loader<M> {
                         .map_or(Identity::Checksum, Identity::Recorded),
                 )
                 .map_err(Arc::new);
+            tracing::debug!(
+                adapter = %src.version,
+                waited_us = started.duration_since(asked).as_micros() as u64,
+                load_us = started.elapsed().as_micros() as u64,
+                "adapter load done"
+            );
             let _ = this.tx.send((this.wrap)(src, result));
         });
     }

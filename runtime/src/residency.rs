@@ -136,6 +136,7 @@ impl<M: Send + 'static> Residency<M> {
     ) -> Option<Arc<AdapterError>> {
         let failed = match result {
             Ok(loaded) => {
+                tracing::debug!(adapter = %version, "adapter load received");
                 self.arrived.insert(version.clone(), Instant::now());
                 self.parked.push((version.clone(), loaded));
                 None
