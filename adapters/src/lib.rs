@@ -8,6 +8,7 @@ mod inspect;
 mod load;
 mod peft;
 mod store;
+mod targets;
 
 pub use cache::{
     AdapterCache, AdapterRegistry, AdapterSource, CacheConfig, CacheFull, Lease, Resident,
@@ -19,7 +20,8 @@ pub use load::{
     load_bytes, load_bytes_checked, load_dir, load_dir_checked, permute_rows_for_gguf, AdapterInfo,
     AdapterLimits, BaseModel, Identity, LoadedAdapter, Recorded, CONFIG_FILE, WEIGHTS_FILE,
 };
-pub use peft::{module_name, PeftConfig, TargetModules, TARGETS};
+pub use peft::{PeftConfig, TargetModules};
 pub use store::{
     check_name, AdapterStore, Manifest, Staging, StoreCheck, StoredAdapter, VersionMeta,
 };
+pub use targets::{module_name, TARGETS};
