@@ -178,7 +178,7 @@ fn ranks_above_512_match_the_merged_weights() {
     let adapters = [Some(&adapter.weights), None];
     let batched = staggered(tiny(), &prompts, &adapters, &[0, 1], 3);
     for (i, p) in prompts.iter().enumerate() {
-        let alone = staggered(tiny(), &[p.clone()], &adapters[i..=i], &[0], 3);
+        let alone = staggered(tiny(), std::slice::from_ref(p), &adapters[i..=i], &[0], 3);
         for (b, a) in batched[i].iter().zip(&alone[0]) {
             assert!(max_abs_diff(b, a) <= 1e-5, "sequence {i}: batched vs alone");
         }
