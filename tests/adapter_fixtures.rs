@@ -1,10 +1,14 @@
-//! Builds PEFT adapter folders for tests: random valid ones and every kind of broken one.
+//! Builds PEFT adapter folders for tests: random valid ones, every kind of broken one, and the
+//! base with an adapter merged into its weights (the reference an unmerged adapter must match).
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use loraplex_models::{LoadOptions, LoadedModel, WeightDtype};
 use serde_json::{json, Value};
+
+use crate::util::golden;
 
 /// Deterministic values in [-scale, scale) (a 64-bit LCG), so tests need no RNG crate.
 pub fn pseudo_random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -30,6 +34,11 @@ pub fn tiny_shape(proj: &str) -> (usize, usize) {
         "down_proj" => (64, 128),
         other => panic!("{other}"),
     }
+}
+
+/// Every projection LoRA may adapt, by PEFT module name.
+pub fn all_targets() -> Vec<&'static str> {
+    loraplex_adapters::TARGETS.iter().map(|(_, n)| *n).collect()
 }
 
 pub struct AdapterSpec {
@@ -80,6 +89,39 @@ impl AdapterSpec {
         candle_core::safetensors::save(&self.tensors, dir.join("adapter_model.safetensors"))
             .unwrap();
     }
+}
+
+/// A copy of the tiny model with `W + scale·B·A` for every module of `spec`, written to `dir`.
+pub fn merged_tiny(spec: &AdapterSpec, scale: f64, dir: &Path) -> LoadedModel {
+    std::fs::create_dir_all(dir).unwrap();
+    for e in std::fs::read_dir(golden().join("tiny-llama")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let st = dir.join("model.safetensors");
+    let mut weights = candle_core::safetensors::load(&st, &Device::Cpu).unwrap();
+    for (name, a) in &spec.tensors {
+        let Some(module) = name.strip_suffix(".lora_A.weight") else {
+            continue;
+        };
+        let b = &spec.tensors[&format!("{module}.lora_B.weight")];
+        let key = format!(
+            "{}.weight",
+            module.strip_prefix("base_model.model.").unwrap()
+        );
+        let update = (b.matmul(a).unwrap() * scale).unwrap();
+        let w = weights.get_mut(&key).unwrap();
+        *w = (&*w + update).unwrap();
+    }
+    candle_core::safetensors::save(&weights, &st).unwrap();
+    loraplex_models::load(
+        dir.to_str().unwrap(),
+        &LoadOptions {
+            dtype: WeightDtype::F32,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 /// The corpus of broken adapters: each label one way an adapter must be refused.

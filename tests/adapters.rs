@@ -9,11 +9,13 @@ use loraplex_adapters::{
     LoadedAdapter, Recorded,
 };
 use loraplex_models::{
-    KvCache, LoadOptions, LoadedModel, LogitsFor, LoraPrecision, LoraWeights, SeqInput, WeightDtype,
+    KvCache, LoadedModel, LogitsFor, LoraPrecision, LoraWeights, SeqInput, WeightDtype,
 };
 use loraplex_runtime::{argmax, GenRequest, GenerationParams};
 
-use crate::adapter_fixtures::{random_tiny_adapter, write_bad_tiny_adapter, BAD_CASES};
+use crate::adapter_fixtures::{
+    all_targets, merged_tiny, random_tiny_adapter, write_bad_tiny_adapter, BAD_CASES,
+};
 use crate::util::{
     golden, golden_json, ids, last_logits, max_abs_diff, read_npy_f32, smollm2, staggered, tiny,
 };
@@ -115,52 +117,10 @@ fn mixed_adapter_batch_equals_each_request_alone() {
 #[test]
 fn unmerged_adapter_equals_merged_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = random_tiny_adapter(
-        6,
-        &[
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
-        5,
-    );
+    let spec = random_tiny_adapter(6, &all_targets(), 5);
     spec.write(&dir.path().join("adapter"));
     let adapter = load(tiny(), &dir.path().join("adapter"));
-    // Merge W + (alpha/r)·B·A into a copy of the base checkpoint.
-    let merged_dir = dir.path().join("merged");
-    std::fs::create_dir_all(&merged_dir).unwrap();
-    for e in std::fs::read_dir(golden().join("tiny-llama")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), merged_dir.join(e.file_name())).unwrap();
-    }
-    let st = merged_dir.join("model.safetensors");
-    let mut weights = candle_core::safetensors::load(&st, &candle_core::Device::Cpu).unwrap();
-    for (name, a) in &spec.tensors {
-        let Some(module) = name.strip_suffix(".lora_A.weight") else {
-            continue;
-        };
-        let b = &spec.tensors[&format!("{module}.lora_B.weight")];
-        let key = format!(
-            "{}.weight",
-            module.strip_prefix("base_model.model.").unwrap()
-        );
-        let update = (b.matmul(a).unwrap() * 2.0).unwrap(); // alpha/r = 12/6
-        let w = weights.get_mut(&key).unwrap();
-        *w = (&*w + update).unwrap();
-    }
-    candle_core::safetensors::save(&weights, &st).unwrap();
-    let merged = loraplex_models::load(
-        merged_dir.to_str().unwrap(),
-        &LoadOptions {
-            dtype: WeightDtype::F32,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let merged = merged_tiny(&spec, 2.0, &dir.path().join("merged")); // alpha/r = 12/6
     for case in golden_json("tiny_cases.json")["cases"].as_array().unwrap() {
         let prompt = ids(&case["input_ids"]);
         let unmerged = last_logits(tiny(), &prompt, Some(&adapter.weights));

@@ -109,6 +109,10 @@ async fn invalid_requests_get_400_naming_the_parameter() {
         (json!({"n": 0}), "n"),
         (json!({"max_tokens": -1}), "max_tokens"),
         (json!({"presence_penalty": 5}), "presence_penalty"),
+        (json!({"frequency_penalty": -3}), "frequency_penalty"),
+        (json!({"repetition_penalty": 0}), "repetition_penalty"),
+        // Finite as f64, infinite as the f32 the sampler keeps: refused by `Penalties`.
+        (json!({"repetition_penalty": 1e39}), "repetition_penalty"),
         (json!({"logit_bias": {"abc": 1}}), "logit_bias"),
         (json!({"logit_bias": {"5": 1000}}), "logit_bias"),
         (json!({"top_logprobs": 3}), "top_logprobs"),

@@ -1,18 +1,21 @@
 //! The one integration-test binary (as ripgrep's `tests/tests.rs`): every module below is a
-//! boundary of the system tested from outside.
+//! boundary of the system tested from outside. The goldens they compare with are in
+//! `tests/golden/` (its README says how they were made and what tolerances apply).
 
-mod adapter_fixtures;
-mod util;
+// Helpers, not tests.
+mod adapter_fixtures; // PEFT adapter folders written by tests: random valid ones, broken ones, merged bases
+mod util; // paths to the goldens and the default model, readers, shared forward-pass drivers
 
-mod adapter_cache;
-mod adapter_store;
-mod adapters;
-mod admin;
-mod cli;
-mod engine;
-mod gateway;
-mod golden_smollm2;
-mod golden_tiny;
-mod hub;
-mod load_errors;
-mod tokenizer;
+mod adapter_cache; // resident adapters: leases, LRU eviction, memory accounting, versions
+mod adapter_configs; // adapter_config.json fields left out take PEFT's defaults; ranks past the stack scratch
+mod adapter_store; // the directory store: versions by content, atomic pointer moves, crash repair
+mod adapters; // PEFT adapters against PEFT's logits, mixed batches, merged weights, every refusal
+mod admin; // the admin API over HTTP: upload, replace, pull, delete, load/unload, hostile uploads
+mod cli; // `loraplex generate` run as a user runs it
+mod engine; // the engine through EngineHandle: batching, chunked prefill, cancel, backpressure, cold loads
+mod gateway; // the OpenAI HTTP contract: response shapes and every error case
+mod golden_smollm2; // the real SmolLM2 GGUF against transformers' dequantized-f32 reference
+mod golden_tiny; // the tiny Llama against transformers' exact f32 logits, alone and batched
+mod hub; // hub ids through hf-hub's cache layout; offline mode stays offline
+mod load_errors; // broken model files give typed errors naming the file
+mod tokenizer; // the GGUF tokenizer and chat template against transformers'

@@ -1,4 +1,5 @@
-//! Paths to the shared golden data and the default model, and small readers for them.
+//! Paths to the golden references (`tests/golden/`, see its README) and the default model, and
+//! small readers for them.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -14,7 +15,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 pub fn golden() -> PathBuf {
-    repo_root().join("../shared/golden")
+    repo_root().join("tests/golden")
 }
 
 pub fn golden_json(name: &str) -> Value {

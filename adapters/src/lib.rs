@@ -9,6 +9,7 @@ mod load;
 mod peft;
 mod registry;
 mod store;
+mod targets;
 
 pub use cache::{AdapterCache, CacheConfig, CacheFull, Lease, Resident};
 pub use dir_store::DirStore;
@@ -18,8 +19,9 @@ pub use load::{
     load_bytes, load_bytes_checked, load_dir, load_dir_checked, permute_rows_for_gguf, AdapterInfo,
     AdapterLimits, BaseModel, Identity, LoadedAdapter, Recorded, CONFIG_FILE, WEIGHTS_FILE,
 };
-pub use peft::{module_name, PeftConfig, TargetModules, TARGETS};
+pub use peft::{PeftConfig, TargetModules};
 pub use registry::{AdapterRegistry, AdapterSource, AdapterVersion};
 pub use store::{
     check_name, AdapterStore, Manifest, Staging, StoreCheck, StoredAdapter, VersionMeta,
 };
+pub use targets::{module_name, TARGETS};

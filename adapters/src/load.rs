@@ -12,7 +12,8 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::error::{AdapterError, Result};
-use crate::peft::{check_base_name, module_name, PeftConfig, TARGETS};
+use crate::peft::PeftConfig;
+use crate::targets::{check_base_name, module_name, TARGETS};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";

@@ -118,8 +118,7 @@ pub fn sampling(
             "repetition_penalty must be greater than 0",
         ));
     }
-    let penalties = Penalties::new(repetition as f32, presence, frequency)
-        .map_err(|e| ApiError::invalid("presence_penalty", e.to_string()))?;
+    let penalties = Penalties::new(repetition as f32, presence, frequency)?;
     let mut bias = Vec::new();
     for (k, v) in f.logit_bias.iter().flatten() {
         let id: u32 = k.parse().map_err(|_| {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor};
 
 use crate::error::{ModelError, Result};
-use crate::host_kernels::HostMat;
+use crate::host_kernels::{scratch, HostMat};
 use crate::layers::dense_matmul;
 use crate::lora_q8::Q8Delta;
 use crate::q8_block::{quantize_rows, QuantRow};
@@ -184,11 +184,10 @@ impl LoraDelta {
             Store::Q8(d) => return self.quantized(x, q, n, |q| d.add_rows(q, n, out)),
             Store::Device { .. } => return false,
         };
-        let mut tmp = [0f32; 512];
-        let tmp = &mut tmp[..self.r.min(512)];
-        if tmp.len() < self.r {
-            return false;
-        }
+        // Any rank the loader accepted (`--max-lora-rank` has no ceiling of its own): on the
+        // stack up to 512, past it on the heap.
+        let (mut stack, mut heap) = ([0f32; 512], Vec::new());
+        let tmp = scratch(&mut stack, &mut heap, self.r);
         for (x, out) in x.chunks_exact(self.inp).zip(out.chunks_exact_mut(self.out)) {
             a.dot_rows(x, tmp);
             for (k, &t) in tmp.iter().enumerate() {
@@ -438,7 +437,5 @@ impl<'a> LoraGroups<'a> {
 
 /// What a failed [`LoraDelta::add_rows`] or [`LoraDelta::write_rows`] (both CPU paths) reports.
 pub(crate) fn host_delta_failed() -> ModelError {
-    ModelError::InvalidBatch(
-        "LoRA rank above 512, or rows that do not match the delta, on the CPU path".into(),
-    )
+    ModelError::InvalidBatch("LoRA rows that do not match the delta, on the CPU path".into())
 }

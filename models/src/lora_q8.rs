@@ -195,7 +195,7 @@ impl Q8Delta {
             return false;
         }
         // On the stack up to rank 64 for runs of 4: this runs per row and projection, and
-        // zeroing a buffer sized for the largest rank (512) cost more than the product at r=16.
+        // zeroing a buffer sized for rank 512 cost more than the product at r=16.
         let (mut stack, mut heap) = ([0f32; 256], Vec::new());
         let h = scratch(&mut stack, &mut heap, n * padded);
         self.a.rows(q, n, h);

@@ -107,7 +107,7 @@ impl Penalties {
         if !(repetition.is_finite() && repetition > 0.0) {
             return Err(RuntimeError::invalid(
                 "repetition_penalty",
-                format!("{repetition} must be > 0"),
+                format!("{repetition} must be finite and > 0"),
             ));
         }
         for (name, v) in [
@@ -453,6 +453,35 @@ mod tests {
         assert_eq!(l[3], 1.0); // unseen: unchanged
         assert!(Penalties::new(1.0, 2.5, 0.0).is_err());
         assert!(Penalties::new(0.0, 0.0, 0.0).is_err());
+    }
+
+    /// Each penalty out of range is refused naming itself, not a neighbour.
+    fn refused(r: f32, p: f32, f: f32) -> &'static str {
+        match Penalties::new(r, p, f) {
+            Err(RuntimeError::InvalidParameter { param, .. }) => param,
+            other => panic!("expected InvalidParameter, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn repetition_penalty_errors_name_repetition_penalty() {
+        for r in [0.0, -1.0, f32::INFINITY, f32::NAN] {
+            assert_eq!(refused(r, 0.0, 0.0), "repetition_penalty");
+        }
+    }
+
+    #[test]
+    fn presence_penalty_errors_name_presence_penalty() {
+        for p in [2.5, -2.5, f32::NAN] {
+            assert_eq!(refused(1.0, p, 0.0), "presence_penalty");
+        }
+    }
+
+    #[test]
+    fn frequency_penalty_errors_name_frequency_penalty() {
+        for f in [2.5, -2.5, f32::NAN] {
+            assert_eq!(refused(1.0, 0.0, f), "frequency_penalty");
+        }
     }
 
     #[test]

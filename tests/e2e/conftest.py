@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-GOLDEN = ROOT.parent / "shared" / "golden"
+GOLDEN = ROOT / "tests" / "golden"
 BINARY = ROOT / "target" / "debug" / "loraplex"
 MODEL = ROOT / "weights" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 ADAPTER = GOLDEN / "smollm2-adapters" / "rand-r8-qv"
