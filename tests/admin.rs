@@ -32,12 +32,6 @@ struct Fixture {
 fn fixture_with(admin: Option<&str>, api: Option<&str>, hub: HubOptions) -> Fixture {
     let store = tempfile::tempdir().unwrap();
     let allowed = tempfile::tempdir().unwrap();
-    let lm = tiny_arc();
-    let engine_cfg = EngineConfig {
-        limits: AdapterLimits { max_rank: 32 },
-        ..Default::default()
-    };
-    let engine = loraplex_runtime::start(lm.clone(), tiny_registry(), engine_cfg).unwrap();
     let cfg = GatewayConfig {
         served_model_name: "tiny".into(),
         max_model_len: 512,
@@ -48,9 +42,20 @@ fn fixture_with(admin: Option<&str>, api: Option<&str>, hub: HubOptions) -> Fixt
         hub,
         ..Default::default()
     };
-    let (dir_store, _) = DirStore::open(store.path()).unwrap();
-    let st = AppState::new(cfg, engine, lm, None).with_store(Arc::new(dir_store));
+    let st = state_over(store.path(), cfg);
     Fixture { st, store, allowed }
+}
+
+/// A gateway over the store at `store`, with its own engine holding the start-up adapters.
+fn state_over(store: &Path, cfg: GatewayConfig) -> AppState {
+    let lm = tiny_arc();
+    let engine_cfg = EngineConfig {
+        limits: AdapterLimits { max_rank: 32 },
+        ..Default::default()
+    };
+    let engine = loraplex_runtime::start(lm.clone(), tiny_registry(), engine_cfg).unwrap();
+    let (dir_store, _) = DirStore::open(store).unwrap();
+    AppState::new(cfg, engine, lm, None).with_store(Arc::new(dir_store))
 }
 
 fn fixture() -> Fixture {
@@ -677,12 +682,6 @@ async fn an_uploaded_adapter_is_served_from_memory_without_a_second_load() {
 /// A second gateway over `f`'s store, as another replica sharing it would be: its registry
 /// holds only the start-up adapters, and it finds the store's versions on first request.
 fn replica(f: &Fixture) -> AppState {
-    let lm = tiny_arc();
-    let engine_cfg = EngineConfig {
-        limits: AdapterLimits { max_rank: 32 },
-        ..Default::default()
-    };
-    let engine = loraplex_runtime::start(lm.clone(), tiny_registry(), engine_cfg).unwrap();
     let cfg = GatewayConfig {
         served_model_name: "tiny".into(),
         max_model_len: 512,
@@ -690,8 +689,7 @@ fn replica(f: &Fixture) -> AppState {
         api_key: Some(INFER.into()),
         ..Default::default()
     };
-    let (dir_store, _) = DirStore::open(f.store.path()).unwrap();
-    AppState::new(cfg, engine, lm, None).with_store(Arc::new(dir_store))
+    state_over(f.store.path(), cfg)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -713,9 +711,21 @@ async fn a_store_version_is_registered_only_by_a_valid_request() {
         b
     };
     let invalid = [
-        ("/v1/chat/completions", chat(json!({"temperature": 3.0})), "temperature"),
-        ("/v1/chat/completions", chat(json!({"messages": []})), "messages"),
-        ("/v1/chat/completions", chat(json!({"max_tokens": 600})), "messages"),
+        (
+            "/v1/chat/completions",
+            chat(json!({"temperature": 3.0})),
+            "temperature",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"messages": []})),
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"max_tokens": 600})),
+            "messages",
+        ),
         (
             "/v1/completions",
             json!({"model": "acme", "prompt": [1, 99999]}),

@@ -417,7 +417,10 @@ fn refusing_tokenizer_state() -> (AppState, tempfile::TempDir) {
         dir.path().to_str().unwrap(),
         loraplex_models::WeightDtype::F32,
     ));
-    assert!(lm.tokenizer.encode("one two three four five six seven eight nine", false).is_err());
+    assert!(lm
+        .tokenizer
+        .encode("one two three four five six seven eight nine", false)
+        .is_err());
     let cfg = GatewayConfig {
         served_model_name: "tiny".into(),
         max_model_len: 512,
@@ -435,23 +438,24 @@ async fn a_prompt_the_tokenizer_refuses_is_the_clients_400() {
     let (s, v, _) = call(&st, "POST", "/v1/completions", Some(short), &[]).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let long = "one two three four five six seven eight nine";
-    for prompt in [json!(long), json!(["Hi", long])] {
-        let body = json!({"model": "tiny", "prompt": prompt, "max_tokens": 2});
-        let (s, v, _) = call(&st, "POST", "/v1/completions", Some(body), &[]).await;
+    let refused = [
+        (
+            "/v1/completions",
+            json!({"model": "tiny", "prompt": long}),
+            "prompt",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "tiny", "prompt": ["Hi", long]}),
+            "prompt",
+        ),
+        // The chat template's system prompt alone is longer than the tokenizer takes.
+        ("/v1/chat/completions", chat_body("tiny"), "messages"),
+    ];
+    for (uri, body, param) in refused {
+        let (s, v, _) = call(&st, "POST", uri, Some(body), &[]).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
         assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
-        assert_error(&v, Some("prompt"));
+        assert_error(&v, Some(param));
     }
-    // The chat template's system prompt alone is longer than the tokenizer takes.
-    let (s, v, _) = call(
-        &st,
-        "POST",
-        "/v1/chat/completions",
-        Some(chat_body("tiny")),
-        &[],
-    )
-    .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
-    assert_error(&v, Some("messages"));
 }

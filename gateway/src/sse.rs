@@ -39,6 +39,19 @@ impl Head {
             system_fingerprint: fingerprint.to_string(),
         }
     }
+
+    /// A legacy completion body; the streamed chunks have the same shape.
+    pub fn completion(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Completion {
+        Completion {
+            id: self.id.clone(),
+            object: "text_completion",
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: self.system_fingerprint.clone(),
+            choices,
+            usage,
+        }
+    }
 }
 
 /// Writes the chunks of one streaming response.
@@ -220,16 +233,7 @@ impl CompletionChunks {
     }
 
     fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> Event {
-        let h = &self.head;
-        data(&Completion {
-            id: h.id.clone(),
-            object: "text_completion",
-            created: h.created,
-            model: h.model.clone(),
-            system_fingerprint: h.system_fingerprint.clone(),
-            choices,
-            usage,
-        })
+        data(&self.head.completion(choices, usage))
     }
 
     fn text(

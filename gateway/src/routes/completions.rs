@@ -33,13 +33,13 @@ pub async fn completions(
         return Ok(sse::respond(writer, streams, st.cfg.request_timeout));
     }
     let results = generation::collect(streams, st.cfg.request_timeout).await?;
-    let body = completion(head, &reply, &st.model.tokenizer, &prompts, results);
+    let body = completion(&head, &reply, &st.model.tokenizer, &prompts, results);
     Ok(Json(body).into_response())
 }
 
 /// The non-streamed body.
 fn completion(
-    head: Head,
+    head: &Head,
     reply: &Reply,
     tok: &Tokenizer,
     prompts: &Prompts,
@@ -71,17 +71,10 @@ fn completion(
             }
         })
         .collect();
-    Completion {
-        id: head.id,
-        object: "text_completion",
-        created: head.created,
-        model: head.model,
-        system_fingerprint: head.system_fingerprint,
-        choices,
-        usage: Some(Usage {
-            prompt_tokens,
-            completion_tokens,
-            total_tokens: prompt_tokens + completion_tokens,
-        }),
-    }
+    let usage = Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens + completion_tokens,
+    };
+    head.completion(choices, Some(usage))
 }

@@ -104,13 +104,7 @@ pub fn chat(
     check_context(prompt.len(), max_tokens, context)?;
     Ok(ValidChat {
         requests: s.choices(&prompt, max_tokens, adapter, None).collect(),
-        reply: Reply {
-            model: req.model,
-            stream: s.stream,
-            include_usage: s.include_usage,
-            logprobs: logprobs.is_some(),
-            tokens_as_ids: req.sampling.return_tokens_as_token_ids,
-        },
+        reply: s.reply(req.model, &req.sampling),
         prompt_tokens: prompt.len(),
     })
 }
@@ -155,13 +149,7 @@ pub fn completion(
     }
     Ok(ValidCompletion {
         requests,
-        reply: Reply {
-            model: req.model,
-            stream: s.stream,
-            include_usage: s.include_usage,
-            logprobs: logprobs.is_some(),
-            tokens_as_ids: req.sampling.return_tokens_as_token_ids,
-        },
+        reply: s.reply(req.model, &req.sampling),
         prompts: Prompts {
             ids: prompts,
             n: s.n,

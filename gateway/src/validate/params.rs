@@ -6,6 +6,7 @@ use loraplex_runtime::{
     GenerationParams, GenerationRequest, LogitBias, MinP, Penalties, Sampling, Temperature, TopP,
 };
 
+use super::Reply;
 use crate::error::ApiError;
 use crate::wire::{SamplingFields, StringOrList};
 
@@ -34,6 +35,17 @@ pub struct Sampled {
 }
 
 impl Sampled {
+    /// How the reply to a request with these fields is written.
+    pub fn reply(&self, model: String, f: &SamplingFields) -> Reply {
+        Reply {
+            model,
+            stream: self.stream,
+            include_usage: self.include_usage,
+            logprobs: self.logprobs.is_some(),
+            tokens_as_ids: f.return_tokens_as_token_ids,
+        }
+    }
+
     /// The engine requests of one prompt's `n` choices. Each choice's seed is offset by its
     /// index: the choices of one request differ, yet a fixed seed reproduces all of them.
     pub fn choices<'a>(
