@@ -32,12 +32,6 @@ struct Fixture {
 fn fixture_with(admin: Option<&str>, api: Option<&str>, hub: HubOptions) -> Fixture {
     let store = tempfile::tempdir().unwrap();
     let allowed = tempfile::tempdir().unwrap();
-    let lm = tiny_arc();
-    let engine_cfg = EngineConfig {
-        limits: AdapterLimits { max_rank: 32 },
-        ..Default::default()
-    };
-    let engine = loraplex_runtime::start(lm.clone(), tiny_registry(), engine_cfg).unwrap();
     let cfg = GatewayConfig {
         served_model_name: "tiny".into(),
         max_model_len: 512,
@@ -48,9 +42,20 @@ fn fixture_with(admin: Option<&str>, api: Option<&str>, hub: HubOptions) -> Fixt
         hub,
         ..Default::default()
     };
-    let (dir_store, _) = DirStore::open(store.path()).unwrap();
-    let st = AppState::new(cfg, engine, lm, None).with_store(Arc::new(dir_store));
+    let st = state_over(store.path(), cfg);
     Fixture { st, store, allowed }
+}
+
+/// A gateway over the store at `store`, with its own engine holding the start-up adapters.
+fn state_over(store: &Path, cfg: GatewayConfig) -> AppState {
+    let lm = tiny_arc();
+    let engine_cfg = EngineConfig {
+        limits: AdapterLimits { max_rank: 32 },
+        ..Default::default()
+    };
+    let engine = loraplex_runtime::start(lm.clone(), tiny_registry(), engine_cfg).unwrap();
+    let (dir_store, _) = DirStore::open(store).unwrap();
+    AppState::new(cfg, engine, lm, None).with_store(Arc::new(dir_store))
 }
 
 fn fixture() -> Fixture {
@@ -672,4 +677,102 @@ async fn an_uploaded_adapter_is_served_from_memory_without_a_second_load() {
     assert_eq!(status, StatusCode::OK, "{out}");
     let (_, reference) = complete(&f.st, "b-r16-all").await;
     assert_eq!(tokens(&out), tokens(&reference));
+}
+
+/// A second gateway over `f`'s store, as another replica sharing it would be: its registry
+/// holds only the start-up adapters, and it finds the store's versions on first request.
+fn replica(f: &Fixture) -> AppState {
+    let cfg = GatewayConfig {
+        served_model_name: "tiny".into(),
+        max_model_len: 512,
+        admin_api_key: Some(ADMIN.into()),
+        api_key: Some(INFER.into()),
+        ..Default::default()
+    };
+    state_over(f.store.path(), cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_version_is_registered_only_by_a_valid_request() {
+    let f = fixture();
+    let mut parts = folder_parts(&tiny_adapter("a-r8-qv"));
+    parts.push(Part::Text("name", "acme"));
+    let (status, card) = upload(&f.st, &parts).await;
+    assert_eq!(status, StatusCode::CREATED, "{card}");
+    let other = replica(&f);
+    let before = other.engine.registry().names();
+    assert!(!before.contains(&"acme".to_string()));
+    let chat = |patch: Value| {
+        let mut b = json!({"model": "acme", "messages": [{"role": "user", "content": "Hi"}],
+                           "max_tokens": 4});
+        for (k, v) in patch.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let invalid = [
+        (
+            "/v1/chat/completions",
+            chat(json!({"temperature": 3.0})),
+            "temperature",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"messages": []})),
+            "messages",
+        ),
+        (
+            "/v1/chat/completions",
+            chat(json!({"max_tokens": 600})),
+            "messages",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "acme", "prompt": [1, 99999]}),
+            "prompt",
+        ),
+    ];
+    for (uri, body, param) in invalid {
+        let (status, err) = json_call(&other, "POST", uri, INFER, Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+        assert_eq!(err["error"]["param"], param, "{err}");
+        assert_eq!(other.engine.registry().names(), before, "after {err}");
+    }
+    let (status, shown) = json_call(&other, "GET", "/v1/models/acme", INFER, None).await;
+    assert_eq!((status, &shown["parent"]), (StatusCode::OK, &json!("tiny")));
+    assert_eq!(shown["root"], card["path"]);
+    assert_eq!(other.engine.registry().names(), before);
+    // A valid request registers it and is served the stored version.
+    let (status, out) = complete(&other, "acme").await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert!(other.engine.registry().get("acme").is_some());
+    let (_, reference) = complete(&f.st, "a-r8-qv").await;
+    assert_eq!(tokens(&out), tokens(&reference));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_store_version_is_a_503_naming_the_adapter_and_the_reason() {
+    let f = fixture();
+    let mut parts = folder_parts(&tiny_adapter("a-r8-qv"));
+    parts.push(Part::Text("name", "rotten"));
+    let (status, card) = upload(&f.st, &parts).await;
+    assert_eq!(status, StatusCode::CREATED, "{card}");
+    // The stored weights rot on disk; a replica that never loaded them serves the name.
+    let weights = PathBuf::from(card["path"].as_str().unwrap()).join(WEIGHTS_FILE);
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&weights, bytes).unwrap();
+    let other = replica(&f);
+    let (status, err) = complete(&other, "rotten").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{err}");
+    assert_eq!(err["error"]["code"], "adapter_unavailable", "{err}");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("rotten") && message.contains("corrupt"),
+        "{message}"
+    );
+    // Everything else keeps serving.
+    let (status, _) = complete(&other, "a-r8-qv").await;
+    assert_eq!(status, StatusCode::OK);
 }

@@ -400,3 +400,66 @@ async fn echo_with_logprobs_and_zero_tokens_scores_the_prompt() {
     );
     assert_eq!(v["usage"]["completion_tokens"], 0);
 }
+
+/// The tiny model behind a tokenizer that refuses every sequence longer than 8 tokens: its
+/// `tokenizer.json` truncates with `OnlySecond`, and a prompt never has a second sequence.
+fn refusing_tokenizer_state() -> (AppState, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = golden().join("tiny-llama");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_owned();
+        if name != "tokenizer.json" {
+            std::os::unix::fs::symlink(&p, dir.path().join(name)).unwrap();
+        }
+    }
+    let mut tok: Value =
+        serde_json::from_slice(&std::fs::read(src.join("tokenizer.json")).unwrap()).unwrap();
+    tok["truncation"] = json!({"max_length": 8, "strategy": "OnlySecond", "stride": 0});
+    std::fs::write(dir.path().join("tokenizer.json"), tok.to_string()).unwrap();
+    let lm = std::sync::Arc::new(crate::util::load(
+        dir.path().to_str().unwrap(),
+        loraplex_models::WeightDtype::F32,
+    ));
+    assert!(lm
+        .tokenizer
+        .encode("one two three four five six seven eight nine", false)
+        .is_err());
+    let cfg = GatewayConfig {
+        served_model_name: "tiny".into(),
+        max_model_len: 512,
+        ..Default::default()
+    };
+    let engine =
+        loraplex_runtime::start(lm.clone(), tiny_registry(), EngineConfig::default()).unwrap();
+    (AppState::new(cfg, engine, lm, None), dir)
+}
+
+#[tokio::test]
+async fn a_prompt_the_tokenizer_refuses_is_the_clients_400() {
+    let (st, _dir) = refusing_tokenizer_state();
+    let short = json!({"model": "tiny", "prompt": "Hi", "max_tokens": 2, "temperature": 0});
+    let (s, v, _) = call(&st, "POST", "/v1/completions", Some(short), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let long = "one two three four five six seven eight nine";
+    let refused = [
+        (
+            "/v1/completions",
+            json!({"model": "tiny", "prompt": long}),
+            "prompt",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "tiny", "prompt": ["Hi", long]}),
+            "prompt",
+        ),
+        // The chat template's system prompt alone is longer than the tokenizer takes.
+        ("/v1/chat/completions", chat_body("tiny"), "messages"),
+    ];
+    for (uri, body, param) in refused {
+        let (s, v, _) = call(&st, "POST", uri, Some(body), &[]).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        assert_error(&v, Some(param));
+    }
+}

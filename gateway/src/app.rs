@@ -5,19 +5,17 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::de::DeserializeOwned;
+use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::error::ApiError;
+use crate::routes::{admin, chat, completions, models, ops};
 use crate::state::AppState;
-use crate::{admin, chat, completions, models};
 
 pub fn app(state: AppState) -> Router {
     let body_limit = state.cfg.max_body_bytes;
@@ -51,8 +49,8 @@ pub fn app(state: AppState) -> Router {
         .merge(api)
         .merge(uploads)
         .merge(admin)
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text))
+        .route("/health", get(ops::health))
+        .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -179,66 +177,4 @@ async fn admin_auth(State(state): State<AppState>, req: Request, next: Next) -> 
         return ApiError::Unavailable.into_response();
     }
     next.run(req).await
-}
-
-async fn health(State(state): State<AppState>) -> Response {
-    if state.draining.load(Ordering::SeqCst) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"status": "draining"})),
-        )
-            .into_response();
-    }
-    Json(serde_json::json!({"status": "ok", "model": state.cfg.served_model_name})).into_response()
-}
-
-async fn metrics_text(State(state): State<AppState>) -> Response {
-    let s = state.engine.stats();
-    metrics::gauge!("loraplex_num_requests_running").set(s.running.load(Ordering::Relaxed) as f64);
-    metrics::gauge!("loraplex_num_requests_waiting").set(s.waiting.load(Ordering::Relaxed) as f64);
-    metrics::gauge!("loraplex_resident_adapters")
-        .set(s.resident_adapters.load(Ordering::Relaxed) as f64);
-    metrics::gauge!("loraplex_resident_adapter_bytes")
-        .set(s.resident_adapter_bytes.load(Ordering::Relaxed) as f64);
-    metrics::gauge!("loraplex_adapter_loads").set(s.adapter_loads.load(Ordering::Relaxed) as f64);
-    metrics::gauge!("loraplex_adapter_evictions")
-        .set(s.adapter_evictions.load(Ordering::Relaxed) as f64);
-    match &state.metrics {
-        Some(h) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
-        )
-            .into_response(),
-        None => (StatusCode::NOT_FOUND, "metrics are disabled").into_response(),
-    }
-}
-
-/// JSON body extractor whose rejections are OpenAI errors (400), not axum's plain text.
-pub struct ApiJson<T>(pub T);
-
-impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let json_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
-        if !json_type {
-            return Err(ApiError::BadRequest(
-                "Content-Type must be application/json".into(),
-            ));
-        }
-        let body = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(state.cfg.max_body_bytes)
-            } else {
-                ApiError::BadRequest(format!("cannot read the body: {e}"))
-            }
-        })?;
-        serde_json::from_slice(&body)
-            .map(ApiJson)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
-    }
 }

@@ -46,6 +46,10 @@ pub enum ApiError {
     Conflict(String),
     #[error("the request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
+    /// The adapter's files cannot be served (corrupt, unreadable, no longer valid): the
+    /// operator's problem, not the request's; logged with the adapter's name.
+    #[error("the adapter `{name}` cannot be served: {reason}")]
+    AdapterUnavailable { name: String, reason: String },
     /// Anything unexpected; the detail is logged, the client gets a generic message.
     #[error("internal error")]
     Internal(String),
@@ -73,7 +77,9 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::AdapterUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -116,6 +122,9 @@ impl ApiError {
             }
             ApiError::Overloaded => ("rate_limit_error", None, Some("overloaded".into())),
             ApiError::Unavailable => ("server_error", None, Some("unavailable".into())),
+            ApiError::AdapterUnavailable { .. } => {
+                ("server_error", None, Some("adapter_unavailable".into()))
+            }
             ApiError::Timeout => ("server_error", None, Some("timeout".into())),
             ApiError::Internal(_) => ("server_error", None, None),
         };
@@ -147,8 +156,11 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::UnknownAdapter(name) => ApiError::ModelNotFound(name),
             RuntimeError::Overloaded => ApiError::Overloaded,
             RuntimeError::ShuttingDown => ApiError::Unavailable,
-            other @ (RuntimeError::AdapterLoad { .. }
-            | RuntimeError::InvalidConfig(_)
+            RuntimeError::AdapterLoad { name, source } => ApiError::AdapterUnavailable {
+                name,
+                reason: source.to_string(),
+            },
+            other @ (RuntimeError::InvalidConfig(_)
             | RuntimeError::EngineStart(_)
             | RuntimeError::StepFailed(_)
             | RuntimeError::Model(_)) => ApiError::Internal(other.to_string()),
@@ -173,8 +185,12 @@ impl From<AdapterError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(detail) = &self {
-            tracing::error!(%detail, "internal error");
+        match &self {
+            ApiError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            ApiError::AdapterUnavailable { name, reason } => {
+                tracing::error!(adapter = %name, %reason, "adapter cannot be served")
+            }
+            _ => {}
         }
         let status = self.status();
         let mut resp = (status, Json(self.body())).into_response();

@@ -1,10 +1,8 @@
 //! Submitting choices to the engine and turning their event streams into finished results or
-//! into a merged live stream, recording latency metrics on the way.
+//! into one merged live stream (which `sse` writes out), recording latency metrics on the way.
 
 use std::time::{Duration, Instant};
 
-use axum::response::sse::{Event, Sse};
-use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, BoxStream, StreamExt};
 use loraplex_runtime::{
     FinishReason, GenerationRequest, TokenEvent, TokenLogprob, TokenStream, Usage,
@@ -164,52 +162,4 @@ pub async fn collect(
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| ApiError::Timeout)?
-}
-
-/// The SSE response of a streaming request: `first` events, then `handle` for every event of
-/// the choices and once with `None` at the end (its trailer), then `[DONE]`. A failure becomes
-/// an OpenAI error event followed by `[DONE]`, and ends the stream (dropping the other choices,
-/// which cancels them in the engine).
-pub fn sse_response(
-    first: Vec<Event>,
-    events: BoxStream<'static, (usize, ChoiceEvent)>,
-    mut handle: impl FnMut(Option<(usize, ChoiceEvent)>) -> Vec<Event> + Send + 'static,
-) -> Response {
-    let done = || Event::default().data("[DONE]");
-    let body = events
-        .map(Some)
-        .chain(stream::iter([None]))
-        .scan(false, move |failed, item| {
-            if *failed {
-                return std::future::ready(None);
-            }
-            let out = match item {
-                Some((_, ChoiceEvent::Failed(e))) => {
-                    *failed = true;
-                    vec![error_event(&e), done()]
-                }
-                None => {
-                    let mut v = handle(None);
-                    v.push(done());
-                    v
-                }
-                other => handle(other),
-            };
-            std::future::ready(Some(out))
-        })
-        .flat_map(stream::iter);
-    Sse::new(
-        stream::iter(first)
-            .chain(body)
-            .map(Ok::<_, std::convert::Infallible>),
-    )
-    .into_response()
-}
-
-/// An error inside a stream: OpenAI's error envelope as the event's data.
-fn error_event(e: &ApiError) -> Event {
-    if let ApiError::Internal(detail) = e {
-        tracing::error!(%detail, "stream failed");
-    }
-    Event::default().data(serde_json::to_string(&e.body()).expect("errors serialize"))
 }

@@ -1,14 +1,17 @@
 //! Loraplex's OpenAI-compatible gateway: the only crate that knows HTTP, JSON and OpenAI types.
-//! Flow: wire types (`wire`) → validation (`validate`) → `GenerationRequest` → engine →
-//! `TokenEvent`s → JSON or SSE (`chat`, `completions`); errors map to HTTP in `error` only.
+//! Flow: wire types (`wire`) → the named model (`resolve`) → validation (`validate`: ready
+//! `GenerationRequest`s) → engine → `TokenEvent`s (`generation`) → JSON or SSE (`routes`,
+//! `sse`, `logprobs`); errors map to HTTP in `error` only. `app` builds the router from
+//! `routes`; nothing below `app` imports it.
 
-mod admin;
 mod app;
-mod chat;
-mod completions;
 mod error;
+mod extract;
 mod generation;
-mod models;
+mod logprobs;
+mod resolve;
+mod routes;
+mod sse;
 mod state;
 mod upload;
 mod validate;

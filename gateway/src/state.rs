@@ -116,27 +116,6 @@ impl AppState {
             .copied()
             .unwrap_or(0)
     }
-
-    /// `None` for the base model, `Some(name)` for an adapter, `Err` when unknown.
-    pub fn resolve_model(&self, model: &str) -> Result<Option<String>, crate::error::ApiError> {
-        if model == self.cfg.served_model_name {
-            return Ok(None);
-        }
-        if self.engine.registry().get(model).is_some() {
-            return Ok(Some(model.to_string()));
-        }
-        // The resolver: a version another gateway (sharing the store) committed is served on
-        // first request, as LoRAX loads adapters on demand.
-        if let Some(store) = &self.store {
-            if let Ok(Some(s)) = store.current(model) {
-                self.engine
-                    .registry()
-                    .register_version(model, s.dir, Some(s.manifest.recorded()));
-                return Ok(Some(model.to_string()));
-            }
-        }
-        Err(crate::error::ApiError::ModelNotFound(model.to_string()))
-    }
 }
 
 pub fn now() -> u64 {

@@ -18,8 +18,8 @@ use loraplex_adapters::{
 };
 use serde::Deserialize;
 
-use crate::app::ApiJson;
 use crate::error::ApiError;
+use crate::extract::ApiJson;
 use crate::state::AppState;
 use crate::upload::{assemble, read_form};
 use crate::wire::{AdapterCard, AdapterList, VersionCard};

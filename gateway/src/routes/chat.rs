@@ -1,0 +1,75 @@
+//! `POST /v1/chat/completions`.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+use crate::generation::{self, ChoiceResult};
+use crate::logprobs::Tokens;
+use crate::sse::{self, ChatChunks, Head};
+use crate::state::AppState;
+use crate::validate::{self, Reply, ValidChat};
+use crate::wire::{AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionRequest, Usage};
+
+pub async fn chat(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
+    let model = st.resolve(&req.model)?;
+    let ValidChat {
+        requests,
+        reply,
+        prompt_tokens,
+    } = validate::chat(req, &st.model, st.cfg.max_model_len, model.adapter())?;
+    model.register(&st);
+    let choices = requests.len();
+    let streams = generation::submit_all(&st, requests)?;
+    let head = Head::new("chatcmpl", &reply, &st.fingerprint);
+    if reply.stream {
+        let writer = ChatChunks::new(head, st.model.clone(), reply, choices);
+        return Ok(sse::respond(writer, streams, st.cfg.request_timeout));
+    }
+    let results = generation::collect(streams, st.cfg.request_timeout).await?;
+    let tokens = Tokens::new(&st.model.tokenizer, &reply);
+    let body = completion(head, &reply, tokens, prompt_tokens, results);
+    Ok(Json(body).into_response())
+}
+
+/// The non-streamed body.
+fn completion(
+    head: Head,
+    reply: &Reply,
+    tokens: Tokens<'_>,
+    prompt_tokens: usize,
+    results: Vec<ChoiceResult>,
+) -> ChatCompletion {
+    let completion_tokens = results.iter().map(|r| r.usage.completion_tokens).sum();
+    let choices = results
+        .into_iter()
+        .enumerate()
+        .map(|(index, r)| ChatChoice {
+            index,
+            logprobs: reply.logprobs.then(|| tokens.chat(&r.logprobs)),
+            message: AssistantMessage {
+                role: "assistant",
+                content: r.text,
+            },
+            finish_reason: r.finish.map(|f| f.as_str()).unwrap_or("stop"),
+        })
+        .collect();
+    ChatCompletion {
+        id: head.id,
+        object: "chat.completion",
+        created: head.created,
+        model: head.model,
+        system_fingerprint: head.system_fingerprint,
+        choices,
+        usage: Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        },
+    }
+}

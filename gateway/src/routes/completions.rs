@@ -1,0 +1,80 @@
+//! `POST /v1/completions` (legacy), including `echo` + `logprobs` scoring of the prompt itself,
+//! which is how evaluation harnesses score text against a model or adapter.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use loraplex_models::Tokenizer;
+
+use crate::error::ApiError;
+use crate::extract::ApiJson;
+use crate::generation::{self, ChoiceResult};
+use crate::logprobs::Tokens;
+use crate::sse::{self, CompletionChunks, Head};
+use crate::state::AppState;
+use crate::validate::{self, Prompts, Reply, ValidCompletion};
+use crate::wire::{Completion, CompletionChoice, CompletionRequest, Usage};
+
+pub async fn completions(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let model = st.resolve(&req.model)?;
+    let ValidCompletion {
+        requests,
+        reply,
+        prompts,
+    } = validate::completion(req, &st.model, st.cfg.max_model_len, model.adapter())?;
+    model.register(&st);
+    let streams = generation::submit_all(&st, requests)?;
+    let head = Head::new("cmpl", &reply, &st.fingerprint);
+    if reply.stream {
+        let writer = CompletionChunks::new(head, st.model.clone(), reply, prompts);
+        return Ok(sse::respond(writer, streams, st.cfg.request_timeout));
+    }
+    let results = generation::collect(streams, st.cfg.request_timeout).await?;
+    let body = completion(&head, &reply, &st.model.tokenizer, &prompts, results);
+    Ok(Json(body).into_response())
+}
+
+/// The non-streamed body.
+fn completion(
+    head: &Head,
+    reply: &Reply,
+    tok: &Tokenizer,
+    prompts: &Prompts,
+    results: Vec<ChoiceResult>,
+) -> Completion {
+    let tokens = Tokens::new(tok, reply);
+    let prompt_tokens = prompts.tokens();
+    let completion_tokens = results.iter().map(|r| r.usage.completion_tokens).sum();
+    let choices = results
+        .into_iter()
+        .enumerate()
+        .map(|(index, r)| {
+            let prompt = prompts.of_choice(index);
+            let mut text = String::new();
+            if prompts.echo {
+                text = tok.decode(prompt, false).unwrap_or_default();
+            }
+            text.push_str(&r.text);
+            let echoed = prompts
+                .echo
+                .then(|| (prompt, r.prompt_logprobs.as_deref().unwrap_or_default()));
+            CompletionChoice {
+                index,
+                text,
+                logprobs: reply
+                    .logprobs
+                    .then(|| tokens.completion(echoed, &r.logprobs)),
+                finish_reason: Some(r.finish.map(|f| f.as_str()).unwrap_or("length")),
+            }
+        })
+        .collect();
+    let usage = Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens + completion_tokens,
+    };
+    head.completion(choices, Some(usage))
+}

@@ -1,0 +1,8 @@
+//! The handlers, one module per resource. Inference handlers read top to bottom as resolve →
+//! validate → register → submit → render; nothing here is imported by what it uses.
+
+pub mod admin;
+pub mod chat;
+pub mod completions;
+pub mod models;
+pub mod ops;

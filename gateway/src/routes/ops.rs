@@ -1,0 +1,45 @@
+//! `GET /health` and `GET /metrics`: what load balancers and Prometheus poll.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::state::AppState;
+
+/// 503 while draining, so a balancer stops sending new requests before the server goes.
+pub async fn health(State(st): State<AppState>) -> Response {
+    if st.draining.load(Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "draining"})),
+        )
+            .into_response();
+    }
+    Json(serde_json::json!({"status": "ok", "model": st.cfg.served_model_name})).into_response()
+}
+
+/// The engine's gauges are read at scrape time; counters and histograms are recorded as
+/// requests go.
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    let s = st.engine.stats();
+    metrics::gauge!("loraplex_num_requests_running").set(s.running.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("loraplex_num_requests_waiting").set(s.waiting.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("loraplex_resident_adapters")
+        .set(s.resident_adapters.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("loraplex_resident_adapter_bytes")
+        .set(s.resident_adapter_bytes.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("loraplex_adapter_loads").set(s.adapter_loads.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("loraplex_adapter_evictions")
+        .set(s.adapter_evictions.load(Ordering::Relaxed) as f64);
+    match &st.metrics {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are disabled").into_response(),
+    }
+}
