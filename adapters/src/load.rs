@@ -75,8 +75,7 @@ pub struct AdapterInfo {
 }
 
 /// What a store recorded when it accepted a version. Loading a recorded version re-checks only
-/// the fast checksum (under a millisecond for 20 MB, where sha256 takes ~10 ms of a cold load)
-/// and keeps the recorded sha256 as the identity; without a checksum the sha256 is recomputed
+/// the fast checksum (sha256 would dominate a cold load) and keeps the recorded sha256 as the identity; without a checksum the sha256 is recomputed
 /// and compared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {

@@ -2,8 +2,7 @@
 //! `silu(gate) · up`, and the softmax weights of decode attention.
 //!
 //! Why: candle runs SiLU and the product as two ops, the first with one scalar `expf` per
-//! value; with 16 rows of SmolLM2 that is 737 K exponentials a decode step, and `expf` alone
-//! was 3.4% of a multi-adapter benchmark's CPU time. With AVX-512 these evaluate 16 at a time
+//! value, hundreds of thousands of exponentials a decode step. With AVX-512 these evaluate 16 at a time
 //! (Cephes' `expf` polynomial, a few ulp from libm's), the gate with its product in the same
 //! pass.
 

@@ -163,8 +163,7 @@ const TRANSPOSED_MAX_ROWS: usize = 32;
 /// `x · wᵀ`, with a result for each row that does not depend on how many rows share the call.
 ///
 /// For few rows it is computed as `(w·xᵀ)ᵀ`: gemm 0.19 then packs the small activation panel
-/// instead of re-packing the whole weight matrix on every call (1.5-2.3× faster at 16 rows,
-/// measured here); for many rows (prefill) the direct form is faster. gemm's blocked kernel sums
+/// instead of re-packing the whole weight matrix on every call; for many rows (prefill) the direct form is faster. gemm's blocked kernel sums
 /// each output along `k` in an order that depends only on `k`, in both forms; but a single row
 /// goes to a GEMV kernel and tiny outputs (`rows·out ≤ 256`) to "horizontal" kernels, which sum
 /// in other orders. Padding such calls with zero rows keeps a sequence's logits the same whether

@@ -186,8 +186,7 @@ impl Llama {
     ) -> Result<Vec<Option<Tensor>>> {
         // On a thread of rayon's pool: a step has a few hundred parallel passes, and from
         // there each starts at once on this thread while the others join, instead of a caller
-        // outside the pool handing every pass over and sleeping until it ends (7-10% of a
-        // 16-row decode step here).
+        // outside the pool handing every pass over and sleeping until it ends.
         rayon::scope(|_| self.step(inputs, caches))
     }
 

@@ -333,9 +333,8 @@ impl<'a> Job<'a> {
 
     /// The product's buffer and, when any row is adapted, the deltas' buffer: allocated, not
     /// initialized. The tiles write every value of the product and each run every value of
-    /// its rows of deltas, and only those rows are read; zeroing them first cost a 16-row
-    /// decode step 0.45 ms for the product and 0.3-0.5 ms for 16 adapters' deltas, serially on
-    /// the engine thread.
+    /// its rows of deltas, and only those rows are read; zeroing them first would be a serial
+    /// pass over megabytes on the engine thread every step.
     fn buffers(&self, rows: usize) -> (Vec<f32>, Vec<f32>) {
         let adapted = self.fused && self.lora.iter().any(Option::is_some);
         let delta = if adapted {
@@ -358,8 +357,7 @@ impl<'a> Job<'a> {
         }
         // Odd chunks take their LoRA rows first: with distinct adapters those rows are bound by
         // memory and the tiles by arithmetic, so the two halves of a pass overlap on the bus
-        // instead of both streaming adapters at the end (same-process A/B: the 16-row step's
-        // cost of 16 distinct adapters 6.4 -> 5.3 ms).
+        // instead of both streaming adapters at the end (`benches/multi_lora.rs` shows it).
         let lora_first = c % 2 == 1;
         let ok = lora_first && self.lora_rows(c, x, delta);
         self.tiles(c, x, y);
@@ -373,9 +371,8 @@ impl<'a> Job<'a> {
     /// Chunk `c`'s tiles. Decode-sized batches take up to 16 rows per weight load: with 4, a
     /// 16-row decode step read each tile's weights from memory in its first group of rows,
     /// bursting faster than one core streams, then from L1 for the other three; 16 rows per
-    /// load spread that stream over the whole tile and took the step 22.0 -> 17.9 ms (same
-    /// process, minima). Prefills keep 4 rows per load: their weights are read from memory
-    /// for one group in many, and 16 accumulators spill (pp512 2% slower with 16).
+    /// load spread that stream over the whole tile. Prefills keep 4 rows per load: their
+    /// weights are read from memory for one group in many, and 16 accumulators spill.
     fn tiles(&self, c: usize, x: &Input<'_>, y: &SendPtr) {
         let w = self.w;
         let (tiles, blocks) = (w.out / TILE, w.inp / BLOCK);
@@ -527,7 +524,7 @@ mod x86 {
     use super::{BLOCK, TILE};
 
     /// Blocks (576 bytes of weights, scales and sums each) between a block and the one it
-    /// prefetches: 4 was best of 2, 4, 8 and 16 measured.
+    /// prefetches (chosen by `benches/engine.rs` among 2, 4, 8 and 16).
     const AHEAD: usize = 4;
 
     /// `R` rows × one tile of 16 outputs. Row `r`'s activations start at `x + r·x_stride`, its
@@ -535,10 +532,8 @@ mod x86 {
     ///
     /// With `ahead`, each block prefetches the one [`AHEAD`] blocks on (into the next tile's,
     /// which follows in memory): the hardware prefetcher restarts at every 4 KiB page, and
-    /// these weights are streamed from memory once per step. Old and new binaries alternated
-    /// 5 times: the 16-row decode step's minimum was lower every time, by 0.3-1.1 ms on the
-    /// base (21.2 -> 20.8 ms in the quietest pair) and 0.1-1.4 ms with 16 distinct adapters,
-    /// whose `A` passes run here too.
+    /// these weights are streamed from memory once per step (adapters' `A` passes run here
+    /// too).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn tile<const R: usize>(
