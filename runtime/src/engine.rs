@@ -9,9 +9,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use loraplex_adapters::{
     AdapterLimits, AdapterRegistry, AdapterSource, AdapterVersion, BaseModel, CacheConfig, Lease,
@@ -30,11 +30,25 @@ use crate::scheduler::{Scheduled, Scheduler, SchedulerConfig, SeqId};
 use crate::sequence::{FinishReason, SequenceState};
 use crate::stats::{EngineStats, QueueSlot};
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
     pub scheduler: SchedulerConfig,
     pub cache: CacheConfig,
     pub limits: AdapterLimits,
+    /// How long a step may wait for adapter loads in flight, so that their requests join it
+    /// instead of the next one.
+    pub load_wait: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            scheduler: SchedulerConfig::default(),
+            cache: CacheConfig::default(),
+            limits: AdapterLimits::default(),
+            load_wait: Duration::from_millis(20),
+        }
+    }
 }
 
 /// Starts the engine loop on its own thread.
@@ -72,6 +86,7 @@ pub fn start(
             stats.clone(),
         ),
         stats: stats.clone(),
+        load_wait: cfg.load_wait,
     };
     let thread = std::thread::Builder::new()
         .name("loraplex-engine".into())
@@ -112,6 +127,7 @@ struct Engine {
     seqs: HashMap<SeqId, Seq>,
     residency: Residency<Msg>,
     stats: Arc<EngineStats>,
+    load_wait: Duration,
 }
 
 impl Engine {
@@ -133,6 +149,10 @@ impl Engine {
                     return;
                 }
             }
+            if !self.await_loads() {
+                self.fail_all(|| RuntimeError::ShuttingDown);
+                return;
+            }
             let sched = &self.sched;
             self.residency
                 .settle(|v| sched.has_waiting(&Some(v.clone())));
@@ -143,6 +163,26 @@ impl Engine {
                 .running
                 .store(self.sched.running_len(), Ordering::Relaxed);
         }
+    }
+
+    /// A request whose adapter is still loading would miss the whole step about to start,
+    /// while a load takes a small part of one: waits for loads in flight (and handles whatever
+    /// arrives meanwhile) up to `load_wait`. Returns false on shutdown.
+    fn await_loads(&mut self) -> bool {
+        let until = Instant::now() + self.load_wait;
+        while self.residency.awaits_load() {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(m) => {
+                    if !self.handle(m) {
+                        return false;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+        true
     }
 
     /// Returns false on shutdown.

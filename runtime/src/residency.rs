@@ -192,6 +192,11 @@ impl<M: Send + 'static> Residency<M> {
         self.arrived.get(version).copied()
     }
 
+    /// Whether a version some waiting request wants is still being loaded.
+    pub(crate) fn awaits_load(&self) -> bool {
+        self.wanted.keys().any(|v| self.loader.is_loading(v))
+    }
+
     pub(crate) fn has_parked(&self) -> bool {
         !self.parked.is_empty()
     }

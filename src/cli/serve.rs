@@ -59,6 +59,9 @@ pub struct ServeArgs {
     /// Requests allowed to wait; more get 429.
     #[arg(long, default_value_t = 1024)]
     pub max_queue: usize,
+    /// Milliseconds a step may wait for adapter loads in flight, so their requests join it.
+    #[arg(long, default_value_t = 20)]
+    pub max_adapter_load_wait_ms: u64,
     #[arg(long, env = "LORAPLEX_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     #[arg(long, default_value_t = 4 << 20)]
@@ -162,6 +165,7 @@ pub fn run(args: ServeArgs, hub: HubOptions) -> anyhow::Result<()> {
         limits: AdapterLimits {
             max_rank: args.max_lora_rank,
         },
+        load_wait: std::time::Duration::from_millis(args.max_adapter_load_wait_ms),
     };
     let engine = loraplex_runtime::start(lm.clone(), registry, engine_cfg)?;
     let cfg = GatewayConfig {
