@@ -11,7 +11,6 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::{AdapterError, Result};
-use crate::targets::pattern_value;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -222,6 +221,20 @@ fn refuse_unsupported(map: &Map<String, Value>) -> Result<()> {
 }
 
 /// An r=8, alpha=16 q/v config with `extra`'s fields set, parsed (for unit tests).
+/// The value of the first pattern (in sorted order) that matches a dotted suffix of `module`.
+fn pattern_value<T: Copy>(patterns: &HashMap<String, T>, module: &str) -> Result<Option<T>> {
+    let mut keys: Vec<&String> = patterns.keys().collect();
+    keys.sort(); // deterministic when several patterns match
+    for k in keys {
+        let rx = regex::Regex::new(&format!("^(?:.*\\.)?(?:{k})$"))
+            .map_err(|e| AdapterError::InvalidConfig(format!("pattern {k:?}: {e}")))?;
+        if rx.is_match(module) {
+            return Ok(Some(patterns[k]));
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 pub(crate) fn test_config(extra: serde_json::Value) -> Result<PeftConfig> {
     let mut v = serde_json::json!({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]});

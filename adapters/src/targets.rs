@@ -2,8 +2,6 @@
 //! module name or a dotted suffix of it, a string is a regex that must match the whole name,
 //! rank/alpha patterns match a suffix; and whether the adapter's named base is a Llama at all.
 
-use std::collections::HashMap;
-
 use loraplex_models::{Naming, Proj};
 use regex::Regex;
 
@@ -72,23 +70,6 @@ impl PeftConfig {
 
 fn suffix_match(module: &str, target: &str) -> bool {
     module == target || module.ends_with(&format!(".{target}"))
-}
-
-/// The value of the first pattern (in sorted order) that matches a dotted suffix of `module`.
-pub(crate) fn pattern_value<T: Copy>(
-    patterns: &HashMap<String, T>,
-    module: &str,
-) -> Result<Option<T>> {
-    let mut keys: Vec<&String> = patterns.keys().collect();
-    keys.sort(); // deterministic when several patterns match
-    for k in keys {
-        let rx = Regex::new(&format!("^(?:.*\\.)?(?:{k})$"))
-            .map_err(|e| AdapterError::InvalidConfig(format!("pattern {k:?}: {e}")))?;
-        if rx.is_match(module) {
-            return Ok(Some(patterns[k]));
-        }
-    }
-    Ok(None)
 }
 
 /// Model families, by name fragments of `base_model_name_or_path`.

@@ -8,8 +8,9 @@ use candle_core::{DType, Device, Module, Tensor};
 use crate::config::{LlamaConfig, RopeLayout};
 use crate::error::Result;
 use crate::lora::LoraGroups;
+use crate::matmul::dense_matmul;
+use crate::names::Proj;
 use crate::q8_packed::PackedQ8;
-use crate::weights::Proj;
 
 /// Below this many rows a step is bandwidth-bound (decode) and the compact quantized weights win;
 /// at or above it the step is compute-bound (prefill, large batches) and a dense GEMM wins.
@@ -155,36 +156,6 @@ impl Linear {
         };
         Ok(y)
     }
-}
-
-/// Row counts up to which `x·wᵀ` is computed as `(w·xᵀ)ᵀ`.
-const TRANSPOSED_MAX_ROWS: usize = 32;
-
-/// `x · wᵀ`, with a result for each row that does not depend on how many rows share the call.
-///
-/// For few rows it is computed as `(w·xᵀ)ᵀ`: gemm 0.19 then packs the small activation panel
-/// instead of re-packing the whole weight matrix on every call; for many rows (prefill) the direct form is faster. gemm's blocked kernel sums
-/// each output along `k` in an order that depends only on `k`, in both forms; but a single row
-/// goes to a GEMV kernel and tiny outputs (`rows·out ≤ 256`) to "horizontal" kernels, which sum
-/// in other orders. Padding such calls with zero rows keeps a sequence's logits the same whether
-/// it runs alone or in a batch. For real models this only pads a lone row to two, which makes
-/// f32 single-stream decode slower; `--dtype auto` decodes few rows on quantized weights instead.
-pub(crate) fn dense_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (rows, out) = (x.dim(0)?, w.dim(0)?);
-    let min_rows = (256 / out.max(1) + 1).max(2);
-    let (x, pad) = if rows < min_rows {
-        let zeros = Tensor::zeros((min_rows - rows, x.dim(1)?), x.dtype(), x.device())?;
-        (Tensor::cat(&[x, &zeros], 0)?, true)
-    } else {
-        (x.clone(), false)
-    };
-    let y = if x.dim(0)? <= TRANSPOSED_MAX_ROWS {
-        w.matmul(&x.t()?)?.t()?
-    } else {
-        x.matmul(&w.t()?)?
-    };
-    let y = if pad { y.narrow(0, 0, rows)? } else { y };
-    Ok(y.contiguous()?)
 }
 
 #[derive(Debug, Clone)]

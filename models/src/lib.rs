@@ -14,6 +14,8 @@ mod layers;
 mod llama;
 mod lora;
 mod lora_q8;
+mod matmul;
+mod names;
 mod progress;
 mod q8_block;
 mod q8_packed;

@@ -8,10 +8,10 @@ use candle_core::{DType, Tensor};
 
 use crate::error::{ModelError, Result};
 use crate::host_kernels::{scratch, HostMat};
-use crate::layers::dense_matmul;
 use crate::lora_q8::Q8Delta;
+use crate::matmul::dense_matmul;
+use crate::names::Proj;
 use crate::q8_block::{quantize_rows, QuantRow};
-use crate::weights::Proj;
 
 /// How the CPU holds adapter weights in f32 activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
