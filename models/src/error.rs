@@ -83,3 +83,8 @@ impl ModelError {
         }
     }
 }
+
+/// A LoRA delta that cannot run where the CPU path needs it to.
+pub(crate) fn host_delta_failed() -> ModelError {
+    ModelError::InvalidBatch("LoRA rows that do not match the delta, on the CPU path".into())
+}

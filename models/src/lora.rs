@@ -429,13 +429,21 @@ impl<'a> LoraGroups<'a> {
                 per_row[r].is_none_or(|d| d.add_rows(&xs[r * inp..(r + 1) * inp], None, 1, o))
             });
         if !ok {
-            return Err(host_delta_failed());
+            return Err(crate::error::host_delta_failed());
         }
         Ok(Tensor::from_vec(ys, (rows, out), x.device())?)
     }
 }
 
 /// What a failed [`LoraDelta::add_rows`] or [`LoraDelta::write_rows`] (both CPU paths) reports.
-pub(crate) fn host_delta_failed() -> ModelError {
-    ModelError::InvalidBatch("LoRA rows that do not match the delta, on the CPU path".into())
+impl crate::q8_packed::RowDelta for LoraDelta {
+    fn write_rows(
+        &self,
+        x: &[f32],
+        q: Option<QuantRow<'_>>,
+        n: usize,
+        out: &mut [std::mem::MaybeUninit<f32>],
+    ) -> bool {
+        LoraDelta::write_rows(self, x, q, n, out)
+    }
 }

@@ -21,8 +21,36 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::error::Result;
-use crate::lora::LoraDelta;
 use crate::q8_block::{has_simd, quantize_rows, weight_block, QuantRow, BLOCK};
+
+/// A per-row addition computed inside a packed pass: a LoRA delta. The pass needs only this of
+/// it, so the packed kernel does not depend on the adapter types built on top of it.
+pub(crate) trait RowDelta: Sync {
+    /// Writes the deltas of `n` rows (`x`, quantized as `q`) into `out`; false when this delta
+    /// cannot run on the CPU path.
+    fn write_rows(
+        &self,
+        x: &[f32],
+        q: Option<QuantRow<'_>>,
+        n: usize,
+        out: &mut [std::mem::MaybeUninit<f32>],
+    ) -> bool;
+}
+
+/// The delta of a pass that has none.
+pub(crate) enum NoDelta {}
+
+impl RowDelta for NoDelta {
+    fn write_rows(
+        &self,
+        _: &[f32],
+        _: Option<QuantRow<'_>>,
+        _: usize,
+        _: &mut [std::mem::MaybeUninit<f32>],
+    ) -> bool {
+        match *self {}
+    }
+}
 
 /// Outputs per tile (and the row padding of an 8-bit LoRA `A`, see `lora_q8`).
 pub(crate) const TILE: usize = 16;
@@ -189,16 +217,16 @@ impl PackedQ8 {
 
     /// `x`: `[rows, in]` f32 → `[rows, out]`. Only call when [`PackedQ8::supported`].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_with_lora(x, &[])
+        self.forward_with_lora::<NoDelta>(x, &[])
     }
 
     /// [`PackedQ8::forward`] plus row `r`'s LoRA delta `lora[r]` (none past `lora.len()`). The
     /// deltas are computed by the same tasks as the product (rows spread over them), then added
     /// once all are done: one thread-pool round trip for both.
-    pub(crate) fn forward_with_lora(
+    pub(crate) fn forward_with_lora<D: RowDelta>(
         &self,
         x: &Tensor,
-        lora: &[Option<&LoraDelta>],
+        lora: &[Option<&D>],
     ) -> Result<Tensor> {
         let mut y = Self::forward_many(&[self], x, &[lora])?;
         Ok(y.pop().expect("one matrix, one product"))
@@ -208,10 +236,10 @@ impl PackedQ8 {
     /// that share their input — q, k and v; gate and up — in one parallel pass: the input is
     /// quantized once and the thread pool woken once, where a decode step otherwise pays a
     /// wake-up and a sleep per projection.
-    pub(crate) fn forward_many(
+    pub(crate) fn forward_many<D: RowDelta>(
         mats: &[&PackedQ8],
         x: &Tensor,
-        loras: &[&[Option<&LoraDelta>]],
+        loras: &[&[Option<&D>]],
     ) -> Result<Vec<Tensor>> {
         debug_assert!(loras.is_empty() || loras.len() == mats.len());
         let (rows, inp) = x.dims2()?;
@@ -231,7 +259,7 @@ impl PackedQ8 {
         };
         let threads = rayon::current_num_threads().max(1);
         let fused = rows <= FUSED_ROWS;
-        let jobs: Vec<Job> = mats
+        let jobs: Vec<Job<D>> = mats
             .iter()
             .enumerate()
             .map(|(m, w)| {
@@ -270,7 +298,7 @@ impl PackedQ8 {
                 .into_par_iter()
                 .all(|(m, i)| jobs[m].lora_run_into(i, &input, &ptrs[m].0));
         if !ok {
-            return Err(crate::lora::host_delta_failed());
+            return Err(crate::error::host_delta_failed());
         }
         for ((y, _), j) in bufs.iter_mut().zip(&jobs) {
             // SAFETY: the pass wrote all `rows × out` values: every chunk's tiles cover every
@@ -296,9 +324,9 @@ struct Input<'a> {
 }
 
 /// One matrix's part of a fused pass: its product, its LoRA rows and how its tiles split.
-struct Job<'a> {
+struct Job<'a, D> {
     w: &'a PackedQ8,
-    lora: &'a [Option<&'a LoraDelta>],
+    lora: &'a [Option<&'a D>],
     runs: Vec<(usize, usize)>,
     per: usize,
     chunks: usize,
@@ -309,10 +337,10 @@ struct Job<'a> {
     fused: bool,
 }
 
-impl<'a> Job<'a> {
+impl<'a, D: RowDelta> Job<'a, D> {
     fn new(
         w: &'a PackedQ8,
-        lora: &'a [Option<&'a LoraDelta>],
+        lora: &'a [Option<&'a D>],
         threads: usize,
         skew: usize,
         fused: bool,
@@ -477,7 +505,7 @@ fn add_delta(y: &mut [f32], delta: &[f32]) {
 
 /// `(first row, rows)`: consecutive rows with the same delta, up to 4 (a prompt's rows, or a
 /// batch on one adapter), so that their adapter weights are loaded once per run.
-fn runs_of(lora: &[Option<&LoraDelta>]) -> Vec<(usize, usize)> {
+fn runs_of<D>(lora: &[Option<&D>]) -> Vec<(usize, usize)> {
     let mut runs = Vec::new();
     let mut r = 0;
     while r < lora.len() {
@@ -485,7 +513,7 @@ fn runs_of(lora: &[Option<&LoraDelta>]) -> Vec<(usize, usize)> {
             r += 1;
             continue;
         };
-        let same = |e: &Option<&LoraDelta>| e.is_some_and(|e| std::ptr::eq(e, d));
+        let same = |e: &Option<&D>| e.is_some_and(|e| std::ptr::eq(e, d));
         let n = 1 + lora[r + 1..].iter().take(3).take_while(|e| same(e)).count();
         runs.push((r, n));
         r += n;
@@ -601,6 +629,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lora::LoraDelta;
     use crate::q8_block::tests::data;
 
     #[test]
