@@ -197,25 +197,6 @@ impl LoraDelta {
         true
     }
 
-    /// [`LoraDelta::add_rows`] into a fresh buffer: `out = sBᵀ·(A·x)`, every value written,
-    /// equal bit for bit to adding to zeros. The 8-bit form writes without reading; the others
-    /// zero `out` first.
-    pub(crate) fn write_rows(
-        &self,
-        x: &[f32],
-        q: Option<QuantRow<'_>>,
-        n: usize,
-        out: &mut [std::mem::MaybeUninit<f32>],
-    ) -> bool {
-        if let Store::Q8(d) = &self.store {
-            return self.quantized(x, q, n, |q| d.write_rows(q, n, out));
-        }
-        out.fill(std::mem::MaybeUninit::new(0.0));
-        // SAFETY: every value was just initialized; MaybeUninit<f32> has f32's layout.
-        let out = unsafe { &mut *(out as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
-        self.add_rows(x, q, n, out)
-    }
-
     /// `f` on `n` rows of activations in 8 bits: `q` when the packed base product already
     /// quantized them, else `x` quantized here.
     fn quantized<R>(
@@ -435,8 +416,10 @@ impl<'a> LoraGroups<'a> {
     }
 }
 
-/// What a failed [`LoraDelta::add_rows`] or [`LoraDelta::write_rows`] (both CPU paths) reports.
 impl crate::q8_packed::RowDelta for LoraDelta {
+    /// [`LoraDelta::add_rows`] into a fresh buffer: `out = sBᵀ·(A·x)`, every value written,
+    /// equal bit for bit to adding to zeros. The 8-bit form writes without reading; the others
+    /// zero `out` first.
     fn write_rows(
         &self,
         x: &[f32],
@@ -444,6 +427,12 @@ impl crate::q8_packed::RowDelta for LoraDelta {
         n: usize,
         out: &mut [std::mem::MaybeUninit<f32>],
     ) -> bool {
-        LoraDelta::write_rows(self, x, q, n, out)
+        if let Store::Q8(d) = &self.store {
+            return self.quantized(x, q, n, |q| d.write_rows(q, n, out));
+        }
+        out.fill(std::mem::MaybeUninit::new(0.0));
+        // SAFETY: every value was just initialized; MaybeUninit<f32> has f32's layout.
+        let out = unsafe { &mut *(out as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+        self.add_rows(x, q, n, out)
     }
 }
