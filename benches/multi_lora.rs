@@ -105,6 +105,7 @@ fn record(
     loraplex_adapters::Recorded {
         sha256: info.sha256.expect("load_dir computes the sha256"),
         checksum: Some(info.checksum),
+        version: None,
     }
 }
 

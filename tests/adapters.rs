@@ -409,6 +409,7 @@ fn recorded_versions_refuse_changed_bytes() {
         .map(|checksum| Recorded {
             sha256: first.sha256.clone().unwrap(),
             checksum,
+            version: None,
         })
         .collect();
     for r in &records {

@@ -1,12 +1,13 @@
 //! The engine through its only door, `EngineHandle`: continuous batching across adapters,
 //! chunked prefill, cancellation, backpressure, cold adapter loads, replacement under load.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use loraplex_adapters::CacheConfig;
 use loraplex_runtime::{
-    EngineConfig, EngineHandle, FinishReason, GenerationParams, GenerationRequest, RuntimeError,
-    SchedulerConfig, TokenEvent, TokenStream, Usage,
+    EngineConfig, EngineHandle, FinishReason, GenerationParams, GenerationRequest, Priority,
+    RuntimeError, SchedulerConfig, TokenEvent, TokenStream, Usage,
 };
 
 use crate::util::{golden, golden_json, ids, tiny_arc, tiny_registry};
@@ -152,6 +153,46 @@ fn a_full_queue_is_refused_as_overloaded() {
     for s in accepted {
         assert!(collect(s).1.is_ok(), "accepted requests complete");
     }
+    h.shutdown();
+}
+
+#[test]
+fn shadow_work_neither_takes_queue_places_nor_delays_interactive_tokens() {
+    let cfg = EngineConfig {
+        scheduler: SchedulerConfig {
+            max_running: 4,
+            max_step_tokens: 64,
+            max_waiting: 2,
+        },
+        ..Default::default()
+    };
+    let h = engine(cfg);
+    let prompt = ids(&golden_json("tiny_cases.json")["cases"][1]["input_ids"]);
+    let shadow = |adapter: &str| {
+        let mut r = request(prompt.clone(), adapter, 0);
+        r.prompt_logprobs = Some(1);
+        r.priority = Priority::Shadow;
+        r
+    };
+    // More shadow jobs than the interactive queue has places: none is refused for it, and
+    // the interactive places stay free.
+    let shadows: Vec<TokenStream> = (0..3)
+        .map(|_| h.submit(shadow("base")).unwrap())
+        .collect();
+    assert_eq!(h.stats().waiting.load(Ordering::SeqCst), 0);
+    let primary: Vec<TokenStream> = (0..2)
+        .map(|_| h.submit(request(prompt.clone(), "base", 4)).unwrap())
+        .collect();
+    for s in primary {
+        let (toks, fin) = collect(s);
+        assert_eq!(toks.len(), 4);
+        assert!(fin.is_ok());
+    }
+    for mut s in shadows {
+        assert!(matches!(s.blocking_next(), Some(TokenEvent::PromptLogprobs(v)) if v.len() == prompt.len() - 1));
+        assert!(matches!(s.blocking_next(), Some(TokenEvent::Finished { .. })));
+    }
+    assert_eq!(h.stats().waiting.load(Ordering::SeqCst), 0);
     h.shutdown();
 }
 

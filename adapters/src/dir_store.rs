@@ -233,6 +233,31 @@ impl AdapterStore for DirStore {
         Ok(v)
     }
 
+    fn version(&self, name: &str, version: u64) -> Result<Option<StoredAdapter>> {
+        if check_name(name).is_err() {
+            return Ok(None);
+        }
+        let dir = self.root.join(name);
+        if !dir.is_dir() {
+            return Ok(None);
+        }
+        for e in read_dir(&dir)? {
+            let path = e.path();
+            if !path.is_dir() {
+                continue;
+            }
+            if let Ok(manifest) = read_manifest(&path) {
+                if manifest.version == version {
+                    return Ok(Some(StoredAdapter {
+                        manifest,
+                        dir: path,
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     fn delete(&self, name: &str) -> Result<bool> {
         check_name(name)?;
         let _guard = self.write.lock().expect("store lock");

@@ -81,6 +81,9 @@ pub struct AdapterInfo {
 pub struct Recorded {
     pub sha256: String,
     pub checksum: Option<String>,
+    /// The store's version number, reported to clients (routes name versions by it); not
+    /// part of what a load checks.
+    pub version: Option<u64>,
 }
 
 /// What a load does to name the version it read.

@@ -45,6 +45,7 @@ impl Manifest {
         crate::load::Recorded {
             sha256: self.sha256.clone(),
             checksum: self.checksum.clone(),
+            version: Some(self.version),
         }
     }
 }
@@ -133,6 +134,9 @@ pub trait AdapterStore: Send + Sync + std::fmt::Debug {
 
     /// Every stored version of `name`, oldest first.
     fn versions(&self, name: &str) -> Result<Vec<Manifest>>;
+
+    /// One stored version of `name` (a route pinned to it), current or not.
+    fn version(&self, name: &str, version: u64) -> Result<Option<StoredAdapter>>;
 
     /// Removes `name` and all its versions; `false` when it did not exist.
     fn delete(&self, name: &str) -> Result<bool>;

@@ -14,6 +14,7 @@ use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::error::ApiError;
+use crate::extract::RequestId;
 use crate::routes::{admin, chat, completions, models, ops};
 use crate::state::AppState;
 
@@ -90,7 +91,7 @@ pub async fn run(
 }
 
 /// Request id (taken from `x-request-id` or made), a tracing span, and the request counter.
-async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get("x-request-id")
@@ -103,6 +104,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
+    req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     let start = Instant::now();
     let upload = req.uri().path() == "/v1/adapters";

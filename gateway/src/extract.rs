@@ -38,3 +38,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
     }
 }
+
+/// The request's id (`x-request-id`, or one the server made), which the `observe` middleware
+/// puts in the request's extensions for handlers that record it.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);

@@ -112,12 +112,12 @@ pub fn events(index: usize, s: TokenStream) -> BoxStream<'static, (usize, Choice
     .boxed()
 }
 
+/// A request's events: (choice index, event).
+pub type Events = BoxStream<'static, (usize, ChoiceEvent)>;
+
 /// All choices' events, interleaved as they come, ending with a `Timeout` failure if the
 /// request outlives `timeout` (dropping the rest cancels the engine's sequences).
-pub fn merged(
-    streams: Vec<TokenStream>,
-    timeout: Duration,
-) -> BoxStream<'static, (usize, ChoiceEvent)> {
+pub fn merged(streams: Vec<TokenStream>, timeout: Duration) -> Events {
     let deadline = tokio::time::Instant::now() + timeout;
     let all =
         stream::select_all(streams.into_iter().enumerate().map(|(i, s)| events(i, s))).boxed();
@@ -132,15 +132,15 @@ pub fn merged(
     .boxed()
 }
 
-/// Waits for every choice to finish (bounded by `timeout`).
+/// Waits for every one of `choices` to finish (bounded by `timeout`).
 pub async fn collect(
-    streams: Vec<TokenStream>,
+    mut all: Events,
+    choices: usize,
     timeout: Duration,
 ) -> Result<Vec<ChoiceResult>, ApiError> {
-    let n = streams.len();
     let work = async move {
-        let mut results: Vec<ChoiceResult> = (0..n).map(|_| ChoiceResult::default()).collect();
-        let mut all = merged(streams, timeout);
+        let mut results: Vec<ChoiceResult> =
+            (0..choices).map(|_| ChoiceResult::default()).collect();
         while let Some((i, ev)) = all.next().await {
             let r = &mut results[i];
             match ev {

@@ -13,6 +13,7 @@ mod resolve;
 mod routes;
 mod sse;
 mod state;
+mod trace;
 mod upload;
 mod validate;
 pub mod wire;

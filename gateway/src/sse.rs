@@ -2,16 +2,14 @@
 //! repeats, and [`respond`], which runs the choices' events through one as server-sent events.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt};
 use loraplex_models::LoadedModel;
-use loraplex_runtime::TokenStream;
 
 use crate::error::ApiError;
-use crate::generation::{self, ChoiceEvent};
+use crate::generation::{ChoiceEvent, Events};
 use crate::logprobs::Tokens;
 use crate::state::{new_id, now};
 use crate::validate::{Prompts, Reply};
@@ -67,14 +65,10 @@ pub trait ChunkWriter: Send + 'static {
 /// The SSE response: the writer's opening, a chunk per event of the choices, its trailer,
 /// then `[DONE]`. A failure becomes an OpenAI error event followed by `[DONE]` and ends the
 /// stream (dropping the other choices, which cancels them in the engine).
-pub fn respond(
-    mut writer: impl ChunkWriter,
-    streams: Vec<TokenStream>,
-    timeout: Duration,
-) -> Response {
+pub fn respond(mut writer: impl ChunkWriter, all: Events) -> Response {
     let first = writer.opening();
     let done = || Event::default().data("[DONE]");
-    let body = generation::merged(streams, timeout)
+    let body = all
         .map(Some)
         .chain(stream::iter([None]))
         .scan(false, move |failed, item| {
@@ -177,7 +171,9 @@ impl ChunkWriter for ChatChunks {
     fn event(&mut self, index: usize, ev: ChoiceEvent) -> Option<Event> {
         match ev {
             ChoiceEvent::Token { text, logprob, .. } => {
-                if text.is_empty() && logprob.is_none() {
+                // Logprobs may be captured for shadows without the client asking for them:
+                // only what the client sees decides whether a chunk is written.
+                if text.is_empty() && (logprob.is_none() || !self.reply.logprobs) {
                     return None;
                 }
                 let tokens = Tokens::new(&self.model.tokenizer, &self.reply);

@@ -54,6 +54,8 @@ pub struct SamplingFields {
     pub frequency_penalty: Option<f64>,
     pub logit_bias: Option<HashMap<String, f64>>,
     pub user: Option<String>,
+    /// OpenAI's key-value tags of a request; a segmented route may pick its target by one.
+    pub metadata: Option<serde_json::Map<String, Value>>,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,

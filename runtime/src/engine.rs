@@ -225,7 +225,8 @@ impl Engine {
         if let Some(src) = &s.adapter {
             self.residency.want(src);
         }
-        // The handle's slot already bounds the queue with the same number; this only guards it.
+        // The handle's slot already bounds the interactive queue with the same number, so this
+        // only guards it; the shadow class is bounded here.
         if self
             .sched
             .enqueue(s.id, s.req.priority, key, s.req.prompt.len())
@@ -243,7 +244,7 @@ impl Engine {
                 lease: None,
                 cache: None,
                 tx: s.tx,
-                slot: Some(s.slot),
+                slot: s.slot,
                 prompt_logprobs: s.req.prompt_logprobs,
                 collected_prompt_logprobs: Vec::new(),
                 submitted: s.at,

@@ -15,7 +15,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use crate::error::{Result, RuntimeError};
 use crate::loader::{LoadResult, Loader};
-use crate::request::{GenerationRequest, TokenEvent, TokenStream};
+use crate::request::{GenerationRequest, Priority, TokenEvent, TokenStream};
 use crate::residency::ResidencyView;
 use crate::scheduler::SeqId;
 use crate::stats::{EngineStats, QueueSlot};
@@ -43,7 +43,9 @@ pub(crate) struct Submitted {
     /// The adapter version registered for the request's name when it was submitted.
     pub adapter: Option<AdapterSource>,
     pub tx: UnboundedSender<TokenEvent>,
-    pub slot: QueueSlot,
+    /// The interactive queue's place; `None` for the shadow class, which the scheduler bounds
+    /// on its own so that shadow work never takes a place a client's request could have.
+    pub slot: Option<QueueSlot>,
     pub at: Instant,
 }
 
@@ -84,8 +86,13 @@ impl EngineHandle {
             ),
             None => None,
         };
-        let slot =
-            QueueSlot::reserve(&self.stats, self.max_waiting).ok_or(RuntimeError::Overloaded)?;
+        let slot = match req.priority {
+            Priority::Interactive => Some(
+                QueueSlot::reserve(&self.stats, self.max_waiting)
+                    .ok_or(RuntimeError::Overloaded)?,
+            ),
+            Priority::Shadow => None,
+        };
         // Start a cold load now, so the disk read overlaps the step in progress.
         if let Some(src) = &adapter {
             if !self.view.in_memory(&src.version) {

@@ -16,11 +16,14 @@ pub enum Priority {
     /// A client waits for the answer.
     #[default]
     Interactive,
+    /// Nobody waits (live shadow scoring): runs only on the token budget and slots interactive
+    /// work leaves over in a step, and never takes the interactive queue's places.
+    Shadow,
 }
 
 impl Priority {
-    /// Every class, highest first: the order admission visits them in.
-    pub const ALL: [Priority; 1] = [Priority::Interactive];
+    /// Every class, highest first: the order a step visits them in.
+    pub const ALL: [Priority; 2] = [Priority::Interactive, Priority::Shadow];
 
     pub(crate) fn index(self) -> usize {
         self as usize

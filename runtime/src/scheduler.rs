@@ -1,14 +1,17 @@
 //! Which sequences run in the next step, and how many tokens each: plain state, no model, no
 //! threads, so every policy is testable on its own.
 //!
-//! Policy, in order, within a token budget per step:
+//! Policy: a step visits the classes ([`Priority`]) highest first, and within each, in order,
+//! with the token budget left:
 //! 1. every running sequence that has finished its prompt decodes one token;
-//! 2. running sequences still in their prompt continue it (chunked prefill), oldest first, with
-//!    whatever budget is left, so a long prompt never stalls decoding streams;
-//! 3. waiting sequences are admitted while there is budget and a free slot, class by class
-//!    ([`Priority`], highest first), and within a class taking adapters in round-robin order so
-//!    a burst on one adapter does not starve the others. A sequence whose adapter is not
-//!    resident yet stays waiting without blocking the others.
+//! 2. running sequences still in their prompt continue it (chunked prefill), oldest first, so a
+//!    long prompt never stalls decoding streams;
+//! 3. waiting sequences are admitted while there is budget and a free slot, taking adapters in
+//!    round-robin order so a burst on one adapter does not starve the others. A sequence whose
+//!    adapter is not resident yet stays waiting without blocking the others.
+//!
+//! So a lower class (shadow scoring) only ever gets what every higher class's work of this
+//! step, admissions included, left over: it cannot delay a client's token.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -90,6 +93,8 @@ struct Class {
     waiting: HashMap<AdapterKey, VecDeque<SeqId>>,
     /// Adapters with waiting sequences, in round-robin order.
     rr: VecDeque<AdapterKey>,
+    /// Sequences in `waiting`; each class is bounded by `max_waiting` on its own.
+    len: usize,
 }
 
 #[derive(Debug)]
@@ -136,7 +141,7 @@ impl Scheduler {
         adapter: AdapterKey,
         prompt_len: usize,
     ) -> Result<(), QueueFull> {
-        if self.n_waiting >= self.cfg.max_waiting {
+        if self.classes[priority.index()].len >= self.cfg.max_waiting {
             return Err(QueueFull);
         }
         self.metas.insert(
@@ -154,6 +159,7 @@ impl Scheduler {
             class.rr.push_back(adapter);
         }
         q.push_back(id);
+        class.len += 1;
         self.n_waiting += 1;
         Ok(())
     }
@@ -171,6 +177,7 @@ impl Scheduler {
         if let Some(q) = class.waiting.get_mut(&meta.adapter) {
             if let Some(pos) = q.iter().position(|&w| w == id) {
                 q.remove(pos);
+                class.len -= 1;
                 self.n_waiting -= 1;
                 if q.is_empty() {
                     class.waiting.remove(&meta.adapter);
@@ -213,9 +220,22 @@ impl Scheduler {
     ) -> Vec<Scheduled> {
         let mut budget = self.cfg.max_step_tokens;
         let mut plan = Vec::new();
+        for class in Priority::ALL {
+            self.continue_class(class, &mut budget, &mut plan);
+            self.admit_class(class, &mut budget, &mut plan, &mut ready, &mut admit);
+        }
+        plan
+    }
+
+    /// The running sequences of one class: decodes first (one token each), then prompts in
+    /// progress, oldest first.
+    fn continue_class(&mut self, priority: Priority, budget: &mut usize, plan: &mut Vec<Scheduled>) {
         for &id in &self.running {
+            if *budget == 0 {
+                return;
+            }
             let m = &self.metas[&id];
-            if m.prefilled >= m.prompt_len {
+            if m.priority == priority && m.prefilled >= m.prompt_len {
                 plan.push(Scheduled {
                     id,
                     start: 0,
@@ -223,16 +243,16 @@ impl Scheduler {
                     decode: true,
                     completes_prompt: false,
                 });
-                budget -= 1;
+                *budget -= 1;
             }
         }
         for &id in &self.running {
-            if budget == 0 {
-                break;
+            if *budget == 0 {
+                return;
             }
             let m = self.metas.get_mut(&id).expect("running has meta");
-            if m.prefilled < m.prompt_len {
-                let len = (m.prompt_len - m.prefilled).min(budget);
+            if m.priority == priority && m.prefilled < m.prompt_len {
+                let len = (m.prompt_len - m.prefilled).min(*budget);
                 plan.push(Scheduled {
                     id,
                     start: m.prefilled,
@@ -241,13 +261,9 @@ impl Scheduler {
                     completes_prompt: m.prefilled + len == m.prompt_len,
                 });
                 m.prefilled += len;
-                budget -= len;
+                *budget -= len;
             }
         }
-        for class in Priority::ALL {
-            self.admit_class(class, &mut budget, &mut plan, &mut ready, &mut admit);
-        }
-        plan
     }
 
     /// Admission within one class, round-robin across its adapters that are ready.
@@ -275,6 +291,7 @@ impl Scheduler {
             }
             skipped = 0;
             q.pop_front();
+            class.len -= 1;
             self.n_waiting -= 1;
             if q.is_empty() {
                 class.waiting.remove(&adapter);
@@ -469,5 +486,55 @@ mod tests {
             s.waiting_adapters().collect::<Vec<_>>(),
             vec![old.as_ref().unwrap()]
         );
+    }
+
+    const S: Priority = Priority::Shadow;
+
+    #[test]
+    fn shadows_get_only_the_budget_interactive_work_leaves() {
+        let mut s = sched(8, 10, 10);
+        s.enqueue(1, S, v("cand"), 6).unwrap();
+        s.enqueue(2, P, None, 7).unwrap();
+        let p = all_ready(&mut s);
+        // The interactive prompt goes first even though the shadow was queued before it.
+        assert_eq!(
+            p.iter().map(|x| (x.id, x.len)).collect::<Vec<_>>(),
+            vec![(2, 7), (1, 3)]
+        );
+    }
+
+    #[test]
+    fn a_running_shadow_prompt_yields_to_a_new_interactive_one() {
+        let mut s = sched(8, 10, 10);
+        s.enqueue(1, S, v("cand"), 30).unwrap();
+        let p = all_ready(&mut s);
+        assert_eq!((p[0].id, p[0].len), (1, 10));
+        s.enqueue(2, P, None, 8).unwrap();
+        let p = all_ready(&mut s);
+        assert_eq!(
+            p.iter().map(|x| (x.id, x.start, x.len)).collect::<Vec<_>>(),
+            vec![(2, 0, 8), (1, 10, 2)],
+            "the new interactive prompt is admitted before the shadow's next chunk"
+        );
+        // Interactive decodes come before a shadow's decode too.
+        s.remove(1);
+        s.enqueue(3, S, None, 1).unwrap();
+        all_ready(&mut s);
+        let p = all_ready(&mut s);
+        assert!(p[0].id == 2 && p[0].decode);
+    }
+
+    #[test]
+    fn shadows_do_not_take_interactive_queue_places() {
+        let mut s = sched(1, 100, 2);
+        s.enqueue(1, S, None, 1).unwrap();
+        s.enqueue(2, S, None, 1).unwrap();
+        assert_eq!(s.enqueue(3, S, None, 1), Err(QueueFull));
+        s.enqueue(4, P, None, 1).unwrap();
+        s.enqueue(5, P, None, 1).unwrap();
+        assert_eq!(s.enqueue(6, P, None, 1), Err(QueueFull));
+        assert_eq!(s.waiting_len(), 4);
+        // With one slot, the interactive request runs first.
+        assert_eq!(all_ready(&mut s)[0].id, 4);
     }
 }

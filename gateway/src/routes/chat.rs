@@ -26,12 +26,13 @@ pub async fn chat(
     model.register(&st);
     let choices = requests.len();
     let streams = generation::submit_all(&st, requests)?;
+    let all = generation::merged(streams, st.cfg.request_timeout);
     let head = Head::new("chatcmpl", &reply, &st.fingerprint);
     if reply.stream {
         let writer = ChatChunks::new(head, st.model.clone(), reply, choices);
-        return Ok(sse::respond(writer, streams, st.cfg.request_timeout));
+        return Ok(sse::respond(writer, all));
     }
-    let results = generation::collect(streams, st.cfg.request_timeout).await?;
+    let results = generation::collect(all, choices, st.cfg.request_timeout).await?;
     let tokens = Tokens::new(&st.model.tokenizer, &reply);
     let body = completion(head, &reply, tokens, prompt_tokens, results);
     Ok(Json(body).into_response())

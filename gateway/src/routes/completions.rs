@@ -26,13 +26,15 @@ pub async fn completions(
         prompts,
     } = validate::completion(req, &st.model, st.cfg.max_model_len, model.adapter())?;
     model.register(&st);
+    let choices = requests.len();
     let streams = generation::submit_all(&st, requests)?;
+    let all = generation::merged(streams, st.cfg.request_timeout);
     let head = Head::new("cmpl", &reply, &st.fingerprint);
     if reply.stream {
         let writer = CompletionChunks::new(head, st.model.clone(), reply, prompts);
-        return Ok(sse::respond(writer, streams, st.cfg.request_timeout));
+        return Ok(sse::respond(writer, all));
     }
-    let results = generation::collect(streams, st.cfg.request_timeout).await?;
+    let results = generation::collect(all, choices, st.cfg.request_timeout).await?;
     let body = completion(&head, &reply, &st.model.tokenizer, &prompts, results);
     Ok(Json(body).into_response())
 }
