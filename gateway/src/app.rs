@@ -15,7 +15,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::error::ApiError;
 use crate::extract::RequestId;
-use crate::routes::{admin, chat, completions, models, ops};
+use crate::routes::{admin, chat, completions, models, ops, shadow_score};
 use crate::state::AppState;
 
 pub fn app(state: AppState) -> Router {
@@ -24,6 +24,7 @@ pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat))
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/shadow/score", post(shadow_score::score))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))

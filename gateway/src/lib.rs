@@ -11,6 +11,7 @@ mod generation;
 mod logprobs;
 mod resolve;
 mod routes;
+pub mod shadow;
 mod sse;
 mod state;
 mod trace;

@@ -6,3 +6,4 @@ pub mod chat;
 pub mod completions;
 pub mod models;
 pub mod ops;
+pub mod shadow_score;

@@ -5,6 +5,8 @@
 mod params;
 mod prompt;
 
+pub(crate) use prompt::{chat as chat_prompt, completion as completion_prompts};
+
 use std::collections::HashMap;
 
 use loraplex_models::LoadedModel;
