@@ -30,16 +30,15 @@ pub async fn score(
     let reported = v.requested;
     // What the batch scores: the requested models, then the reference if it is not one of them.
     let mut scored: Vec<(String, Resolved)> = v.models;
-    let reference = match v.reference {
-        Some((name, r)) => Some(match scored.iter().position(|(n, _)| *n == name) {
-            Some(i) => i,
-            None => {
+    let reference = v.reference.map(|(name, r)| {
+        scored
+            .iter()
+            .position(|(n, _)| *n == name)
+            .unwrap_or_else(|| {
                 scored.push((name, r));
                 scored.len() - 1
-            }
-        }),
-        None => None,
-    };
+            })
+    });
     let n = v.completions.len();
     let jobs: Vec<ScoreJob> = scored
         .iter()
@@ -140,7 +139,10 @@ fn validated(st: &AppState, req: ScoreRequest) -> Result<Valid, ApiError> {
         tracing::info!(fields = ?req.unknown.keys().collect::<Vec<_>>(), "ignoring unknown request fields");
     }
     if req.models.is_empty() {
-        return Err(ApiError::invalid("models", "models must name at least one model"));
+        return Err(ApiError::invalid(
+            "models",
+            "models must name at least one model",
+        ));
     }
     if req.models.len() > MAX_MODELS {
         return Err(ApiError::invalid(

@@ -86,9 +86,7 @@ pub async fn score_jobs(
             if job.completion.is_empty() {
                 return Err(ApiError::invalid("completion", "the completion is empty"));
             }
-            engine
-                .submit(job.request(priority))
-                .map_err(ApiError::from)
+            engine.submit(job.request(priority)).map_err(ApiError::from)
         })
         .collect();
     let waits = submitted

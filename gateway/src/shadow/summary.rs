@@ -16,8 +16,8 @@ const TAIL_FLOOR: f64 = 1e-12;
 /// tokens (the primary's own, captured while it generated, or another model's).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Summary {
-    /// Positions scored.
-    pub tokens: usize,
+    /// Completion tokens scored.
+    pub scored_tokens: usize,
     /// Mean natural-log probability of the served tokens.
     pub mean_logprob: f64,
     /// `exp(-mean_logprob)`.
@@ -48,9 +48,8 @@ pub fn summarize(model: &[TokenLogprob], reference: Option<&[TokenLogprob]>) -> 
         .iter()
         .filter(|t| t.top.first().is_some_and(|&(id, _)| id == t.id))
         .count();
-    let reference = reference.filter(|r| {
-        r.len() == n && r.iter().zip(model).all(|(a, b)| a.id == b.id)
-    });
+    let reference =
+        reference.filter(|r| r.len() == n && r.iter().zip(model).all(|(a, b)| a.id == b.id));
     let (ppl_ratio, kl) = match reference {
         Some(r) => {
             let ref_mean = mean(r.iter().map(|t| t.logprob as f64));
@@ -62,7 +61,7 @@ pub fn summarize(model: &[TokenLogprob], reference: Option<&[TokenLogprob]>) -> 
         None => (None, None),
     };
     Some(Summary {
-        tokens: n,
+        scored_tokens: n,
         mean_logprob,
         perplexity,
         top1_agreement: agree as f64 / n as f64,
@@ -178,7 +177,7 @@ mod tests {
         ];
         let s = summarize(&model, None).unwrap();
         let mean = (0.5f64.ln() + 0.25f64.ln()) / 2.0;
-        assert_eq!(s.tokens, 2);
+        assert_eq!(s.scored_tokens, 2);
         assert!(close(s.mean_logprob, mean));
         // exp(-mean) = 1/sqrt(0.5·0.25)
         assert!(close(s.perplexity, 1.0 / (0.125f64).sqrt()));
@@ -245,7 +244,10 @@ mod tests {
         assert_eq!(edit_distance(&[1, 2, 3], &[1, 9, 3]), 1);
         assert_eq!(edit_distance(&[1, 2, 3], &[2, 3, 4]), 2);
         // kitten → sitting, as ids.
-        assert_eq!(edit_distance(&[1, 2, 3, 3, 4, 5], &[6, 2, 3, 3, 2, 5, 7]), 3);
+        assert_eq!(
+            edit_distance(&[1, 2, 3, 3, 4, 5], &[6, 2, 3, 3, 2, 5, 7]),
+            3
+        );
         let c = compare(&[1, 2], &[1, 2, 3]);
         assert_eq!(
             c,
