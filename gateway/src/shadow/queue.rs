@@ -14,8 +14,8 @@ use loraplex_runtime::{
 };
 use tokio::sync::{mpsc, Semaphore};
 
+use super::score::{live_priority, score_jobs, ScoreJob, SCORE_TOP_K};
 use super::summary::{compare, summarize, Comparison, Summary};
-use super::{live_priority, score_jobs, ScoreJob, SCORE_TOP_K};
 use crate::error::ApiError;
 
 /// Where outcomes go (records, metrics). Called on the submitting task for a drop and on a
@@ -140,7 +140,7 @@ pub struct ShadowOutcome {
 
 /// Outcome counters since start-up.
 #[derive(Debug, Default)]
-pub struct ShadowStats {
+struct ShadowStats {
     scored: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
