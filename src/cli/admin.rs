@@ -46,7 +46,10 @@ pub enum Failure {
     Refused(String),
     Unreachable(String),
     /// What was checked locally and failed; `what` names the thing ("adapter", "spec").
-    Invalid { what: &'static str, msg: String },
+    Invalid {
+        what: &'static str,
+        msg: String,
+    },
 }
 
 /// A blocking client bound to one server and key.
@@ -92,8 +95,14 @@ impl AdminClient {
 /// A 2xx JSON body, or the server's error message with the status.
 pub fn decode(resp: Response) -> Result<Value, Failure> {
     let status = resp.status();
-    let body: Value = resp
-        .json()
+    let text = resp
+        .text()
+        .map_err(|e| Failure::Unreachable(format!("unexpected response ({status}): {e}")))?;
+    if status.is_success() && text.trim().is_empty() {
+        // A 204 (or an empty 200) is done, with nothing to print.
+        return Ok(Value::Null);
+    }
+    let body: Value = serde_json::from_str(&text)
         .map_err(|e| Failure::Unreachable(format!("unexpected response ({status}): {e}")))?;
     if status.is_success() {
         return Ok(body);

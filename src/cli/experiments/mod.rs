@@ -74,11 +74,13 @@ fn execute(args: &ExperimentsArgs) -> Result<Value, Failure> {
             None => spec::create_body(flags),
         }),
         ExperimentsCommand::Update { flags, .. } => {
-            Some(spec::update_body(flags).ok_or_else(|| Failure::Invalid {
-                what: "update",
-                msg: "nothing to change: give --weight, --pause, --resume, --shadow, \
+            Some(spec::update_body(flags).ok_or_else(|| {
+                Failure::Invalid {
+                    what: "update",
+                    msg: "nothing to change: give --weight, --pause, --resume, --shadow, \
                       --no-shadows, --segment, --unset-segment or --default"
-                    .into(),
+                        .into(),
+                }
             })?)
         }
         _ => None,

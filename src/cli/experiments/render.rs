@@ -119,18 +119,31 @@ fn show(e: &Value, now_ms: u64) -> String {
     for a in arms {
         let share = match a["weight"].as_f64() {
             Some(w) if total > 0.0 => {
-                format!("  weight {} ({:.1}%)", weight(&a["weight"]), 100.0 * w / total)
+                format!(
+                    "  weight {} ({:.1}%)",
+                    weight(&a["weight"]),
+                    100.0 * w / total
+                )
             }
             _ => String::new(),
         };
-        let _ = writeln!(out, "  arm {:<12} {}{share}", cell(&a["name"]), cell(&a["model"]));
+        let _ = writeln!(
+            out,
+            "  arm {:<12} {}{share}",
+            cell(&a["name"]),
+            cell(&a["model"])
+        );
     }
     if let Some(map) = e["segments"].as_object() {
         for (value, model) in map.iter().take(SEGMENTS_SHOWN) {
             let _ = writeln!(out, "  segment {value:<12} {}", cell(model));
         }
         if map.len() > SEGMENTS_SHOWN {
-            let _ = writeln!(out, "  … {} more segments (--json lists them)", map.len() - SEGMENTS_SHOWN);
+            let _ = writeln!(
+                out,
+                "  … {} more segments (--json lists them)",
+                map.len() - SEGMENTS_SHOWN
+            );
         }
     }
     for s in e["shadows"].as_array().into_iter().flatten() {
@@ -154,7 +167,11 @@ fn show(e: &Value, now_ms: u64) -> String {
         let _ = writeln!(
             out,
             "  window {:<10} {}  arm {}",
-            cell(&w["window"]),
+            cell(if w["id"].is_null() {
+                &w["window"]
+            } else {
+                &w["id"]
+            }),
             start.unwrap_or_else(|| "-".into()),
             cell(&w["arm"])
         );
@@ -214,7 +231,10 @@ mod tests {
         assert_eq!(lines.len(), 3, "{out}");
         assert!(lines[1].starts_with("support") && lines[1].contains("a=ad-v1:3 b=ad-v2@2:1"));
         assert!(lines[1].ends_with("ad-v3"), "{out}");
-        assert!(lines[2].contains("2 segments, default base") && lines[2].ends_with('-'), "{out}");
+        assert!(
+            lines[2].contains("2 segments, default base") && lines[2].ends_with('-'),
+            "{out}"
+        );
     }
 
     #[test]
@@ -224,22 +244,41 @@ mod tests {
         e["window_s"] = json!(600);
         e["burn_in_s"] = json!(60);
         e["seed"] = json!(7);
-        e["schedule"] = json!([{"window": 5, "start_ms": 3_000_000, "arm": "b"},
+        e["schedule"] = json!([{"id": 5, "start_ms": 3_000_000, "end_ms": 3_600_000, "arm": "b"},
                                {"window": 6, "start_ms": 3_600_000, "arm": "a"}]);
         let out = show(&e, 3_350_000);
-        assert!(out.contains("arm a            ad-v1  weight 3 (75.0%)"), "{out}");
-        assert!(out.contains("arm b            ad-v2@2  weight 1 (25.0%)"), "{out}");
-        assert!(out.contains("shadow ad-v3        score  sample 0.25"), "{out}");
-        assert!(out.contains("windows    600s, burn-in 60s, seed 7"), "{out}");
-        assert!(out.contains("window 5          1970-01-01T00:50:00Z (now)  arm b"), "{out}");
-        assert!(out.contains("window 6          1970-01-01T01:00:00Z (in 4m10s)  arm a"), "{out}");
+        assert!(
+            out.contains("arm a            ad-v1  weight 3 (75.0%)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("arm b            ad-v2@2  weight 1 (25.0%)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("shadow ad-v3        score  sample 0.25"),
+            "{out}"
+        );
+        assert!(
+            out.contains("windows    600s, burn-in 60s, seed 7"),
+            "{out}"
+        );
+        assert!(
+            out.contains("window 5          1970-01-01T00:50:00Z (now)  arm b"),
+            "{out}"
+        );
+        assert!(
+            out.contains("window 6          1970-01-01T01:00:00Z (in 4m10s)  arm a"),
+            "{out}"
+        );
         assert!(!out.contains("salt"), "the salt stays in --json");
     }
 
     #[test]
     fn show_summarises_thousands_of_segments() {
-        let segs: serde_json::Map<String, Value> =
-            (0..5000).map(|i| (format!("c{i:04}"), json!(format!("ad-{i}")))).collect();
+        let segs: serde_json::Map<String, Value> = (0..5000)
+            .map(|i| (format!("c{i:04}"), json!(format!("ad-{i}"))))
+            .collect();
         let e = json!({"name": "assist", "type": "segmented", "segment": {"metadata_key": "customer"},
                        "segments": segs, "default": "base"});
         let out = show(&e, 0);

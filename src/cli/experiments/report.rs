@@ -1,8 +1,9 @@
 //! `loraplex experiments report NAME` as text: one table of arms, the differences against the
 //! control, one table of shadows. The numbers are the server's (`GET
-//! /v1/experiments/{name}/report`); this only lays them out. An estimate may come as a bare
-//! number or as an object with a mean (or diff), a 95% interval and a count, and a percentile as
-//! `metric: {p50, p95}` or `metric_p50`; whatever is missing prints as `-`.
+//! /v1/experiments/{name}/report`); this only lays them out. An estimate is an object with a
+//! `mean` (itself possibly an object: feedback's `{count, mean: {...}}`) or a `diff`, a 95%
+//! interval as `low`/`high` and a count `n`; a bare number is an estimate without interval.
+//! Whatever is missing prints as `-`.
 
 use std::fmt::Write;
 
@@ -35,14 +36,25 @@ fn pair(v: &Value) -> Option<(f64, f64)> {
 
 fn estimate(v: &Value) -> Option<Estimate> {
     if let Some(x) = v.as_f64() {
-        return Some(Estimate { value: x, interval: None, n: None });
+        return Some(Estimate {
+            value: x,
+            interval: None,
+            n: None,
+        });
     }
-    let value = first(v, &["mean", "diff", "estimate", "value"])?.as_f64()?;
-    let interval = first(v, &["ci95", "ci", "interval"]).and_then(pair).or_else(|| {
-        let lo = first(v, &["ci_low", "ci95_low", "lo", "low"])?.as_f64()?;
-        let hi = first(v, &["ci_high", "ci95_high", "hi", "high"])?.as_f64()?;
-        Some((lo, hi))
-    });
+    let value = first(v, &["mean", "diff", "estimate", "value"])?;
+    if value.is_object() {
+        // `{count, mean: {n, mean, low, high}}`: the inner object is the estimate.
+        return estimate(value);
+    }
+    let value = value.as_f64()?;
+    let interval = first(v, &["ci95", "ci", "interval"])
+        .and_then(pair)
+        .or_else(|| {
+            let lo = first(v, &["ci_low", "ci95_low", "lo", "low"])?.as_f64()?;
+            let hi = first(v, &["ci_high", "ci95_high", "hi", "high"])?.as_f64()?;
+            Some((lo, hi))
+        });
     let n = first(v, &["n", "count"]).and_then(Value::as_u64);
     Some(Estimate { value, interval, n })
 }
@@ -76,10 +88,20 @@ fn mean_pm(e: Option<Estimate>) -> String {
 
 /// `+0.050 [-0.030, 0.130]`: a difference with its interval's ends, signed.
 fn diff_ci(e: Estimate) -> String {
-    let signed = |x: f64| if x >= 0.0 { format!("+{}", num(x)) } else { num(x) };
+    let signed = |x: f64| {
+        if x >= 0.0 {
+            format!("+{}", num(x))
+        } else {
+            num(x)
+        }
+    };
     let mut s = signed(e.value);
     if let Some((lo, hi)) = e.interval {
-        let verdict = if lo > 0.0 || hi < 0.0 { "  (excludes 0)" } else { "" };
+        let verdict = if lo > 0.0 || hi < 0.0 {
+            "  (excludes 0)"
+        } else {
+            ""
+        };
         let _ = write!(s, " [{}, {}]{verdict}", signed(lo), signed(hi));
     }
     s
@@ -98,7 +120,7 @@ fn percentiles(arm: &Value, metric: &str) -> String {
 }
 
 fn error_rate(arm: &Value) -> String {
-    let rate = arm["error_rate"].as_f64().or_else(|| {
+    let rate = estimate(&arm["error_rate"]).map(|e| e.value).or_else(|| {
         let (e, r) = (arm["errors"].as_f64()?, arm["requests"].as_f64()?);
         (r > 0.0).then(|| e / r)
     });
@@ -108,7 +130,9 @@ fn error_rate(arm: &Value) -> String {
 fn tokens(arm: &Value) -> String {
     first(arm, &["completion_tokens", "tokens"])
         .map(|t| match t {
-            Value::Object(_) => cell(first(t, &["completion", "sum", "total"]).unwrap_or(&Value::Null)),
+            Value::Object(_) => {
+                cell(first(t, &["completion", "sum", "total"]).unwrap_or(&Value::Null))
+            }
             other => cell(other),
         })
         .unwrap_or_else(|| "-".into())
@@ -136,24 +160,30 @@ fn arms_table(r: &Value, out: &mut String) {
     }
 }
 
-/// The differences: a top-level list, or each arm's `vs_control` map of metric → estimate.
+/// The metrics a difference between arms may be given for, in the order printed.
+const DIFFERENCE_METRICS: [&str; 5] = [
+    "feedback",
+    "error_rate",
+    "latency_ms",
+    "ttft_ms",
+    "completion_tokens",
+];
+
+/// One line per arm and metric: `differences: [{arm, control, feedback: {diff, low, high}, ...}]`.
 fn differences(r: &Value, control: &str) -> Vec<String> {
     let mut lines = Vec::new();
-    for d in first(r, &["differences", "comparisons"]).and_then(Value::as_array).into_iter().flatten() {
-        let Some(e) = estimate(d) else { continue };
-        let base = first(d, &["control", "vs", "baseline"]).map_or(control.to_string(), cell);
-        lines.push(format!(
-            "  {} - {}  {:<14} {}",
-            cell(&d["arm"]),
-            base,
-            cell(first(d, &["metric"]).unwrap_or(&Value::Null)),
-            diff_ci(e)
-        ));
-    }
-    for a in r["arms"].as_array().into_iter().flatten() {
-        for (metric, d) in a["vs_control"].as_object().into_iter().flatten() {
-            if let Some(e) = estimate(d) {
-                lines.push(format!("  {} - {control}  {metric:<14} {}", cell(&a["name"]), diff_ci(e)));
+    for d in r["differences"].as_array().into_iter().flatten() {
+        let base = d
+            .get("control")
+            .filter(|c| !c.is_null())
+            .map_or(control.to_string(), cell);
+        for metric in DIFFERENCE_METRICS {
+            if let Some(e) = estimate(&d[metric]) {
+                lines.push(format!(
+                    "  {} - {base}  {metric:<17} {}",
+                    cell(&d["arm"]),
+                    diff_ci(e)
+                ));
             }
         }
     }
@@ -161,7 +191,10 @@ fn differences(r: &Value, control: &str) -> Vec<String> {
 }
 
 fn shadows_table(r: &Value, out: &mut String) {
-    let shadows = r["shadows"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let shadows = r["shadows"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     if shadows.is_empty() {
         return;
     }
@@ -188,20 +221,20 @@ fn shadows_table(r: &Value, out: &mut String) {
 
 pub fn report(r: &Value) -> String {
     let mut out = String::new();
-    let _ = writeln!(
+    let kind = cell(first(r, &["type", "policy"]).unwrap_or(&Value::Null));
+    let _ = write!(
         out,
-        "{} ({}, {})",
+        "{} ({kind}): {} requests, {} in analysis",
         cell(&r["name"]),
-        cell(first(r, &["type", "policy"]).unwrap_or(&Value::Null)),
-        cell(&r["status"])
+        cell(&r["requests"]),
+        cell(&r["in_analysis"])
     );
-    if let Some(sb) = r["switchback"].as_object() {
-        let parts: Vec<String> = sb
-            .iter()
-            .filter(|(_, v)| !v.is_object() && !v.is_array())
-            .map(|(k, v)| format!("{k} {}", cell(v)))
-            .collect();
-        let _ = writeln!(out, "switchback: {} (the window is the unit; burn-in excluded)", parts.join(", "));
+    if let (Some(a), Some(b)) = (r["first_ts"].as_str(), r["last_ts"].as_str()) {
+        let _ = write!(out, ", {a} to {b}");
+    }
+    out.push('\n');
+    if r["unit"] == "window" {
+        out.push_str("intervals are over windows (the window is the unit; burn-in excluded)\n");
     }
     arms_table(r, &mut out);
     let control = first(r, &["control"])

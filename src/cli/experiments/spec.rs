@@ -137,7 +137,9 @@ pub fn parse_arm(s: &str) -> Result<ArmFlag, String> {
         .ok_or_else(|| format!("{s:?}: expected NAME=MODEL[:WEIGHT]"))?;
     let (model, weight) = match rest.rsplit_once(':') {
         Some((m, w)) if !m.is_empty() => {
-            let w: f64 = w.parse().map_err(|_| format!("{s:?}: WEIGHT {w:?} is not a number"))?;
+            let w: f64 = w
+                .parse()
+                .map_err(|_| format!("{s:?}: WEIGHT {w:?} is not a number"))?;
             (m, Some(w))
         }
         _ => (rest, None),
@@ -162,7 +164,9 @@ pub fn parse_shadow(s: &str) -> Result<ShadowFlag, String> {
         if let Some(f) = fraction {
             let f = f.map_err(|_| format!("{s:?}: SAMPLE {tail:?} is not a number"))?;
             if !(0.0..=1.0).contains(&f) {
-                return Err(format!("{s:?}: SAMPLE must be between 0 and 1 (or 0% and 100%)"));
+                return Err(format!(
+                    "{s:?}: SAMPLE must be between 0 and 1 (or 0% and 100%)"
+                ));
             }
             (model, sample) = (m, Some(f));
         }
@@ -196,7 +200,9 @@ pub fn parse_weight(s: &str) -> Result<(String, f64), String> {
         .split_once('=')
         .filter(|(a, _)| !a.is_empty())
         .ok_or_else(|| format!("{s:?}: expected ARM=WEIGHT"))?;
-    let w = w.parse().map_err(|_| format!("{s:?}: WEIGHT {w:?} is not a number"))?;
+    let w = w
+        .parse()
+        .map_err(|_| format!("{s:?}: WEIGHT {w:?} is not a number"))?;
     Ok((arm.to_string(), w))
 }
 
@@ -230,15 +236,17 @@ fn shadows_json(shadows: &[ShadowFlag]) -> Value {
 
 /// The `POST /v1/experiments` body the flags spell out. `file` is not read here.
 pub fn create_body(f: &CreateFlags) -> Value {
-    let policy = f.policy.unwrap_or(if !f.segments.is_empty() || f.segment_key.is_some() {
-        Policy::Segmented
-    } else if f.window_s.is_some() {
-        Policy::Switchback
-    } else if f.model.is_some() || f.arms.len() == 1 {
-        Policy::Single
-    } else {
-        Policy::Ab
-    });
+    let policy = f
+        .policy
+        .unwrap_or(if !f.segments.is_empty() || f.segment_key.is_some() {
+            Policy::Segmented
+        } else if f.window_s.is_some() {
+            Policy::Switchback
+        } else if f.model.is_some() || f.arms.len() == 1 {
+            Policy::Single
+        } else {
+            Policy::Ab
+        });
     let mut o = Map::new();
     o.insert("name".into(), json!(f.name));
     let kind = policy.to_possible_value().expect("no skipped variants");
@@ -269,13 +277,21 @@ pub fn create_body(f: &CreateFlags) -> Value {
         o.insert("segment".into(), json!({"metadata_key": k}));
     }
     if !f.segments.is_empty() {
-        let map: Map<String, Value> = f.segments.iter().map(|(v, m)| (v.clone(), json!(m))).collect();
+        let map: Map<String, Value> = f
+            .segments
+            .iter()
+            .map(|(v, m)| (v.clone(), json!(m)))
+            .collect();
         o.insert("segments".into(), Value::Object(map));
     }
     if let Some(d) = &f.default {
         o.insert("default".into(), json!(d));
     }
-    for (k, v) in [("window_s", f.window_s), ("burn_in_s", f.burn_in_s), ("seed", f.seed)] {
+    for (k, v) in [
+        ("window_s", f.window_s),
+        ("burn_in_s", f.burn_in_s),
+        ("seed", f.seed),
+    ] {
         if let Some(v) = v {
             o.insert(k.into(), json!(v));
         }
@@ -310,7 +326,11 @@ pub fn update_body(f: &UpdateFlags) -> Option<Value> {
         o.insert("shadows".into(), shadows_json(&f.shadows.shadows));
     }
     if !f.segments.is_empty() || !f.unset_segments.is_empty() {
-        let mut map: Map<String, Value> = f.segments.iter().map(|(v, m)| (v.clone(), json!(m))).collect();
+        let mut map: Map<String, Value> = f
+            .segments
+            .iter()
+            .map(|(v, m)| (v.clone(), json!(m)))
+            .collect();
         for v in &f.unset_segments {
             map.insert(v.clone(), Value::Null);
         }

@@ -13,7 +13,8 @@ struct Top {
 }
 
 fn parse(args: &[&str]) -> Result<ExperimentsCommand, clap::Error> {
-    Top::try_parse_from(std::iter::once("loraplex").chain(args.iter().copied())).map(|t| t.args.command)
+    Top::try_parse_from(std::iter::once("loraplex").chain(args.iter().copied()))
+        .map(|t| t.args.command)
 }
 
 fn create(args: &[&str]) -> Value {
@@ -37,8 +38,18 @@ fn update(args: &[&str]) -> Option<Value> {
 #[test]
 fn an_ab_with_a_shadow_is_the_contract_example() {
     let body = create(&[
-        "--name", "support", "--type", "ab", "--unit", "user", "--arm", "a=ad-v1:50", "--arm",
-        "b=ad-v2:50", "--shadow", "ad-v3",
+        "--name",
+        "support",
+        "--type",
+        "ab",
+        "--unit",
+        "user",
+        "--arm",
+        "a=ad-v1:50",
+        "--arm",
+        "b=ad-v2:50",
+        "--shadow",
+        "ad-v3",
     ]);
     assert_eq!(
         body,
@@ -51,20 +62,58 @@ fn an_ab_with_a_shadow_is_the_contract_example() {
 
 #[test]
 fn the_type_is_inferred_and_weights_left_to_the_server() {
-    assert_eq!(create(&["--name", "r", "--arm", "a=x", "--arm", "b=y"])["type"], "ab");
-    assert_eq!(create(&["--name", "r", "--model", "ad@3"]), json!({"name": "r", "type": "single", "model": "ad@3"}));
-    assert_eq!(create(&["--name", "r", "--arm", "only=x"])["type"], "single");
-    let sb = create(&["--name", "r", "--arm", "a=x", "--arm", "b=y", "--window-s", "600"]);
+    assert_eq!(
+        create(&["--name", "r", "--arm", "a=x", "--arm", "b=y"])["type"],
+        "ab"
+    );
+    assert_eq!(
+        create(&["--name", "r", "--model", "ad@3"]),
+        json!({"name": "r", "type": "single", "model": "ad@3"})
+    );
+    assert_eq!(
+        create(&["--name", "r", "--arm", "only=x"])["type"],
+        "single"
+    );
+    let sb = create(&[
+        "--name",
+        "r",
+        "--arm",
+        "a=x",
+        "--arm",
+        "b=y",
+        "--window-s",
+        "600",
+    ]);
     assert_eq!(sb["type"], "switchback");
-    assert_eq!(sb["arms"], json!([{"name": "a", "model": "x"}, {"name": "b", "model": "y"}]));
-    assert_eq!(create(&["--name", "r", "--segment", "eu=x"])["type"], "segmented");
+    assert_eq!(
+        sb["arms"],
+        json!([{"name": "a", "model": "x"}, {"name": "b", "model": "y"}])
+    );
+    assert_eq!(
+        create(&["--name", "r", "--segment", "eu=x"])["type"],
+        "segmented"
+    );
 }
 
 #[test]
 fn a_switchback_carries_its_clock_settings_and_fractional_weights() {
     let body = create(&[
-        "--name", "batch", "--type", "switchback", "--window-s", "600", "--burn-in-s", "60",
-        "--seed", "7", "--arm", "a=ad-v1:0.5", "--arm", "b=smollm2:1.5", "--salt", "fixed",
+        "--name",
+        "batch",
+        "--type",
+        "switchback",
+        "--window-s",
+        "600",
+        "--burn-in-s",
+        "60",
+        "--seed",
+        "7",
+        "--arm",
+        "a=ad-v1:0.5",
+        "--arm",
+        "b=smollm2:1.5",
+        "--salt",
+        "fixed",
     ]);
     assert_eq!(
         body,
@@ -78,17 +127,41 @@ fn a_switchback_carries_its_clock_settings_and_fractional_weights() {
 #[test]
 fn a_segmented_route_by_header_or_by_metadata_key() {
     let by_key = create(&[
-        "--name", "assist", "--segment-key", "geo", "--segment", "eu=ad-eu", "--segment",
-        "us=ad-us@2", "--default", "smollm2",
+        "--name",
+        "assist",
+        "--segment-key",
+        "geo",
+        "--segment",
+        "eu=ad-eu",
+        "--segment",
+        "us=ad-us@2",
+        "--default",
+        "smollm2",
     ]);
     assert_eq!(
         by_key,
         json!({"name": "assist", "type": "segmented", "segment": {"metadata_key": "geo"},
                "segments": {"eu": "ad-eu", "us": "ad-us@2"}, "default": "smollm2"})
     );
-    let by_header = create(&["--name", "assist", "--type", "segmented", "--segment-header", "--segment", "eu=x"]);
+    let by_header = create(&[
+        "--name",
+        "assist",
+        "--type",
+        "segmented",
+        "--segment-header",
+        "--segment",
+        "eu=x",
+    ]);
     assert_eq!(by_header["segment"], json!({"header": true}));
-    assert!(parse(&["create", "--name", "a", "--segment-header", "--segment-key", "geo"]).is_err());
+    assert!(parse(&[
+        "create",
+        "--name",
+        "a",
+        "--segment-header",
+        "--segment-key",
+        "geo"
+    ])
+    .is_err());
 }
 
 #[test]
@@ -105,11 +178,23 @@ fn shadow_flags_mode_sample_and_pins() {
     assert_eq!(s("ad-v3:score@10%"), f("ad-v3", Some("score"), Some(0.1)));
     // A whole number after @ is a pinned version, not a sample.
     assert_eq!(s("ad-v3@3"), f("ad-v3@3", None, None));
-    assert_eq!(s("ad-v3@3:generate@1.0"), f("ad-v3@3", Some("generate"), Some(1.0)));
+    assert_eq!(
+        s("ad-v3@3:generate@1.0"),
+        f("ad-v3@3", Some("generate"), Some(1.0))
+    );
     for bad in ["ad:fast", "ad@1.5", "ad@150%", "@0.5", ":score"] {
         assert!(parse_shadow(bad).is_err(), "{bad}");
     }
-    let body = create(&["--name", "r", "--model", "x", "--shadow", "a:generate@0.5", "--shadow", "b@2"]);
+    let body = create(&[
+        "--name",
+        "r",
+        "--model",
+        "x",
+        "--shadow",
+        "a:generate@0.5",
+        "--shadow",
+        "b@2",
+    ]);
     assert_eq!(
         body["shadows"],
         json!([{"model": "a", "mode": "generate", "sample": 0.5}, {"model": "b@2"}])
@@ -141,10 +226,20 @@ fn update_bodies() {
     );
     assert_eq!(update(&["--pause"]), Some(json!({"status": "paused"})));
     assert_eq!(update(&["--resume"]), Some(json!({"status": "active"})));
-    assert_eq!(update(&["--shadow", "c@0.5"]), Some(json!({"shadows": [{"model": "c", "sample": 0.5}]})));
+    assert_eq!(
+        update(&["--shadow", "c@0.5"]),
+        Some(json!({"shadows": [{"model": "c", "sample": 0.5}]}))
+    );
     assert_eq!(update(&["--no-shadows"]), Some(json!({"shadows": []})));
     assert_eq!(
-        update(&["--segment", "eu=x", "--unset-segment", "us", "--default", "y"]),
+        update(&[
+            "--segment",
+            "eu=x",
+            "--unset-segment",
+            "us",
+            "--default",
+            "y"
+        ]),
         Some(json!({"segments": {"eu": "x", "us": null}, "default": "y"}))
     );
     assert_eq!(update(&[]), None, "nothing to change sends nothing");
@@ -172,6 +267,8 @@ sample = 0.5
     assert_eq!(parse_spec(yaml, "-").unwrap(), want);
     assert_eq!(parse_spec(&want.to_string(), "s.json").unwrap(), want);
     assert_eq!(parse_spec(&want.to_string(), "-").unwrap(), want);
-    assert!(parse_spec("[1, 2]", "s.json").unwrap_err().contains("one experiment spec"));
+    assert!(parse_spec("[1, 2]", "s.json")
+        .unwrap_err()
+        .contains("one experiment spec"));
     assert!(parse_spec("name = ", "s.toml").is_err());
 }
