@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-model.sh
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, pytest" 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, pytest, duckdb" 2>/dev/null; then
   python3 -m venv .venv
-  .venv/bin/pip install --quiet "openai>=1.40" "pytest>=8"
+  # duckdb reads the JSONL records back the way the README's queries do (tests/e2e/test_experiments.py).
+  .venv/bin/pip install --quiet "openai>=1.40" "pytest>=8" "duckdb==1.5.6"
 fi
 cargo build
 cargo test --workspace --all-targets "$@" 2>&1

@@ -27,6 +27,9 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Manage a running server's adapters (upload, pull, list, show, delete).
     Adapters(cli::adapters::AdaptersArgs),
+    /// Manage a running server's routes and experiments (create, list, show, update, stop,
+    /// report).
+    Experiments(cli::experiments::ExperimentsArgs),
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
@@ -50,6 +53,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Generate(args) => cli::generate::run(args, hub)?,
         Command::Serve(args) => cli::serve::run(args, hub)?,
         Command::Adapters(args) => return Ok(cli::adapters::run(args)),
+        Command::Experiments(args) => return Ok(cli::experiments::run(args)),
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

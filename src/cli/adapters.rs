@@ -1,43 +1,22 @@
-//! `loraplex adapters …`: a client of a running server's admin API.
-//!
-//! Exit codes a script can rely on: 0 done; 1 the server refused the request (its message is
-//! printed); 3 the server could not be reached or failed; 4 the adapter failed local validation
-//! (nothing was sent); clap's 2 for bad usage.
+//! `loraplex adapters …`: a client of a running server's admin API (exit codes and flags in
+//! `admin`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use loraplex_adapters::{inspect_dir, CONFIG_FILE, WEIGHTS_FILE};
-use reqwest::blocking::{multipart, Client, RequestBuilder, Response};
+use reqwest::blocking::multipart;
+use reqwest::Method;
 use serde_json::Value;
 
+use super::admin::{cell, finish, AdminArgs, AdminClient, Failure, EXIT_CODES_HELP};
+
 #[derive(Args, Debug)]
-#[command(
-    after_help = "Exit codes: 0 done; 1 refused by the server (its reason is printed); \
-2 bad usage; 3 server unreachable or failing; 4 local validation failed (nothing was sent)."
-)]
+#[command(after_help = EXIT_CODES_HELP)]
 pub struct AdaptersArgs {
-    /// The server's base URL.
-    #[arg(
-        long,
-        global = true,
-        env = "LORAPLEX_URL",
-        default_value = "http://127.0.0.1:8000"
-    )]
-    pub url: String,
-    /// The server's admin key (`--admin-api-key` of `loraplex serve`).
-    #[arg(
-        long,
-        global = true,
-        env = "LORAPLEX_ADMIN_KEY",
-        hide_env_values = true
-    )]
-    pub admin_key: Option<String>,
-    /// Print the server's JSON instead of text.
-    #[arg(long, global = true)]
-    pub json: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
     #[command(subcommand)]
     pub command: AdaptersCommand,
 }
@@ -78,50 +57,13 @@ pub enum AdaptersCommand {
     Delete { name: String },
 }
 
-/// Why a command failed, mapped to the exit codes above.
-enum Failure {
-    Refused(String),
-    Unreachable(String),
-    Invalid(String),
-}
-
 pub fn run(args: AdaptersArgs) -> ExitCode {
     let outcome = execute(&args);
-    match outcome {
-        Ok(v) => {
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            } else {
-                print_human(&args.command, &v);
-            }
-            ExitCode::SUCCESS
-        }
-        Err(Failure::Refused(m)) => {
-            eprintln!("error: {m}");
-            ExitCode::from(1)
-        }
-        Err(Failure::Unreachable(m)) => {
-            eprintln!("error: {m}");
-            ExitCode::from(3)
-        }
-        Err(Failure::Invalid(m)) => {
-            eprintln!("error: invalid adapter, nothing was sent: {m}");
-            ExitCode::from(4)
-        }
-    }
+    finish(args.admin.json, outcome, |v| print_human(&args.command, v))
 }
 
 fn execute(args: &AdaptersArgs) -> Result<Value, Failure> {
-    let base = args.url.trim_end_matches('/');
-    let client = Client::builder()
-        .timeout(None)
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| Failure::Unreachable(e.to_string()))?;
-    let auth = |rb: RequestBuilder| match &args.admin_key {
-        Some(k) => rb.bearer_auth(k),
-        None => rb,
-    };
+    let api = AdminClient::new(&args.admin)?;
     let req = match &args.command {
         AdaptersCommand::Upload {
             path,
@@ -129,14 +71,11 @@ fn execute(args: &AdaptersArgs) -> Result<Value, Failure> {
             description,
             labels,
         } => {
-            let form = upload_form(path, name, description.as_deref(), labels, !args.json)?;
+            let form = upload_form(path, name, description.as_deref(), labels, !args.admin.json)?;
             // A refused key is answered before the body is read, which the client would see
             // as a broken upload; ask a cheap admin route first to get the server's reason.
-            let probe = auth(client.get(format!("{base}/v1/adapters")))
-                .send()
-                .map_err(|e| Failure::Unreachable(format!("cannot reach {base}: {e}")))?;
-            decode(probe)?;
-            auth(client.post(format!("{base}/v1/adapters"))).multipart(form)
+            api.send(api.request(Method::GET, "/v1/adapters"))?;
+            api.request(Method::POST, "/v1/adapters").multipart(form)
         }
         AdaptersCommand::Pull {
             source,
@@ -144,40 +83,19 @@ fn execute(args: &AdaptersArgs) -> Result<Value, Failure> {
             revision,
             token,
             description,
-        } => auth(client.post(format!("{base}/v1/adapters/pull"))).json(&serde_json::json!({
-            "name": name, "source": source, "revision": revision, "token": token,
-            "description": description,
-        })),
-        AdaptersCommand::List => auth(client.get(format!("{base}/v1/adapters"))),
-        AdaptersCommand::Show { name } => auth(client.get(format!("{base}/v1/adapters/{name}"))),
+        } => api
+            .request(Method::POST, "/v1/adapters/pull")
+            .json(&serde_json::json!({
+                "name": name, "source": source, "revision": revision, "token": token,
+                "description": description,
+            })),
+        AdaptersCommand::List => api.request(Method::GET, "/v1/adapters"),
+        AdaptersCommand::Show { name } => api.request(Method::GET, &format!("/v1/adapters/{name}")),
         AdaptersCommand::Delete { name } => {
-            auth(client.delete(format!("{base}/v1/adapters/{name}")))
+            api.request(Method::DELETE, &format!("/v1/adapters/{name}"))
         }
     };
-    let resp = req
-        .send()
-        .map_err(|e| Failure::Unreachable(format!("cannot reach {base}: {e}")))?;
-    decode(resp)
-}
-
-fn decode(resp: Response) -> Result<Value, Failure> {
-    let status = resp.status();
-    let body: Value = resp
-        .json()
-        .map_err(|e| Failure::Unreachable(format!("unexpected response ({status}): {e}")))?;
-    if status.is_success() {
-        return Ok(body);
-    }
-    let msg = body["error"]["message"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| body.to_string());
-    let msg = format!("{msg} (HTTP {})", status.as_u16());
-    if status.is_client_error() {
-        Err(Failure::Refused(msg))
-    } else {
-        Err(Failure::Unreachable(msg))
-    }
+    api.send(req)
 }
 
 /// The multipart body; a folder is checked locally first (the checks that need no base model).
@@ -201,21 +119,21 @@ fn upload_form(
         form = form.text("label", l.clone());
     }
     let files: Vec<PathBuf> = if path.is_dir() {
-        inspect_dir(path).map_err(|e| Failure::Invalid(e.to_string()))?;
+        inspect_dir(path).map_err(invalid)?;
         vec![path.join(CONFIG_FILE), path.join(WEIGHTS_FILE)]
     } else if path.is_file() {
         vec![path.to_path_buf()]
     } else {
-        return Err(Failure::Invalid(format!(
-            "{} does not exist",
-            path.display()
-        )));
+        return Err(Failure::Invalid {
+            what: "adapter",
+            msg: format!("{} does not exist", path.display()),
+        });
     };
     let sizes: Vec<u64> = files
         .iter()
         .map(|f| std::fs::metadata(f).map(|m| m.len()))
         .collect::<std::io::Result<_>>()
-        .map_err(|e| Failure::Invalid(e.to_string()))?;
+        .map_err(invalid)?;
     let bar = if progress {
         let b = indicatif::ProgressBar::new(sizes.iter().sum());
         b.set_style(
@@ -229,7 +147,7 @@ fn upload_form(
         indicatif::ProgressBar::hidden()
     };
     for (f, len) in files.iter().zip(sizes) {
-        let file = std::fs::File::open(f).map_err(|e| Failure::Invalid(e.to_string()))?;
+        let file = std::fs::File::open(f).map_err(invalid)?;
         let file_name = f
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -241,12 +159,15 @@ fn upload_form(
     Ok(form)
 }
 
+fn invalid(e: impl std::fmt::Display) -> Failure {
+    Failure::Invalid {
+        what: "adapter",
+        msg: e.to_string(),
+    }
+}
+
 fn print_human(cmd: &AdaptersCommand, v: &Value) {
-    let s = |v: &Value| match v {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
+    let s = cell;
     match cmd {
         AdaptersCommand::List => {
             println!(

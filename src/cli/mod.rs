@@ -1,6 +1,8 @@
 //! Subcommands and the flags they share.
 
 pub mod adapters;
+pub mod admin;
+pub mod experiments;
 pub mod generate;
 pub mod serve;
 

@@ -1,0 +1,248 @@
+//! What a request on a route adds to a plain one: the arm that serves it (chosen once, before
+//! validation), the response headers naming it, the logprobs its shadows need captured while
+//! the primary generates, and, once the primary is over, its record and its shadow jobs. None
+//! of it can change what the client receives or fail the request: records and shadows are
+//! handed to queues that drop (and count) rather than wait.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::Response;
+use loraplex_runtime::{GenerationParams, GenerationRequest};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+use crate::experiments::{Assignment, Attributes, ShadowMode, Target};
+use crate::generation::Events;
+use crate::records::{Record, RequestRecord};
+use crate::resolve::Resolved;
+use crate::shadow::LiveShadowJob;
+use crate::state::AppState;
+use crate::trace::{self, Outcome, Trace};
+
+/// Alternatives per position captured for shadows when the client asked for no logprobs:
+/// enough for the KL estimate's top-k.
+const SHADOW_TOP_K: usize = 5;
+
+/// A request's attributes a route may assign by.
+pub fn attributes<'a>(
+    headers: &'a HeaderMap,
+    user: Option<&'a str>,
+    metadata: Option<&'a Map<String, Value>>,
+) -> Attributes<'a> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    Attributes {
+        user,
+        unit_header: header("x-loraplex-unit"),
+        segment_header: header("x-loraplex-segment"),
+        metadata,
+    }
+}
+
+impl AppState {
+    /// What serves `model`: a route's arm for this request, or the base or adapter so named.
+    pub fn route(
+        &self,
+        model: &str,
+        attrs: &Attributes<'_>,
+    ) -> Result<(Resolved, Option<Assignment>), ApiError> {
+        match self.experiments.assign(model, attrs, &*self.clock) {
+            Some(a) => Ok((self.resolve_target(&a.target)?, Some(a))),
+            None => Ok((self.resolve(model)?, None)),
+        }
+    }
+
+    /// A route target as a servable model. A pinned version is served under its own registry
+    /// name, `name@version` (no adapter name holds an `@`), so it and the current version of
+    /// the same adapter can share a batch.
+    pub fn resolve_target(&self, target: &Target) -> Result<Resolved, ApiError> {
+        match target {
+            Target::Base => Ok(Resolved::Base),
+            Target::Adapter {
+                name,
+                version: None,
+            } => self.resolve(name),
+            Target::Adapter {
+                name,
+                version: Some(v),
+            } => {
+                let alias = pinned_name(name, *v);
+                if self.engine.registry().get(&alias).is_some() {
+                    return Ok(Resolved::Adapter(alias));
+                }
+                let stored = match &self.store {
+                    Some(store) => store.version(name, *v)?,
+                    None => None,
+                };
+                let stored = stored.ok_or_else(|| ApiError::ModelNotFound(alias.clone()))?;
+                Ok(Resolved::Stored {
+                    name: alias,
+                    recorded: stored.manifest.recorded(),
+                    dir: stored.dir,
+                })
+            }
+        }
+    }
+}
+
+/// The registry name a pinned version is served under.
+pub fn pinned_name(name: &str, version: u64) -> String {
+    format!("{name}@{version}")
+}
+
+/// A routed request in flight.
+pub struct Routed {
+    st: AppState,
+    assignment: Assignment,
+    adapter: Option<String>,
+    adapter_version: Option<u64>,
+    endpoint: &'static str,
+    stream: bool,
+    http_request_id: String,
+    prompt: Vec<u32>,
+    params: GenerationParams,
+}
+
+impl Routed {
+    /// After validation and registration, before submit: `requests` are the request's choices,
+    /// whose first one the shadows follow; its logprobs are captured if the client did not ask
+    /// for them (the reply writes only what the client asked for).
+    pub fn new(
+        st: &AppState,
+        assignment: Assignment,
+        requests: &mut [GenerationRequest],
+        endpoint: &'static str,
+        stream: bool,
+        http_request_id: String,
+    ) -> Self {
+        let first = requests.first_mut();
+        let (adapter, prompt, params) = match first {
+            Some(r) => {
+                if !assignment.shadows.is_empty() && r.params.logprobs.is_none() {
+                    r.params.logprobs = Some(SHADOW_TOP_K);
+                }
+                (r.adapter.clone(), r.prompt.clone(), r.params.clone())
+            }
+            None => (None, Vec::new(), GenerationParams::default()),
+        };
+        let adapter_version = adapter
+            .as_deref()
+            .and_then(|a| st.engine.registry().get(a))
+            .and_then(|s| s.recorded.and_then(|r| r.version));
+        metrics::counter!("loraplex_route_requests_total",
+            "route" => assignment.route.clone(), "arm" => assignment.arm.clone())
+        .increment(1);
+        Routed {
+            st: st.clone(),
+            assignment,
+            adapter,
+            adapter_version,
+            endpoint,
+            stream,
+            http_request_id,
+            prompt,
+            params,
+        }
+    }
+
+    /// Names the arm that served the response.
+    pub fn headers(&self, resp: &mut Response) {
+        let a = &self.assignment;
+        let h = resp.headers_mut();
+        let mut put = |name: &'static str, value: &str| {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.insert(name, v);
+            }
+        };
+        put("x-loraplex-route", &a.route);
+        put("x-loraplex-arm", &a.arm);
+        put("x-loraplex-model", &a.model);
+        if let Some(v) = self.adapter_version {
+            put("x-loraplex-adapter-version", &v.to_string());
+        }
+    }
+
+    /// The request was refused before it ran (a full queue, a shutdown): recorded as an error.
+    pub fn refused(self, request_id: String, e: &ApiError) {
+        let code = e.body().error.code.unwrap_or_else(|| "error".into());
+        let trace = Trace {
+            choices: Vec::new(),
+            first_token: None,
+            elapsed: Duration::ZERO,
+            outcome: Outcome::Failed(code),
+        };
+        self.finish(request_id, trace);
+    }
+
+    /// `all` unchanged; when it ends, the request's record and its shadows.
+    pub fn tap(self, all: Events, choices: usize, request_id: String) -> Events {
+        trace::tap(all, choices, move |t| self.finish(request_id, t))
+    }
+
+    fn finish(self, request_id: String, t: Trace) {
+        let a = &self.assignment;
+        let first = t.choices.first();
+        let (status, error) = match &t.outcome {
+            Outcome::Ok => ("ok", None),
+            Outcome::Failed(code) => ("error", Some(code.clone())),
+            Outcome::Cancelled => ("cancelled", None),
+        };
+        let usage = t
+            .choices
+            .iter()
+            .fold((0, 0), |(p, c), ch| {
+                (p.max(ch.usage.prompt_tokens), c + ch.usage.completion_tokens)
+            });
+        let latency = t.elapsed.as_secs_f64();
+        let labels = [
+            ("route", a.route.clone()),
+            ("arm", a.arm.clone()),
+            ("status", status.to_string()),
+        ];
+        metrics::histogram!("loraplex_route_request_latency_seconds", &labels).record(latency);
+        if let Some(ft) = t.first_token {
+            metrics::histogram!("loraplex_route_time_to_first_token_seconds",
+                "route" => a.route.clone(), "arm" => a.arm.clone())
+            .record(ft.as_secs_f64());
+        }
+        metrics::counter!("loraplex_route_generation_tokens_total",
+            "route" => a.route.clone(), "arm" => a.arm.clone())
+        .increment(usage.1 as u64);
+        self.st.recorder.record(Record::Request(RequestRecord::new(
+            &request_id,
+            &self.http_request_id,
+            a,
+            self.adapter.clone(),
+            self.adapter_version,
+            self.endpoint,
+            self.stream,
+            status,
+            error,
+            first.and_then(|c| c.finish).map(|f| f.as_str().to_string()),
+            usage.0,
+            usage.1,
+            t.first_token.map(|d| d.as_secs_f64() * 1e3),
+            latency * 1e3,
+        )));
+        let Some(served) = first.filter(|c| t.outcome == Outcome::Ok && !c.ids.is_empty()) else {
+            return;
+        };
+        for shadow in &a.shadows {
+            let job = LiveShadowJob {
+                request_id: request_id.clone(),
+                route: a.route.clone(),
+                experiment_id: a.experiment_id.clone(),
+                arm: a.arm.clone(),
+                model: shadow.model.clone(),
+                target: shadow.target.clone(),
+                mode: shadow.mode,
+                prompt: self.prompt.clone(),
+                completion: served.ids.clone(),
+                primary_logprobs: served.logprobs.clone(),
+                params: (shadow.mode == ShadowMode::Generate).then(|| self.params.clone()),
+                primary_latency: t.elapsed,
+            };
+            self.st.shadows.try_submit(job);
+        }
+    }
+}
