@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use loraplex_gateway::shadow::{
-    LiveMode, LiveShadowJob, ShadowConfig, ShadowOutcome, ShadowQueue, ShadowResult,
+    LiveMode, LiveShadowJob, ShadowConfig, ShadowOutcome, ShadowQueue, ShadowResult, KL_TOP_K,
 };
 use loraplex_gateway::AppState;
 use loraplex_runtime::{GenerationParams, GenerationRequest, TokenEvent, TokenLogprob};
@@ -17,12 +17,12 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use super::{close, close_rel, post, prompt_ids, state};
 use crate::util::golden;
 
-/// The base model's greedy answer with its top-20 logprobs, as a primary would capture them.
+/// The base model's greedy answer with the logprobs a primary captures for its shadows.
 async fn primary(st: &AppState, prompt: &[u32]) -> (Vec<u32>, Vec<TokenLogprob>) {
     let params = GenerationParams {
         max_tokens: 6,
         ignore_eos: true,
-        logprobs: Some(20),
+        logprobs: Some(KL_TOP_K),
         ..Default::default()
     };
     let mut s = st

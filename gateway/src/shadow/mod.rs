@@ -14,4 +14,4 @@ pub use queue::{
     ShadowQueue, ShadowResult, ShadowSink,
 };
 pub use score::{live_priority, score_jobs, ScoreJob, SCORE_TOP_K};
-pub use summary::{compare, edit_distance, kl_estimate, summarize, Comparison, Summary};
+pub use summary::{compare, edit_distance, kl_estimate, summarize, Comparison, Summary, KL_TOP_K};

@@ -72,8 +72,9 @@ pub struct LiveShadowJob {
     pub prompt: Vec<u32>,
     /// The served completion's ids.
     pub completion: Vec<u32>,
-    /// The primary's logprobs of the served tokens, with their top-k ([`SCORE_TOP_K`] for the
-    /// best KL estimate), for `ppl_ratio` and `kl`; empty when not captured.
+    /// The primary's logprobs of the served tokens, with their top-k (at least
+    /// [`KL_TOP_K`](super::KL_TOP_K) for the KL estimate), for `ppl_ratio` and `kl`; empty when
+    /// not captured.
     pub primary_logprobs: Vec<TokenLogprob>,
 }
 

@@ -12,10 +12,9 @@ use loraplex_runtime::{
 
 use crate::error::ApiError;
 
-/// Alternatives kept per scored position, whatever the client asked to see: the summaries (top-1
-/// agreement, the KL estimate) then never depend on a request's `top_logprobs`, so the endpoint
-/// and live shadows compute them from the same top-k. Also the top-k a primary should capture
-/// for its shadows' KL. OpenAI's largest `top_logprobs`.
+/// Alternatives kept per scored position, whatever the client asked to see, so that the
+/// summaries never depend on a request's `top_logprobs` (the KL estimate takes the first
+/// [`KL_TOP_K`](super::KL_TOP_K) of them). OpenAI's largest `top_logprobs`.
 pub const SCORE_TOP_K: usize = 20;
 
 /// The scheduling class of live shadow work: only the capacity interactive work leaves.

@@ -12,6 +12,12 @@ use serde::Serialize;
 /// than infinity.
 const TAIL_FLOOR: f64 = 1e-12;
 
+/// Alternatives per side the KL estimate uses, whatever more a side returned: a live primary
+/// captures only a few while it generates, and the estimate must not depend on how many each
+/// path had, so that a live shadow's KL equals the endpoint's. A primary should capture at least
+/// this many; with fewer, the estimate uses what there is (a looser lower bound).
+pub const KL_TOP_K: usize = 5;
+
 /// A completion's scores under one model, optionally against a reference's scores of the same
 /// tokens (the primary's own, captured while it generated, or another model's).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -75,10 +81,11 @@ fn mean(xs: impl Iterator<Item = f64>) -> f64 {
     sum / n as f64
 }
 
-/// KL(P ‖ Q) at one position, from what both sides returned: each one's top-k and the served
-/// token's logprob. Neither side has the whole distribution, so the vocabulary is coarsened to
-/// the tokens whose probability both sides know — the intersection of the two top-k sets, plus
-/// the served token, which both scored — and one tail bucket holding the rest of each side's
+/// KL(P ‖ Q) at one position, from what both sides returned: each one's top-k (the first
+/// [`KL_TOP_K`]) and the served token's logprob. Neither side has the whole distribution, so
+/// the vocabulary is coarsened to the tokens whose probability both sides know — the
+/// intersection of the two top-k sets, plus the served token, which both scored — and one
+/// tail bucket holding the rest of each side's
 /// mass (`1 − Σ known`). A token in only one top-k (the union minus the intersection) goes to
 /// the tail: its mass is known on one side and only bounded on the other.
 ///
@@ -112,7 +119,12 @@ pub fn kl_estimate(p: &TokenLogprob, q: &TokenLogprob) -> f64 {
 
 /// The tokens whose logprob one side returned: its top-k and the served token.
 fn known(t: &TokenLogprob) -> HashMap<u32, f64> {
-    let mut m: HashMap<u32, f64> = t.top.iter().map(|&(id, lp)| (id, lp as f64)).collect();
+    let mut m: HashMap<u32, f64> = t
+        .top
+        .iter()
+        .take(KL_TOP_K)
+        .map(|&(id, lp)| (id, lp as f64))
+        .collect();
     m.insert(t.id, t.logprob as f64);
     m
 }
@@ -213,6 +225,19 @@ mod tests {
         let q = tl(9, 0.2, &[(2, 0.7)]);
         let kl = 0.1 * (0.1f64 / 0.2).ln() + 0.9 * (0.9f64 / 0.8).ln();
         assert!(close(kl_estimate(&p, &q), kl));
+    }
+
+    #[test]
+    fn kl_uses_the_first_kl_top_k_alternatives_only() {
+        let top: Vec<(u32, f64)> = (0..KL_TOP_K as u32).map(|i| (i, 0.1)).collect();
+        let (p, q) = (tl(0, 0.1, &top), tl(0, 0.1, &top));
+        // An alternative past KL_TOP_K on both sides, with different mass, changes nothing.
+        let mut longer = top.clone();
+        longer.push((99, 0.05));
+        let mut q2 = tl(0, 0.1, &longer);
+        q2.top.last_mut().unwrap().1 = 0.3f64.ln() as f32;
+        assert_eq!(kl_estimate(&p, &q), kl_estimate(&tl(0, 0.1, &longer), &q2));
+        assert!(close(kl_estimate(&p, &q), 0.0));
     }
 
     #[test]
