@@ -15,6 +15,7 @@ use crate::wire::{ChatLogprobs, ChatTokenLogprob, CompletionLogprobs, TopLogprob
 pub struct Tokens<'a> {
     tokenizer: &'a Tokenizer,
     as_ids: bool,
+    top: usize,
 }
 
 impl<'a> Tokens<'a> {
@@ -22,6 +23,7 @@ impl<'a> Tokens<'a> {
         Self {
             tokenizer,
             as_ids: reply.tokens_as_ids,
+            top: reply.top_logprobs,
         }
     }
 
@@ -53,7 +55,12 @@ impl<'a> Tokens<'a> {
                         token: e.token,
                         logprob: e.logprob,
                         bytes: e.bytes,
-                        top_logprobs: l.top.iter().map(|&(id, lp)| self.top(id, lp)).collect(),
+                        top_logprobs: l
+                            .top
+                            .iter()
+                            .take(self.top)
+                            .map(|&(id, lp)| self.top(id, lp))
+                            .collect(),
                     }
                 })
                 .collect(),
@@ -92,6 +99,7 @@ impl<'a> Tokens<'a> {
         lp.top_logprobs.push(l.map(|l| {
             l.top
                 .iter()
+                .take(self.top)
                 .map(|&(t, v)| (self.text(t), v))
                 .collect::<HashMap<_, _>>()
         }));

@@ -16,13 +16,9 @@ use crate::experiments::{Assignment, Attributes, ShadowMode, Target};
 use crate::generation::Events;
 use crate::records::{Record, RequestRecord};
 use crate::resolve::Resolved;
-use crate::shadow::LiveShadowJob;
+use crate::shadow::{LiveMode, LiveShadowJob, KL_TOP_K};
 use crate::state::AppState;
 use crate::trace::{self, Outcome, Trace};
-
-/// Alternatives per position captured for shadows when the client asked for no logprobs:
-/// enough for the KL estimate's top-k.
-const SHADOW_TOP_K: usize = 5;
 
 /// A request's attributes a route may assign by.
 pub fn attributes<'a>(
@@ -118,8 +114,11 @@ impl Routed {
         let first = requests.first_mut();
         let (adapter, prompt, params) = match first {
             Some(r) => {
-                if !assignment.shadows.is_empty() && r.params.logprobs.is_none() {
-                    r.params.logprobs = Some(SHADOW_TOP_K);
+                // Captured with the KL estimate's alternatives however many the client asked for:
+                // the reply writes only the client's count (`Reply::top_logprobs`).
+                if !assignment.shadows.is_empty() {
+                    let asked = r.params.logprobs.unwrap_or(0);
+                    r.params.logprobs = Some(asked.max(KL_TOP_K));
                 }
                 (r.adapter.clone(), r.prompt.clone(), r.params.clone())
             }
@@ -228,21 +227,38 @@ impl Routed {
             return;
         };
         for shadow in &a.shadows {
-            let job = LiveShadowJob {
+            // A shadow that cannot be resolved now (its adapter went away) is skipped: it
+            // shows in the counts as a failed job the queue reports, never to the client.
+            let adapter = match self.st.resolve_target(&shadow.target) {
+                Ok(resolved) => {
+                    let name = resolved.adapter().map(str::to_string);
+                    resolved.register(&self.st);
+                    name
+                }
+                Err(e) => {
+                    tracing::warn!(route = %a.route, shadow = %shadow.model, error = %e, "shadow not resolvable");
+                    Some(shadow.model.clone())
+                }
+            };
+            let mode = match shadow.mode {
+                ShadowMode::Score => LiveMode::Score,
+                ShadowMode::Generate => LiveMode::Generate {
+                    params: self.params.clone(),
+                    primary_latency: t.elapsed,
+                },
+            };
+            self.st.shadows.try_submit(LiveShadowJob {
                 request_id: request_id.clone(),
                 route: a.route.clone(),
                 experiment_id: a.experiment_id.clone(),
                 arm: a.arm.clone(),
                 model: shadow.model.clone(),
-                target: shadow.target.clone(),
-                mode: shadow.mode,
+                adapter,
+                mode,
                 prompt: self.prompt.clone(),
                 completion: served.ids.clone(),
                 primary_logprobs: served.logprobs.clone(),
-                params: (shadow.mode == ShadowMode::Generate).then(|| self.params.clone()),
-                primary_latency: t.elapsed,
-            };
-            self.st.shadows.try_submit(job);
+            });
         }
     }
 }

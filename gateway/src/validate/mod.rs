@@ -29,6 +29,8 @@ pub struct Reply {
     pub include_usage: bool,
     /// Logprobs are wanted.
     pub logprobs: bool,
+    /// Alternatives per token the client asked for: a request's shadows may capture more.
+    pub top_logprobs: usize,
     /// vLLM's `return_tokens_as_token_ids`: logprob tokens as `token_id:<id>`.
     pub tokens_as_ids: bool,
 }

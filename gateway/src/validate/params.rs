@@ -42,6 +42,7 @@ impl Sampled {
             stream: self.stream,
             include_usage: self.include_usage,
             logprobs: self.logprobs.is_some(),
+            top_logprobs: self.logprobs.unwrap_or(0),
             tokens_as_ids: f.return_tokens_as_token_ids,
         }
     }
