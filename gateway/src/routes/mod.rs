@@ -4,5 +4,6 @@
 pub mod admin;
 pub mod chat;
 pub mod completions;
+pub mod experiments;
 pub mod models;
 pub mod ops;
