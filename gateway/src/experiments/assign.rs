@@ -227,7 +227,9 @@ impl Compiled {
             v.as_str()
         };
         let value = from_header.or_else(from_metadata)?;
-        self.segments.get_key_value(value).map(|(k, e)| (k.as_str(), e))
+        self.segments
+            .get_key_value(value)
+            .map(|(k, e)| (k.as_str(), e))
     }
 
     fn arm_at(&self, shard: u32) -> &CompiledArm {

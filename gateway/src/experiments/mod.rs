@@ -13,10 +13,11 @@
 //! [`Assignment`] out, so the policies are tested without a server.
 
 mod assign;
+mod persist;
+mod rules;
 mod spec;
 mod table;
 mod validate;
-
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

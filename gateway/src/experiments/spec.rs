@@ -241,5 +241,6 @@ pub fn read_routes_file(path: &Path) -> Result<Vec<ExperimentSpec>, ApiError> {
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| ApiError::BadRequest(format!("{}: {e}", path.display())))?;
-    parse_routes(&text, format).map_err(|e| ApiError::BadRequest(format!("{}: {e}", path.display())))
+    parse_routes(&text, format)
+        .map_err(|e| ApiError::BadRequest(format!("{}: {e}", path.display())))
 }

@@ -2,40 +2,26 @@
 //! for a pointer copy), so a lookup never waits on a writer's disk I/O; writers build a new
 //! snapshot, persist it, and only then publish it, so a failed write changes nothing.
 //!
-//! Persistence: `experiments.json` in the table's directory, replaced atomically (temp file,
-//! fsync, rename, fsync of the directory) under an advisory lock file, so that replicas sharing
-//! the directory never interleave writes. Each replica notices another's write by the file's
-//! identity (inode, length, mtime), checked at most once a second on the request path, and a
-//! writer always re-reads a changed file before changing it, so no replica's change is lost.
+//! Persisted (`persist`) in a directory that replicas may share: each notices another's write by
+//! the file's identity, checked at most once a second on the request path (by the table's clock,
+//! so tests need not sleep), and a writer always re-reads a changed file under the lock before
+//! changing it, so no replica's change is lost.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
 
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 
 use super::assign::{Compiled, Window};
+use super::persist::{Persisted, Stamp};
 use super::spec::{Experiment, ExperimentPatch, ExperimentSpec, Status};
 use super::{validate, Assignment, Attributes, Catalog, Clock};
 use crate::error::ApiError;
 
-const FILE: &str = "experiments.json";
-const LOCK: &str = "experiments.lock";
 /// How often the request path looks for another replica's changes.
 const RELOAD_CHECK_MS: u64 = 1000;
-
-/// What identifies one version of the file: a rename gives a new inode, a rewrite in place a new
-/// mtime or length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    inode: u64,
-    len: u64,
-    modified: Option<SystemTime>,
-}
 
 struct Snapshot {
     routes: HashMap<String, Arc<Compiled>>,
@@ -43,16 +29,10 @@ struct Snapshot {
     stamp: Option<Stamp>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct TableFile {
-    version: u32,
-    experiments: Vec<Experiment>,
-}
-
 pub struct RouteTable {
     base_id: String,
     /// `None`: routes live in memory only.
-    dir: Option<PathBuf>,
+    file: Option<Persisted>,
     clock: Arc<dyn Clock>,
     snapshot: RwLock<Arc<Snapshot>>,
     /// Serialises this process's writers (the lock file serialises processes).
@@ -63,7 +43,7 @@ pub struct RouteTable {
 impl std::fmt::Debug for RouteTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouteTable")
-            .field("dir", &self.dir)
+            .field("file", &self.file)
             .field("routes", &self.names())
             .finish()
     }
@@ -81,7 +61,7 @@ impl RouteTable {
     ) -> Result<Self, ApiError> {
         let table = Self {
             base_id: base_id.to_string(),
-            dir: dir.map(Path::to_path_buf),
+            file: dir.map(Persisted::open).transpose()?,
             next_check_ms: AtomicU64::new(clock.now_unix_ms() + RELOAD_CHECK_MS),
             clock,
             snapshot: RwLock::new(Arc::new(Snapshot {
@@ -90,11 +70,8 @@ impl RouteTable {
             })),
             writer: Mutex::new(()),
         };
-        if let Some(dir) = dir {
-            std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-            if let Some(snapshot) = table.read_file()? {
-                *table.snapshot.write().expect("route table lock") = Arc::new(snapshot);
-            }
+        if let Some(snapshot) = table.read_file()? {
+            *table.snapshot.write().expect("route table lock") = Arc::new(snapshot);
         }
         Ok(table)
     }
@@ -292,14 +269,19 @@ impl RouteTable {
 
     /// The routes now, after looking for another replica's changes if a second has passed.
     fn current(&self) -> Arc<Snapshot> {
-        if self.dir.is_some() {
+        if self.file.is_some() {
             let now = self.clock.now_unix_ms();
             let next = self.next_check_ms.load(Ordering::Relaxed);
             // One caller per second does the check; the others read the snapshot they have.
             if now >= next
                 && self
                     .next_check_ms
-                    .compare_exchange(next, now + RELOAD_CHECK_MS, Ordering::AcqRel, Ordering::Relaxed)
+                    .compare_exchange(
+                        next,
+                        now + RELOAD_CHECK_MS,
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
                     .is_ok()
             {
                 // A writer in progress publishes the newest routes itself.
@@ -314,11 +296,10 @@ impl RouteTable {
     /// Re-reads the file if it is not the version the snapshot holds; a file that cannot be
     /// read keeps the routes being served (logged). The caller holds the writer lock.
     fn reload_if_changed(&self) {
-        let (Some(dir), held) = (&self.dir, self.snapshot.read().expect("route table lock").stamp)
-        else {
+        let Some(file) = &self.file else {
             return;
         };
-        if stamp(&dir.join(FILE)) == held {
+        if file.stamp() == self.snapshot.read().expect("route table lock").stamp {
             return;
         }
         match self.read_file() {
@@ -330,27 +311,21 @@ impl RouteTable {
         }
     }
 
-    /// The routes in the file, or `None` when there is no file.
+    /// The routes in the file, or `None` when there is none.
     fn read_file(&self) -> Result<Option<Snapshot>, ApiError> {
-        let Some(dir) = &self.dir else {
+        let Some((experiments, stamp)) = self
+            .file
+            .as_ref()
+            .map(Persisted::read)
+            .transpose()?
+            .flatten()
+        else {
             return Ok(None);
         };
-        let path = dir.join(FILE);
-        // The stamp is taken first: a file replaced meanwhile only causes one more reload.
-        let Some(stamp) = stamp(&path) else {
-            return Ok(None);
-        };
-        let text = match std::fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_error(&path, e)),
-        };
-        let file: TableFile = serde_json::from_slice(&text)
-            .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display())))?;
-        let mut routes = HashMap::with_capacity(file.experiments.len());
-        for exp in file.experiments {
+        let mut routes = HashMap::with_capacity(experiments.len());
+        for exp in experiments {
             validate::check_stored(&exp, &self.base_id)
-                .map_err(|e| ApiError::Internal(format!("{}: route {:?}: {e}", path.display(), exp.name)))?;
+                .map_err(|e| ApiError::Internal(format!("stored route {:?}: {e}", exp.name)))?;
             routes.insert(exp.name.clone(), self.compile(exp));
         }
         Ok(Some(Snapshot {
@@ -365,73 +340,20 @@ impl RouteTable {
         change: impl FnOnce(&mut HashMap<String, Arc<Compiled>>) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let _writer = self.writer.lock().expect("route table writer");
-        let _lock = self.lock_file()?;
+        let _lock = self.file.as_ref().map(Persisted::lock).transpose()?;
         self.reload_if_changed();
-        let mut routes = self.snapshot.read().expect("route table lock").routes.clone();
+        let mut routes = self
+            .snapshot
+            .read()
+            .expect("route table lock")
+            .routes
+            .clone();
         let out = change(&mut routes)?;
-        let stamp = self.write_file(&routes)?;
+        let stamp = match &self.file {
+            Some(file) => file.write(routes.values().map(|c| c.exp.clone()).collect())?,
+            None => None,
+        };
         *self.snapshot.write().expect("route table lock") = Arc::new(Snapshot { routes, stamp });
         Ok(out)
     }
-
-    /// Held while a writer reads, changes and replaces the file; released on drop.
-    fn lock_file(&self) -> Result<Option<File>, ApiError> {
-        let Some(dir) = &self.dir else {
-            return Ok(None);
-        };
-        let path = dir.join(LOCK);
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io_error(&path, e))?;
-        f.lock().map_err(|e| io_error(&path, e))?;
-        Ok(Some(f))
-    }
-
-    fn write_file(&self, routes: &HashMap<String, Arc<Compiled>>) -> Result<Option<Stamp>, ApiError> {
-        let Some(dir) = &self.dir else {
-            return Ok(None);
-        };
-        let mut experiments: Vec<Experiment> = routes.values().map(|c| c.exp.clone()).collect();
-        experiments.sort_by(|a, b| a.name.cmp(&b.name));
-        let body = serde_json::to_vec_pretty(&TableFile {
-            version: 1,
-            experiments,
-        })
-        .map_err(|e| ApiError::Internal(format!("serialising routes: {e}")))?;
-        let path = dir.join(FILE);
-        let tmp = dir.join(format!(".{FILE}.{:016x}.tmp", rand::random::<u64>()));
-        let written = (|| {
-            use std::io::Write;
-            let mut f = File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            File::open(dir)?.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io_error(&path, e));
-        }
-        Ok(stamp(&path))
-    }
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    let m = std::fs::metadata(path).ok()?;
-    #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(&m);
-    #[cfg(not(unix))]
-    let inode = 0;
-    Some(Stamp {
-        inode,
-        len: m.len(),
-        modified: m.modified().ok(),
-    })
-}
-
-fn io_error(path: &Path, e: std::io::Error) -> ApiError {
-    ApiError::Internal(format!("{}: {e}", path.display()))
 }

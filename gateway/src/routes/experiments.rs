@@ -29,7 +29,10 @@ fn view(st: &AppState, exp: &Experiment, windows: usize) -> Value {
         m.insert("object".into(), json!("experiment"));
         m.insert("created".into(), json!(exp.created_ms / 1000));
         if exp.policy == Policy::Switchback && windows > 0 {
-            let schedule = st.experiments.schedule(&exp.name, windows).unwrap_or_default();
+            let schedule = st
+                .experiments
+                .schedule(&exp.name, windows)
+                .unwrap_or_default();
             m.insert("schedule".into(), json!(schedule));
         }
     }
