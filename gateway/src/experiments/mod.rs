@@ -19,6 +19,11 @@ mod spec;
 mod table;
 mod validate;
 
+#[cfg(test)]
+mod table_tests;
+#[cfg(test)]
+mod tests;
+
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
