@@ -15,7 +15,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::error::ApiError;
 use crate::extract::RequestId;
-use crate::routes::{admin, chat, completions, models, ops, shadow_score};
+use crate::routes::{admin, chat, completions, experiments, models, ops, shadow_score};
 use crate::state::AppState;
 
 pub fn app(state: AppState) -> Router {
@@ -45,6 +45,16 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/load_lora_adapter", post(admin::load_lora))
         .route("/v1/unload_lora_adapter", post(admin::unload_lora))
+        .route(
+            "/v1/experiments",
+            get(experiments::list).post(experiments::create),
+        )
+        .route(
+            "/v1/experiments/{name}",
+            get(experiments::show)
+                .patch(experiments::update)
+                .delete(experiments::delete),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth))
         .layer(RequestBodyLimitLayer::new(body_limit));
     Router::new()

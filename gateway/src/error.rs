@@ -42,6 +42,8 @@ pub enum ApiError {
     InvalidAdapter(String),
     #[error("The adapter `{0}` does not exist.")]
     AdapterNotFound(String),
+    #[error("The experiment `{0}` does not exist.")]
+    ExperimentNotFound(String),
     #[error("{0}")]
     Conflict(String),
     #[error("the request body exceeds {0} bytes")]
@@ -69,9 +71,10 @@ impl ApiError {
             | ApiError::BadRequest(_)
             | ApiError::ContextLength { .. }
             | ApiError::InvalidAdapter(_) => StatusCode::BAD_REQUEST,
-            ApiError::ModelNotFound(_) | ApiError::RouteNotFound | ApiError::AdapterNotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::ModelNotFound(_)
+            | ApiError::RouteNotFound
+            | ApiError::AdapterNotFound(_)
+            | ApiError::ExperimentNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -114,6 +117,11 @@ impl ApiError {
                 "invalid_request_error",
                 Some("name".into()),
                 Some("adapter_not_found".into()),
+            ),
+            ApiError::ExperimentNotFound(_) => (
+                "invalid_request_error",
+                Some("name".into()),
+                Some("experiment_not_found".into()),
             ),
             ApiError::Forbidden(_) => ("permission_error", None, Some("forbidden".into())),
             ApiError::Conflict(_) => ("invalid_request_error", None, Some("conflict".into())),

@@ -6,6 +6,7 @@
 
 mod app;
 mod error;
+pub mod experiments;
 mod extract;
 mod generation;
 mod logprobs;

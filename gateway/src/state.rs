@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use loraplex_adapters::AdapterStore;
+
+use crate::experiments::{Catalog, Clock, RouteTable, SystemClock};
 use loraplex_models::{HubOptions, LoadedModel};
 use loraplex_runtime::EngineHandle;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -66,6 +68,10 @@ pub struct AppState {
     pub fingerprint: String,
     /// Durable adapter versions (uploads, pulls); `None` disables the admin API's writes.
     pub store: Option<Arc<dyn AdapterStore>>,
+    /// The routes (experiments): public model names mapped to what serves them.
+    pub experiments: Arc<RouteTable>,
+    /// The time routes see (switchback windows, creation times); a test clock in tests.
+    pub clock: Arc<dyn Clock>,
     /// Completion requests per adapter name since start-up.
     requests_by_adapter: Arc<Mutex<HashMap<String, u64>>>,
     /// Serialises the admin API's store-and-registry changes.
@@ -80,7 +86,11 @@ impl AppState {
         metrics: Option<PrometheusHandle>,
     ) -> Self {
         let started = now();
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let experiments = Arc::new(RouteTable::in_memory(&cfg.served_model_name, clock.clone()));
         Self {
+            experiments,
+            clock,
             fingerprint: format!("fp_loraplex_{}", env!("CARGO_PKG_VERSION").replace('.', "")),
             cfg: Arc::new(cfg),
             engine,
@@ -96,6 +106,14 @@ impl AppState {
 
     pub fn with_store(mut self, store: Arc<dyn AdapterStore>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Routes from `table` (persisted, or with a test clock) instead of the empty in-memory
+    /// table `new` starts with; the state's clock becomes the table's.
+    pub fn with_experiments(mut self, table: Arc<RouteTable>) -> Self {
+        self.clock = table.clock().clone();
+        self.experiments = table;
         self
     }
 
@@ -115,6 +133,29 @@ impl AppState {
             .get(name)
             .copied()
             .unwrap_or(0)
+    }
+}
+
+/// What routes may name: the base id, the registered adapters and the store's versions. The
+/// store calls read the disk: call from blocking code.
+impl Catalog for AppState {
+    fn base_id(&self) -> &str {
+        &self.cfg.served_model_name
+    }
+
+    fn adapter_exists(&self, name: &str) -> bool {
+        self.engine.registry().get(name).is_some()
+            || self
+                .store
+                .as_ref()
+                .is_some_and(|s| matches!(s.current(name), Ok(Some(_))))
+    }
+
+    fn version_exists(&self, name: &str, version: u64) -> bool {
+        self.store.as_ref().is_some_and(|s| {
+            s.versions(name)
+                .is_ok_and(|vs| vs.iter().any(|m| m.version == version))
+        })
     }
 }
 

@@ -42,7 +42,7 @@ fn check_new_name(st: &AppState, name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)

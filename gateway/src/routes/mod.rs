@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod chat;
 pub mod completions;
+pub mod experiments;
 pub mod models;
 pub mod ops;
 pub mod shadow_score;
