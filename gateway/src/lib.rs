@@ -9,6 +9,7 @@ mod error;
 mod extract;
 mod generation;
 mod logprobs;
+pub mod records;
 mod resolve;
 mod routes;
 mod sse;
