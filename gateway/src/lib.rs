@@ -10,6 +10,7 @@ pub mod experiments;
 mod extract;
 mod generation;
 mod logprobs;
+pub mod records;
 mod resolve;
 mod routes;
 pub mod shadow;
