@@ -17,7 +17,7 @@ use crate::generation::Events;
 use crate::records::{Record, RequestRecord};
 use crate::resolve::Resolved;
 use crate::shadow::{LiveMode, LiveShadowJob, KL_TOP_K};
-use crate::state::AppState;
+use crate::state::{now_ms, AppState};
 use crate::trace::{self, Outcome, Trace};
 
 /// A request's attributes a route may assign by.
@@ -42,7 +42,7 @@ impl AppState {
         model: &str,
         attrs: &Attributes<'_>,
     ) -> Result<(Resolved, Option<Assignment>), ApiError> {
-        match self.experiments.assign(model, attrs, &*self.clock) {
+        match self.experiments.assign(model, attrs) {
             Some(a) => Ok((self.resolve_target(&a.target)?, Some(a))),
             None => Ok((self.resolve(model)?, None)),
         }
@@ -207,22 +207,32 @@ impl Routed {
         metrics::counter!("loraplex_route_generation_tokens_total",
             "route" => a.route.clone(), "arm" => a.arm.clone())
         .increment(usage.1 as u64);
-        self.st.recorder.record(Record::Request(RequestRecord::new(
-            &request_id,
-            &self.http_request_id,
-            a,
-            self.adapter.clone(),
-            self.adapter_version,
-            self.endpoint,
-            self.stream,
-            status,
+        self.st.recorder.record(Record::Request(RequestRecord {
+            ts_ms: now_ms(),
+            request_id: request_id.clone(),
+            http_request_id: Some(self.http_request_id.clone()),
+            route: a.route.clone(),
+            experiment_id: a.experiment_id.clone(),
+            policy: a.policy.to_string(),
+            arm: a.arm.clone(),
+            unit_hash: a.unit_hash.clone(),
+            unit_source: a.unit_source.to_string(),
+            segment: a.segment.clone(),
+            window: a.window,
+            in_analysis: a.in_analysis,
+            model: a.model.clone(),
+            adapter: self.adapter.clone(),
+            adapter_version: self.adapter_version,
+            endpoint: self.endpoint.to_string(),
+            stream: self.stream,
+            status: status.to_string(),
             error,
-            first.and_then(|c| c.finish).map(|f| f.as_str().to_string()),
-            usage.0,
-            usage.1,
-            t.first_token.map(|d| d.as_secs_f64() * 1e3),
-            latency * 1e3,
-        )));
+            finish_reason: first.and_then(|c| c.finish).map(|f| f.as_str().to_string()),
+            prompt_tokens: usage.0 as u64,
+            completion_tokens: usage.1 as u64,
+            ttft_ms: t.first_token.map(|d| d.as_secs_f64() * 1e3),
+            latency_ms: latency * 1e3,
+        }));
         let Some(served) = first.filter(|c| t.outcome == Outcome::Ok && !c.ids.is_empty()) else {
             return;
         };
@@ -247,7 +257,14 @@ impl Routed {
                     primary_latency: t.elapsed,
                 },
             };
-            self.st.shadows.try_submit(LiveShadowJob {
+            let Some(queue) = &self.st.shadows else {
+                metrics::counter!("loraplex_shadow_jobs_total",
+                    "route" => a.route.clone(), "shadow" => shadow.model.clone(),
+                    "status" => "disabled")
+                .increment(1);
+                continue;
+            };
+            queue.try_submit(LiveShadowJob {
                 request_id: request_id.clone(),
                 route: a.route.clone(),
                 experiment_id: a.experiment_id.clone(),

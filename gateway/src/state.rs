@@ -12,6 +12,8 @@ use std::sync::Mutex;
 use loraplex_adapters::AdapterStore;
 
 use crate::experiments::{Catalog, Clock, RouteTable, SystemClock};
+use crate::records::Recorder;
+use crate::shadow::{ShadowConfig, ShadowQueue};
 use loraplex_models::{HubOptions, LoadedModel};
 use loraplex_runtime::EngineHandle;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -72,6 +74,10 @@ pub struct AppState {
     pub experiments: Arc<RouteTable>,
     /// The time routes see (switchback windows, creation times); a test clock in tests.
     pub clock: Arc<dyn Clock>,
+    /// Where routed requests, shadow scores and feedback are appended; disabled by default.
+    pub recorder: Recorder,
+    /// Live shadow scoring; `None` (the default) skips shadows, counted in the metrics.
+    pub shadows: Option<ShadowQueue>,
     /// Completion requests per adapter name since start-up.
     requests_by_adapter: Arc<Mutex<HashMap<String, u64>>>,
     /// Serialises the admin API's store-and-registry changes.
@@ -99,6 +105,8 @@ impl AppState {
             draining: Arc::new(AtomicBool::new(false)),
             started,
             store: None,
+            recorder: Recorder::disabled(),
+            shadows: None,
             requests_by_adapter: Arc::default(),
             admin_lock: Arc::default(),
         }
@@ -114,6 +122,21 @@ impl AppState {
     pub fn with_experiments(mut self, table: Arc<RouteTable>) -> Self {
         self.clock = table.clock().clone();
         self.experiments = table;
+        self
+    }
+
+    /// Records under `recorder` (call before [`AppState::with_shadow_queue`], whose outcomes
+    /// it records).
+    pub fn with_recorder(mut self, recorder: Recorder) -> Self {
+        self.recorder = recorder;
+        self
+    }
+
+    /// Starts live shadow scoring (inside a tokio runtime); outcomes become shadow records
+    /// and metrics.
+    pub fn with_shadow_queue(mut self, cfg: ShadowConfig) -> Self {
+        let sink = crate::shadow_outcomes::sink(self.recorder.clone(), self.engine.clone());
+        self.shadows = Some(ShadowQueue::start(self.engine.clone(), cfg, sink));
         self
     }
 
@@ -163,6 +186,14 @@ pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Unix milliseconds (record times).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
