@@ -13,6 +13,7 @@ mod adapters; // PEFT adapters against PEFT's logits, mixed batches, merged weig
 mod admin; // the admin API over HTTP: upload, replace, pull, delete, load/unload, hostile uploads
 mod cli; // `loraplex generate` run as a user runs it
 mod engine; // the engine through EngineHandle: batching, chunked prefill, cancel, backpressure, cold loads
+mod experiments; // the experiments admin API: create/list/show/patch/delete, every refusal, persistence, keys
 mod gateway; // the OpenAI HTTP contract: response shapes and every error case
 mod golden_smollm2; // the real SmolLM2 GGUF against transformers' dequantized-f32 reference
 mod golden_tiny; // the tiny Llama against transformers' exact f32 logits, alone and batched

@@ -217,8 +217,8 @@ impl RouteTable {
     }
 
     /// Makes the table hold the routes of a `--routes` file: new names are created, existing
-    /// ones take the file's settings but keep their id, creation time, salt and seed (unless the
-    /// file gives them), so a restart with the same file assigns as before. Routes the file
+    /// ones take the file's settings but keep their id, creation time, salt, seed and status
+    /// (unless the file gives them), so a restart with the same file assigns as before. Routes the file
     /// does not name are left alone (they came from the admin API). All or nothing.
     pub fn sync(
         &self,
@@ -242,7 +242,11 @@ impl RouteTable {
                         format!("the file names {:?} twice", spec.name),
                     )));
                 }
-                let (salt, seed) = (spec.salt.is_some(), spec.seed.is_some());
+                let (salt, seed, status) = (
+                    spec.salt.is_some(),
+                    spec.seed.is_some(),
+                    spec.status.is_some(),
+                );
                 let mut exp = validate::build(spec, catalog, now).map_err(at)?;
                 if let Some(old) = routes.get(&exp.name).map(|c| &c.exp) {
                     exp.id.clone_from(&old.id);
@@ -252,6 +256,10 @@ impl RouteTable {
                     }
                     if !seed && old.seed.is_some() {
                         exp.seed = old.seed;
+                    }
+                    // A pause through the admin API outlives a restart with the same file.
+                    if !status {
+                        exp.status = old.status;
                     }
                 }
                 out.push(exp);

@@ -235,6 +235,7 @@ experiments:
     let t = table(Some(dir.path()), &clock);
     let first = t.sync(from_toml.clone(), &TestCatalog).unwrap();
     assert_eq!(t.names(), ["geo", "support"]);
+    t.pause("geo").unwrap();
     clock.advance_ms(60_000);
     let restarted = table(Some(dir.path()), &clock);
     let again = restarted.sync(from_toml.clone(), &TestCatalog).unwrap();
@@ -242,6 +243,7 @@ experiments:
         (&again[0].salt, &again[0].id, again[0].created_ms),
         (&first[0].salt, &first[0].id, T0)
     );
+    assert_eq!(restarted.get("geo").unwrap().status, Status::Paused);
     let mut broken = from_toml;
     broken[1].default = Some("nope".into());
     assert_eq!(
