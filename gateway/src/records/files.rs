@@ -55,12 +55,14 @@ impl Sink {
         self.bytes > 0 && (self.bytes >= max_bytes || self.opened.elapsed() >= max_age)
     }
 
-    pub(super) fn append(&mut self, line: &[u8]) -> io::Result<()> {
+    /// Appends a line (newline added) in one write, so a buffer flush never splits it from its
+    /// newline and a reader never sees half a line except after a crash.
+    pub(super) fn append(&mut self, mut line: Vec<u8>) -> io::Result<()> {
         let out = self.out.as_mut().ok_or_else(closed)?;
         self.unflushed += 1;
-        out.write_all(line)?;
-        out.write_all(b"\n")?;
-        self.bytes += line.len() as u64 + 1;
+        line.push(b'\n');
+        out.write_all(&line)?;
+        self.bytes += line.len() as u64;
         Ok(())
     }
 

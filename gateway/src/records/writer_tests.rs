@@ -32,7 +32,10 @@ fn shadow(id: u64) -> ShadowRecord {
 fn records_round_trip_through_files() {
     let dir = TempDir::new();
     let rec = Recorder::start(config(dir.path()));
-    let requests: Vec<_> = (0..50).map(|i| request("e1", "a", i, 10.0 + i as f64)).collect();
+    assert_eq!(rec.dir(), Some(dir.path()));
+    let requests: Vec<_> = (0..50)
+        .map(|i| request("e1", "a", i, 10.0 + i as f64))
+        .collect();
     for r in &requests {
         rec.request(r.clone());
     }
@@ -75,9 +78,13 @@ fn files_rotate_by_size_and_by_age() {
         rec.request(r.clone());
     }
     rec.flush_blocking();
-    // A line is ~600 bytes: a file takes two before it passes 1,000 bytes.
+    // A request line is ~520 bytes: a file takes two before it passes 1,000 bytes.
     assert_eq!(files::list(dir.path(), Kind::Request).unwrap().len(), 5);
-    assert_eq!(read_all(dir.path()).unwrap().requests, requests, "order kept");
+    assert_eq!(
+        read_all(dir.path()).unwrap().requests,
+        requests,
+        "order kept"
+    );
 
     let dir = TempDir::new();
     let rec = Recorder::start(RecorderConfig {
@@ -170,8 +177,16 @@ fn a_full_queue_drops_and_counts() {
     release.send(()).unwrap();
     rec.flush_blocking();
     assert_eq!(rec.stats().written, 4);
-    let ids: Vec<_> = read_all(dir.path()).unwrap().requests.into_iter().map(|r| r.request_id).collect();
-    assert_eq!(ids, ["chatcmpl-0", "chatcmpl-1", "chatcmpl-2", "chatcmpl-3"]);
+    let ids: Vec<_> = read_all(dir.path())
+        .unwrap()
+        .requests
+        .into_iter()
+        .map(|r| r.request_id)
+        .collect();
+    assert_eq!(
+        ids,
+        ["chatcmpl-0", "chatcmpl-1", "chatcmpl-2", "chatcmpl-3"]
+    );
 }
 
 #[tokio::test]
@@ -198,6 +213,7 @@ async fn a_disabled_recorder_records_nothing() {
     rec.flush().await;
     rec.flush_blocking();
     assert!(!rec.is_enabled());
+    assert_eq!(rec.dir(), None);
     assert_eq!(rec.stats(), RecorderStats::default());
 }
 
