@@ -13,7 +13,12 @@ const COLORS: [&str; 6] = [
 const W: f64 = 720.0;
 const PANEL_H: f64 = 150.0;
 const LEFT: f64 = 70.0;
-const TOP: f64 = 40.0;
+const TOP: f64 = 56.0;
+
+/// The top edge of panel `k`, below its label.
+fn top_of(k: usize) -> f64 {
+    TOP + k as f64 * (PANEL_H + 26.0)
+}
 
 /// What a panel plots of a point.
 type PointValue = fn(&TimelinePoint) -> Option<f64>;
@@ -34,7 +39,7 @@ pub fn report_svg(report: &Report) -> String {
             plot_w / 2.0
         }
     };
-    let height = TOP + 2.0 * PANEL_H + 70.0;
+    let height = top_of(2) + 24.0;
     let mut s = String::new();
     let _ = write!(
         s,
@@ -59,7 +64,7 @@ pub fn report_svg(report: &Report) -> String {
         ("requests", |p| Some(p.requests as f64)),
     ];
     for (k, (label, value)) in panels.iter().enumerate() {
-        let top = TOP + k as f64 * (PANEL_H + 20.0);
+        let top = top_of(k);
         let max = tl
             .points
             .iter()
@@ -69,30 +74,42 @@ pub fn report_svg(report: &Report) -> String {
         let y = |v: f64| top + PANEL_H - v / max * (PANEL_H - 10.0);
         let _ = write!(
             s,
-            r##"<rect x="{LEFT}" y="{top}" width="{plot_w}" height="{PANEL_H}" fill="none" stroke="#ccc"/><text x="4" y="{}">{}</text><text x="4" y="{}">{label}</text><text x="4" y="{}">0</text>"##,
-            top + 12.0,
+            r##"<rect x="{LEFT}" y="{top}" width="{plot_w}" height="{PANEL_H}" fill="none" stroke="#ccc"/><text x="{}" y="{}">{label}</text><text x="{}" y="{}" text-anchor="end">{}</text><text x="{}" y="{}" text-anchor="end">0</text>"##,
+            LEFT,
+            top - 5.0,
+            LEFT - 4.0,
+            top + 14.0,
             fmt_num(max),
-            top + PANEL_H / 2.0,
+            LEFT - 4.0,
             top + PANEL_H
         );
         for (i, arm) in report.arms.iter().enumerate() {
-            let pts: Vec<String> = tl
+            let color = COLORS[i % COLORS.len()];
+            let pts: Vec<(f64, f64)> = tl
                 .points
                 .iter()
                 .filter(|p| p.arm == arm.name)
-                .filter_map(|p| Some(format!("{:.1},{:.1}", x(p.start_ms), y(value(p)?))))
+                .filter_map(|p| Some((x(p.start_ms), y(value(p)?))))
                 .collect();
-            if !pts.is_empty() {
+            if pts.is_empty() {
+                continue;
+            }
+            let line: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+            let _ = write!(
+                s,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
+                line.join(" ")
+            );
+            // Dots, so a bucket without neighbours still shows.
+            for (x, y) in pts {
                 let _ = write!(
                     s,
-                    r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>"#,
-                    COLORS[i % COLORS.len()],
-                    pts.join(" ")
+                    r#"<circle cx="{x:.1}" cy="{y:.1}" r="2" fill="{color}"/>"#
                 );
             }
         }
     }
-    let axis_y = TOP + 2.0 * PANEL_H + 36.0;
+    let axis_y = top_of(1) + PANEL_H + 16.0;
     if !tl.points.is_empty() {
         let _ = write!(
             s,
