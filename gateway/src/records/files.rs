@@ -50,6 +50,18 @@ impl Sink {
         ))
     }
 
+    /// A sink over an open file (tests: `/dev/full` stands for a full disk).
+    #[cfg(test)]
+    pub(super) fn over(path: PathBuf, file: File) -> Sink {
+        Sink {
+            path,
+            out: Some(BufWriter::new(file)),
+            bytes: 0,
+            opened: Instant::now(),
+            unflushed: 0,
+        }
+    }
+
     /// Past its size or age (an empty file is never rotated).
     pub(super) fn full(&self, max_bytes: u64, max_age: std::time::Duration) -> bool {
         self.bytes > 0 && (self.bytes >= max_bytes || self.opened.elapsed() >= max_age)

@@ -233,3 +233,34 @@ fn idle_records_reach_the_file_within_the_flush_interval() {
     assert_eq!(rec.stats().written, 1);
     assert_eq!(read_all(dir.path()).unwrap().requests.len(), 1);
 }
+
+#[test]
+fn a_full_disk_loses_the_buffered_records_counted() {
+    let dir = TempDir::new();
+    let counters = Arc::new(Counters::default());
+    let mut writer = Writer::new(
+        RecorderConfig {
+            retry_after: Duration::from_secs(3600),
+            ..config(dir.path())
+        },
+        counters.clone(),
+    );
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    writer.sinks[Kind::Request.index()] = Some(files::Sink::over("/dev/full".into(), full));
+    writer.write(&Record::Request(request("e1", "a", 1, 1.0)));
+    writer.write(&Record::Request(request("e1", "a", 2, 1.0)));
+    writer.flush_all();
+    let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!((count(&counters.written), count(&counters.failed)), (0, 2));
+    assert!(
+        writer.sinks[Kind::Request.index()].is_none(),
+        "the failed file is let go"
+    );
+    // Within the backoff the next record is refused without a new file.
+    writer.write(&Record::Request(request("e1", "a", 3, 1.0)));
+    assert_eq!(count(&counters.failed), 3);
+    assert!(files::list(dir.path(), Kind::Request).unwrap().is_empty());
+}
