@@ -55,12 +55,13 @@ impl Unit {
     }
 }
 
-/// The latest feedback per request id (later `ts_ms` wins; equal times: the later line).
+/// The latest feedback per request id: the largest `ts_ms`, and at equal times the larger value
+/// (a rule DuckDB reproduces: `arg_max(value, (ts_ms, value))`; file order it cannot see).
 pub(super) fn latest_feedback(feedback: &[FeedbackRecord]) -> HashMap<&str, &FeedbackRecord> {
     let mut latest: HashMap<&str, &FeedbackRecord> = HashMap::new();
     for f in feedback.iter().filter(|f| f.value.is_finite()) {
         let slot = latest.entry(f.request_id.as_str()).or_insert(f);
-        if f.ts_ms >= slot.ts_ms {
+        if (f.ts_ms, f.value) >= (slot.ts_ms, slot.value) {
             *slot = f;
         }
     }
@@ -174,9 +175,18 @@ mod tests {
         ];
         let refs: Vec<&RequestRecord> = reqs.iter().collect();
         let none = HashMap::new();
-        assert_eq!(observations(&refs, Metric::Latency, &none, Unit::Window), [15.0, 40.0]);
-        assert_eq!(observations(&refs, Metric::Error, &none, Unit::Window), [0.0, 0.5]);
-        assert_eq!(observations(&refs, Metric::Latency, &none, Unit::Request), [10.0, 20.0, 40.0, 99.0]);
+        assert_eq!(
+            observations(&refs, Metric::Latency, &none, Unit::Window),
+            [15.0, 40.0]
+        );
+        assert_eq!(
+            observations(&refs, Metric::Error, &none, Unit::Window),
+            [0.0, 0.5]
+        );
+        assert_eq!(
+            observations(&refs, Metric::Latency, &none, Unit::Request),
+            [10.0, 20.0, 40.0, 99.0]
+        );
         assert_eq!(window_count(&refs), 2);
     }
 
@@ -188,7 +198,14 @@ mod tests {
             value,
             label: None,
         };
-        let all = [fb(5, "r1", 1.0), fb(3, "r1", 0.0), fb(7, "r2", 2.0), fb(9, "r1", 4.0), fb(1, "r3", f64::NAN)];
+        let all = [
+            fb(5, "r1", 1.0),
+            fb(3, "r1", 0.0),
+            fb(7, "r2", 2.0),
+            fb(9, "r1", 4.0),
+            fb(1, "r3", f64::NAN),
+            fb(7, "r2", 1.0),
+        ];
         let latest = latest_feedback(&all);
         assert_eq!(latest.len(), 2);
         assert_eq!((latest["r1"].value, latest["r2"].value), (4.0, 2.0));

@@ -50,17 +50,31 @@ impl Sink {
         ))
     }
 
+    /// A sink over an open file (tests: `/dev/full` stands for a full disk).
+    #[cfg(test)]
+    pub(super) fn over(path: PathBuf, file: File) -> Sink {
+        Sink {
+            path,
+            out: Some(BufWriter::new(file)),
+            bytes: 0,
+            opened: Instant::now(),
+            unflushed: 0,
+        }
+    }
+
     /// Past its size or age (an empty file is never rotated).
     pub(super) fn full(&self, max_bytes: u64, max_age: std::time::Duration) -> bool {
         self.bytes > 0 && (self.bytes >= max_bytes || self.opened.elapsed() >= max_age)
     }
 
-    pub(super) fn append(&mut self, line: &[u8]) -> io::Result<()> {
+    /// Appends a line (newline added) in one write, so a buffer flush never splits it from its
+    /// newline and a reader never sees half a line except after a crash.
+    pub(super) fn append(&mut self, mut line: Vec<u8>) -> io::Result<()> {
         let out = self.out.as_mut().ok_or_else(closed)?;
         self.unflushed += 1;
-        out.write_all(line)?;
-        out.write_all(b"\n")?;
-        self.bytes += line.len() as u64 + 1;
+        line.push(b'\n');
+        out.write_all(&line)?;
+        self.bytes += line.len() as u64;
         Ok(())
     }
 

@@ -1,8 +1,8 @@
 //! Records of what experiments served and how it went: request, shadow and feedback records as
 //! JSON lines (`schema`), written off the request path by one thread (`writer`, `files`), read
-//! back (`read`) and summarised into an experiment's report (`report`, `compare`, `stats`,
-//! `svg`). Nothing here knows HTTP or the experiment types: callers pass plain records and an
-//! [`ExperimentInfo`], so a record is what a reader (DuckDB, the report) can rely on.
+//! back (`read`) and summarised into an experiment's report (`report`, `compare`,
+//! `shadow_report`, `stats`, `timeline`, `svg`). Nothing here knows HTTP or the experiment
+//! types: callers pass plain records and an [`ExperimentInfo`]. The line format is in SCHEMA.md.
 
 mod compare;
 mod files;
@@ -12,15 +12,19 @@ mod schema;
 mod shadow_report;
 mod stats;
 mod svg;
+mod timeline;
 mod writer;
 
 pub use compare::{ArmDifference, Unit};
 pub use read::{read_all, read_experiment, Records};
 pub use report::{report, ArmReport, ExperimentInfo, FeedbackSummary, Report, Summary};
-pub use shadow_report::{ShadowArm, ShadowReport, Scores};
-pub use svg::{report_svg, Timeline, TimelinePoint};
-pub use schema::{iso8601, FeedbackRecord, Kind, Record, RequestRecord, ShadowRecord, SCHEMA_VERSION};
+pub use schema::{
+    iso8601, FeedbackRecord, Kind, Record, RequestRecord, ShadowRecord, SCHEMA_VERSION,
+};
+pub use shadow_report::{Scores, ShadowArm, ShadowReport};
 pub use stats::{Difference, MeanInterval, Quantiles};
+pub use svg::report_svg;
+pub use timeline::{Timeline, TimelinePoint};
 pub use writer::{Recorder, RecorderConfig, RecorderStats};
 
 #[cfg(test)]

@@ -92,3 +92,88 @@ fn read_kind<T: DeserializeOwned>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::schema::Record;
+    use crate::records::testutil::{request, TempDir};
+
+    fn line(rec: Record) -> String {
+        String::from_utf8(rec.to_line().unwrap()).unwrap() + "\n"
+    }
+
+    #[test]
+    fn a_torn_last_line_is_skipped_and_counted() {
+        let dir = TempDir::new();
+        let (a, b, c) = (
+            request("e1", "a", 1, 1.0),
+            request("e1", "a", 2, 1.0),
+            request("e1", "a", 3, 1.0),
+        );
+        let torn = line(Record::Request(c.clone()));
+        let first = line(Record::Request(a.clone())) + "\n" + &torn[..torn.len() / 2];
+        std::fs::write(dir.path().join("requests-100.jsonl"), first).unwrap();
+        // A later file (by its name's time, not the listing order) holds the rest.
+        std::fs::write(
+            dir.path().join("requests-20.jsonl"),
+            line(Record::Request(b.clone())),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("requests-300.jsonl"),
+            line(Record::Request(c.clone())),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not records").unwrap();
+        let back = read_all(dir.path()).unwrap();
+        assert_eq!(back.requests, vec![b, a, c]);
+        assert_eq!(back.skipped_lines, 1);
+    }
+
+    #[test]
+    fn a_missing_folder_holds_no_records() {
+        let dir = TempDir::new();
+        assert_eq!(
+            read_all(&dir.path().join("absent")).unwrap(),
+            Records::default()
+        );
+    }
+
+    #[test]
+    fn one_experiment_with_the_feedback_on_its_requests() {
+        let dir = TempDir::new();
+        let mine = request("e1", "a", 1, 1.0);
+        let other = request("e2", "a", 2, 1.0);
+        let fb = |id: u64| FeedbackRecord {
+            ts_ms: id,
+            request_id: format!("chatcmpl-{id}"),
+            value: 1.0,
+            label: None,
+        };
+        let reqs = line(Record::Request(mine.clone())) + &line(Record::Request(other));
+        std::fs::write(dir.path().join("requests-1.jsonl"), reqs).unwrap();
+        let fbs = line(Record::Feedback(fb(1)))
+            + &line(Record::Feedback(fb(2)))
+            + &line(Record::Feedback(fb(9)));
+        std::fs::write(dir.path().join("feedback-1.jsonl"), fbs).unwrap();
+        let shadow = ShadowRecord {
+            experiment_id: "e2".into(),
+            ..ShadowRecord::default()
+        };
+        std::fs::write(
+            dir.path().join("shadows-1.jsonl"),
+            line(Record::Shadow(shadow)),
+        )
+        .unwrap();
+        let back = read_experiment(dir.path(), "e1").unwrap();
+        assert_eq!(back.requests, vec![mine]);
+        assert_eq!(back.feedback, vec![fb(1)]);
+        assert!(back.shadows.is_empty());
+        let all = read_all(dir.path()).unwrap();
+        assert_eq!(
+            (all.requests.len(), all.shadows.len(), all.feedback.len()),
+            (2, 1, 3)
+        );
+    }
+}

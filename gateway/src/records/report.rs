@@ -15,7 +15,7 @@ use super::read::Records;
 use super::schema::{iso8601, FeedbackRecord, RequestRecord, ShadowRecord};
 use super::shadow_report::{shadow_reports, ShadowReport};
 use super::stats::{mean_interval, quantiles, MeanInterval, Quantiles};
-use super::svg::{timeline, Timeline};
+use super::timeline::{timeline, Timeline};
 
 /// What the report needs from the experiment's definition.
 #[derive(Debug, Clone, Default)]
@@ -127,9 +127,7 @@ pub fn report(info: &ExperimentInfo, records: &Records) -> Report {
     let arm_reports = arms
         .iter()
         .zip(by_arm.iter().zip(&analysed))
-        .map(|((name, model), (all, ana))| {
-            arm_report(name, model, all, ana, &feedback, unit)
-        })
+        .map(|((name, model), (all, ana))| arm_report(name, model, all, ana, &feedback, unit))
         .collect();
     let differences = match arms.first() {
         Some((control, _)) => arms

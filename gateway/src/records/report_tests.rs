@@ -49,7 +49,7 @@ fn ab_records() -> Records {
     requests.push(request("e1", "c", 40, 7.0));
     let feedback = vec![
         fb(1, 0.0, None),
-        fb(1, 1.0, Some("good")), // later: replaces the first
+        fb(1, 1.0, Some("good")), // same time, larger value: replaces the first
         fb(2, 1.0, Some("good")),
         fb(3, 0.0, Some("bad")),
         fb(11, 1.0, None),
@@ -70,21 +70,34 @@ fn ab_counts_estimates_and_differences() {
     assert_eq!((r.requests, r.in_analysis, r.skipped_lines), (13, 12, 2));
     assert_eq!(r.unit, Unit::Request);
     let names: Vec<&str> = r.arms.iter().map(|a| a.name.as_str()).collect();
-    assert_eq!(names, ["a", "b", "c"], "an arm only the records know comes last");
+    assert_eq!(
+        names,
+        ["a", "b", "c"],
+        "an arm only the records know comes last"
+    );
     let a = &r.arms[0];
-    assert_eq!((a.model.as_str(), a.requests, a.in_analysis, a.errors), ("ad-v1", 6, 6, 1));
+    assert_eq!(
+        (a.model.as_str(), a.requests, a.in_analysis, a.errors),
+        ("ad-v1", 6, 6, 1)
+    );
     assert_eq!(a.error_codes.get("timeout"), Some(&1));
     close(a.error_rate.unwrap().mean, 1.0 / 6.0);
     assert_eq!((a.prompt_tokens, a.completion_tokens), (60, 30));
     let lat = a.latency_ms.as_ref().unwrap();
-    assert_eq!((lat.quantiles.p50, lat.mean.n, lat.mean.mean), (3.0, 5, 3.0));
+    assert_eq!(
+        (lat.quantiles.p50, lat.mean.n, lat.mean.mean),
+        (3.0, 5, 3.0)
+    );
     close(lat.quantiles.p95, 4.8);
     assert_eq!(a.feedback.count, 3);
     close(a.feedback.mean.unwrap().mean, 2.0 / 3.0);
     assert_eq!(a.feedback.labels.get("good"), Some(&2));
     assert_eq!(a.feedback.labels.get("bad"), Some(&1));
     let b = &r.arms[1];
-    assert_eq!((b.requests, b.in_analysis, b.excluded, b.feedback.count), (6, 5, 1, 1));
+    assert_eq!(
+        (b.requests, b.in_analysis, b.excluded, b.feedback.count),
+        (6, 5, 1, 1)
+    );
     assert_eq!(b.windows, None);
 
     assert_eq!(r.differences.len(), 2);
@@ -106,7 +119,11 @@ fn switchback_estimates_use_window_means_without_burn_in() {
     // in-analysis requests each, ±5 around the mean, and one burn-in request that would
     // dominate any mean it got into.
     for w in 0..6u64 {
-        let (arm, mean) = if w % 2 == 0 { ("a", 10.0 * (w / 2 + 1) as f64) } else { ("b", 10.0 * (w / 2 + 2) as f64) };
+        let (arm, mean) = if w % 2 == 0 {
+            ("a", 10.0 * (w / 2 + 1) as f64)
+        } else {
+            ("b", 10.0 * (w / 2 + 2) as f64)
+        };
         for (lat, in_analysis) in [(1e6, false), (mean - 5.0, true), (mean + 5.0, true)] {
             id += 1;
             requests.push(RequestRecord {
@@ -124,7 +141,10 @@ fn switchback_estimates_use_window_means_without_burn_in() {
     let r = report(&info("switchback"), &records);
     assert_eq!(r.unit, Unit::Window);
     let a = &r.arms[0];
-    assert_eq!((a.requests, a.in_analysis, a.excluded, a.windows), (9, 6, 3, Some(3)));
+    assert_eq!(
+        (a.requests, a.in_analysis, a.excluded, a.windows),
+        (9, 6, 3, Some(3))
+    );
     let lat = a.latency_ms.as_ref().unwrap();
     assert_eq!((lat.mean.n, lat.mean.mean), (3, 20.0), "over window means");
     assert_eq!(lat.quantiles.p50, 20.0, "percentiles stay per request");
@@ -166,7 +186,11 @@ fn the_json_keeps_the_contract_shape() {
 
     let svg = report_svg(&r);
     assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
-    assert_eq!(svg.matches("<polyline").count(), 6, "two panels × three arms");
+    assert_eq!(
+        svg.matches("<polyline").count(),
+        6,
+        "two panels × three arms"
+    );
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The three record kinds written as JSON lines. A line carries `"schema"` (this version), `"kind"`
 //! and `"ts"` (ISO 8601 UTC, derived from `ts_ms` when written) before the record's own fields, so
-//! DuckDB's `read_json_auto` types `ts` as a TIMESTAMP and `ts_ms` as a BIGINT without hints.
+//! DuckDB's `read_json_auto` types `ts` as a TIMESTAMPTZ and `ts_ms` as a BIGINT without hints.
 //! Readers ignore fields they do not know: adding a field is not a schema change, renaming or
 //! changing the meaning of one is (bump [`SCHEMA_VERSION`]). The field table is in `SCHEMA.md`.
 
@@ -168,9 +168,24 @@ impl Record {
         }
         let (schema, kind, ts) = (SCHEMA_VERSION, self.kind().name(), iso8601(self.ts_ms()));
         match self {
-            Record::Request(rec) => serde_json::to_vec(&Line { schema, kind, ts, rec }),
-            Record::Shadow(rec) => serde_json::to_vec(&Line { schema, kind, ts, rec }),
-            Record::Feedback(rec) => serde_json::to_vec(&Line { schema, kind, ts, rec }),
+            Record::Request(rec) => serde_json::to_vec(&Line {
+                schema,
+                kind,
+                ts,
+                rec,
+            }),
+            Record::Shadow(rec) => serde_json::to_vec(&Line {
+                schema,
+                kind,
+                ts,
+                rec,
+            }),
+            Record::Feedback(rec) => serde_json::to_vec(&Line {
+                schema,
+                kind,
+                ts,
+                rec,
+            }),
         }
     }
 }
@@ -221,7 +236,9 @@ mod tests {
         });
         let line = String::from_utf8(rec.to_line().unwrap()).unwrap();
         assert!(
-            line.starts_with(r#"{"schema":1,"kind":"feedback","ts":"1970-01-01T00:00:01.000Z","ts_ms":1000,"#),
+            line.starts_with(
+                r#"{"schema":1,"kind":"feedback","ts":"1970-01-01T00:00:01.000Z","ts_ms":1000,"#
+            ),
             "{line}"
         );
         let back: FeedbackRecord = serde_json::from_str(&line).unwrap();

@@ -56,7 +56,11 @@ pub struct ShadowArm {
 }
 
 fn scores(recs: &[&ShadowRecord]) -> Scores {
-    let scored: Vec<&ShadowRecord> = recs.iter().copied().filter(|r| r.status == "scored").collect();
+    let scored: Vec<&ShadowRecord> = recs
+        .iter()
+        .copied()
+        .filter(|r| r.status == "scored")
+        .collect();
     let of = |f: &dyn Fn(&ShadowRecord) -> Option<f64>| {
         mean_interval(&scored.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
     };
@@ -96,8 +100,11 @@ pub(super) fn shadow_reports(
     order
         .into_iter()
         .map(|model| {
-            let mine: Vec<&ShadowRecord> =
-                records.iter().copied().filter(|r| r.shadow_model == model).collect();
+            let mine: Vec<&ShadowRecord> = records
+                .iter()
+                .copied()
+                .filter(|r| r.shadow_model == model)
+                .collect();
             let scored = count(&mine, "scored");
             let by_arm = arms
                 .iter()
@@ -120,7 +127,11 @@ pub(super) fn shadow_reports(
                 failed: count(&mine, "failed"),
                 dropped: count(&mine, "dropped"),
                 coverage: (requests > 0).then(|| scored as f64 / requests as f64),
-                tokens: mine.iter().filter(|r| r.status == "scored").map(|r| r.tokens).sum(),
+                tokens: mine
+                    .iter()
+                    .filter(|r| r.status == "scored")
+                    .map(|r| r.tokens)
+                    .sum(),
                 scores: scores(&mine),
                 by_arm,
             }
@@ -156,11 +167,19 @@ mod tests {
             rec("old", "a", "scored", -9.0, -9.0),
         ];
         let refs: Vec<&ShadowRecord> = recs.iter().collect();
-        let out = shadow_reports(&["v3".into(), "v4".into()], &["a".into(), "b".into()], &refs, 6);
+        let out = shadow_reports(
+            &["v3".into(), "v4".into()],
+            &["a".into(), "b".into()],
+            &refs,
+            6,
+        );
         let names: Vec<&str> = out.iter().map(|s| s.model.as_str()).collect();
         assert_eq!(names, ["v3", "v4", "old"]);
         let v3 = &out[0];
-        assert_eq!((v3.records, v3.scored, v3.failed, v3.dropped, v3.tokens), (5, 3, 1, 1, 12));
+        assert_eq!(
+            (v3.records, v3.scored, v3.failed, v3.dropped, v3.tokens),
+            (5, 3, 1, 1, 12)
+        );
         assert_eq!(v3.coverage, Some(0.5));
         let lp = v3.scores.mean_logprob.unwrap();
         assert_eq!((lp.n, lp.mean), (3, -2.0));

@@ -66,6 +66,7 @@ enum Msg {
 }
 
 struct Inner {
+    dir: PathBuf,
     tx: Option<SyncSender<Msg>>,
     counters: Arc<Counters>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -92,6 +93,7 @@ impl Recorder {
     pub fn start(cfg: RecorderConfig) -> Self {
         let (tx, rx) = mpsc::sync_channel(cfg.capacity.max(1));
         let counters = Arc::new(Counters::default());
+        let dir = cfg.dir.clone();
         let writer = Writer::new(cfg, counters.clone());
         let thread = std::thread::Builder::new()
             .name("loraplex-records".into())
@@ -106,6 +108,7 @@ impl Recorder {
         let tx = thread.as_ref().map(|_| tx);
         Self {
             inner: Some(Arc::new(Inner {
+                dir,
                 tx,
                 counters,
                 thread: Mutex::new(thread),
@@ -119,6 +122,11 @@ impl Recorder {
 
     pub fn is_enabled(&self) -> bool {
         self.inner.is_some()
+    }
+
+    /// The records folder (what a report reads back); `None` when disabled.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        self.inner.as_ref().map(|i| i.dir.as_path())
     }
 
     /// Queues a record; never blocks. A full queue drops it and counts the drop.
@@ -189,9 +197,12 @@ impl Recorder {
             return;
         };
         let (done, wait) = mpsc::channel::<()>();
-        if tx.send(Msg::Flush(Box::new(move || {
-            let _ = done.send(());
-        }))).is_ok() {
+        if tx
+            .send(Msg::Flush(Box::new(move || {
+                let _ = done.send(());
+            })))
+            .is_ok()
+        {
             let _ = wait.recv_timeout(FLUSH_WAIT);
         }
     }
@@ -238,7 +249,10 @@ impl Writer {
 
     fn run(mut self, rx: Receiver<Msg>) {
         loop {
-            let wait = self.cfg.flush_interval.saturating_sub(self.last_flush.elapsed());
+            let wait = self
+                .cfg
+                .flush_interval
+                .saturating_sub(self.last_flush.elapsed());
             match rx.recv_timeout(wait) {
                 Ok(Msg::Record(rec)) => self.write(&rec),
                 Ok(Msg::Flush(done)) => {
@@ -286,7 +300,7 @@ impl Writer {
             }
         }
         let sink = self.sinks[kind.index()].as_mut().expect("opened above");
-        if let Err(e) = sink.append(&line) {
+        if let Err(e) = sink.append(line) {
             let lost = sink.unflushed();
             self.sinks[kind.index()] = None;
             self.retry_at = Some(Instant::now() + self.cfg.retry_after);
@@ -333,7 +347,10 @@ impl Writer {
     fn fail(&mut self, lost: u64, why: &str) {
         self.counters.failed.fetch_add(lost, Ordering::Relaxed);
         self.unlogged += lost;
-        if self.last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+        if self
+            .last_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
             tracing::warn!(
                 dir = %self.cfg.dir.display(),
                 lost = self.unlogged,

@@ -32,7 +32,10 @@ fn shadow(id: u64) -> ShadowRecord {
 fn records_round_trip_through_files() {
     let dir = TempDir::new();
     let rec = Recorder::start(config(dir.path()));
-    let requests: Vec<_> = (0..50).map(|i| request("e1", "a", i, 10.0 + i as f64)).collect();
+    assert_eq!(rec.dir(), Some(dir.path()));
+    let requests: Vec<_> = (0..50)
+        .map(|i| request("e1", "a", i, 10.0 + i as f64))
+        .collect();
     for r in &requests {
         rec.request(r.clone());
     }
@@ -75,9 +78,13 @@ fn files_rotate_by_size_and_by_age() {
         rec.request(r.clone());
     }
     rec.flush_blocking();
-    // A line is ~600 bytes: a file takes two before it passes 1,000 bytes.
+    // A request line is ~520 bytes: a file takes two before it passes 1,000 bytes.
     assert_eq!(files::list(dir.path(), Kind::Request).unwrap().len(), 5);
-    assert_eq!(read_all(dir.path()).unwrap().requests, requests, "order kept");
+    assert_eq!(
+        read_all(dir.path()).unwrap().requests,
+        requests,
+        "order kept"
+    );
 
     let dir = TempDir::new();
     let rec = Recorder::start(RecorderConfig {
@@ -170,8 +177,16 @@ fn a_full_queue_drops_and_counts() {
     release.send(()).unwrap();
     rec.flush_blocking();
     assert_eq!(rec.stats().written, 4);
-    let ids: Vec<_> = read_all(dir.path()).unwrap().requests.into_iter().map(|r| r.request_id).collect();
-    assert_eq!(ids, ["chatcmpl-0", "chatcmpl-1", "chatcmpl-2", "chatcmpl-3"]);
+    let ids: Vec<_> = read_all(dir.path())
+        .unwrap()
+        .requests
+        .into_iter()
+        .map(|r| r.request_id)
+        .collect();
+    assert_eq!(
+        ids,
+        ["chatcmpl-0", "chatcmpl-1", "chatcmpl-2", "chatcmpl-3"]
+    );
 }
 
 #[tokio::test]
@@ -198,6 +213,7 @@ async fn a_disabled_recorder_records_nothing() {
     rec.flush().await;
     rec.flush_blocking();
     assert!(!rec.is_enabled());
+    assert_eq!(rec.dir(), None);
     assert_eq!(rec.stats(), RecorderStats::default());
 }
 
@@ -216,4 +232,35 @@ fn idle_records_reach_the_file_within_the_flush_interval() {
     }
     assert_eq!(rec.stats().written, 1);
     assert_eq!(read_all(dir.path()).unwrap().requests.len(), 1);
+}
+
+#[test]
+fn a_full_disk_loses_the_buffered_records_counted() {
+    let dir = TempDir::new();
+    let counters = Arc::new(Counters::default());
+    let mut writer = Writer::new(
+        RecorderConfig {
+            retry_after: Duration::from_secs(3600),
+            ..config(dir.path())
+        },
+        counters.clone(),
+    );
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    writer.sinks[Kind::Request.index()] = Some(files::Sink::over("/dev/full".into(), full));
+    writer.write(&Record::Request(request("e1", "a", 1, 1.0)));
+    writer.write(&Record::Request(request("e1", "a", 2, 1.0)));
+    writer.flush_all();
+    let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!((count(&counters.written), count(&counters.failed)), (0, 2));
+    assert!(
+        writer.sinks[Kind::Request.index()].is_none(),
+        "the failed file is let go"
+    );
+    // Within the backoff the next record is refused without a new file.
+    writer.write(&Record::Request(request("e1", "a", 3, 1.0)));
+    assert_eq!(count(&counters.failed), 3);
+    assert!(files::list(dir.path(), Kind::Request).unwrap().is_empty());
 }
