@@ -19,5 +19,6 @@ mod golden_smollm2; // the real SmolLM2 GGUF against transformers' dequantized-f
 mod golden_tiny; // the tiny Llama against transformers' exact f32 logits, alone and batched
 mod hub; // hub ids through hf-hub's cache layout; offline mode stays offline
 mod load_errors; // broken model files give typed errors naming the file
+mod routed; // requests on routes: arm headers, primaries unchanged by shadows, live scores equal the endpoint's, records, report, 409s
 mod shadow; // POST /v1/shadow/score against echo + logprobs, its refusals; the live ShadowQueue: same scores, failures and drops counted
 mod tokenizer; // the GGUF tokenizer and chat template against transformers'

@@ -68,7 +68,9 @@ impl DirStore {
         }
         for e in read_dir(&self.root)? {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name == STAGING || !e.path().is_dir() {
+            // Dot folders are never adapters: the server keeps its own state there (routes,
+            // records) beside the adapters it describes.
+            if name == STAGING || name.starts_with('.') || !e.path().is_dir() {
                 continue;
             }
             if check_name(&name).is_err() {

@@ -15,7 +15,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::error::ApiError;
 use crate::extract::RequestId;
-use crate::routes::{admin, chat, completions, experiments, models, ops, shadow_score};
+use crate::routes::{admin, chat, completions, experiments, models, ops, outcomes, shadow_score};
 use crate::state::AppState;
 
 pub fn app(state: AppState) -> Router {
@@ -25,6 +25,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/shadow/score", post(shadow_score::score))
+        .route("/v1/feedback", post(outcomes::feedback))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
@@ -48,6 +49,10 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/experiments",
             get(experiments::list).post(experiments::create),
+        )
+        .route(
+            "/v1/experiments/{name}/report",
+            get(outcomes::experiment_report),
         )
         .route(
             "/v1/experiments/{name}",

@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue};
-use axum::response::Response;
 use loraplex_runtime::{GenerationParams, GenerationRequest};
 use serde_json::{Map, Value};
 
@@ -144,14 +143,16 @@ impl Routed {
         }
     }
 
-    /// Names the arm that served the response.
-    pub fn headers(&self, resp: &mut Response) {
+    /// The headers naming the arm that serves the response.
+    pub fn header_values(&self) -> HeaderMap {
         let a = &self.assignment;
-        let h = resp.headers_mut();
+        let mut h = HeaderMap::new();
         let mut put = |name: &'static str, value: &str| {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                h.insert(name, v);
-            }
+            // A segment value need not be a valid header value: percent-encode what is not.
+            let v = HeaderValue::from_str(value).unwrap_or_else(|_| {
+                HeaderValue::from_str(&percent(value)).expect("percent-encoded is ASCII")
+            });
+            h.insert(name, v);
         };
         put("x-loraplex-route", &a.route);
         put("x-loraplex-arm", &a.arm);
@@ -159,6 +160,7 @@ impl Routed {
         if let Some(v) = self.adapter_version {
             put("x-loraplex-adapter-version", &v.to_string());
         }
+        h
     }
 
     /// The request was refused before it ran (a full queue, a shutdown): recorded as an error.
@@ -278,4 +280,18 @@ impl Routed {
             });
         }
     }
+}
+
+/// `value` with every byte outside printable ASCII as `%XX`.
+fn percent(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if (0x20..0x7f).contains(&b) && b != b'%' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

@@ -8,6 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use loraplex_adapters::{AdapterLimits, AdapterRegistry, AdapterStore, CacheConfig, DirStore};
+use loraplex_gateway::experiments::{read_routes_file, RouteTable, SystemClock};
+use loraplex_gateway::records::{Recorder, RecorderConfig};
+use loraplex_gateway::shadow::ShadowConfig;
 use loraplex_gateway::{AppState, GatewayConfig};
 use loraplex_models::{HubOptions, WeightDtype};
 use loraplex_runtime::{EngineConfig, SchedulerConfig};
@@ -84,6 +87,23 @@ pub struct ServeArgs {
     /// Server folder under which pulls and `load_lora_adapter` may read adapters.
     #[arg(long)]
     pub allowed_local_adapter_root: Option<PathBuf>,
+    /// Routes (experiments) to serve, TOML, YAML or JSON: applied at start-up over the
+    /// persisted ones (all or nothing), then kept with them.
+    #[arg(long)]
+    pub routes: Option<PathBuf>,
+    /// Where routes are persisted (default: `.routes` in the adapter store).
+    #[arg(long)]
+    pub routes_dir: Option<PathBuf>,
+    /// Where request, shadow and feedback records (JSONL) go (default: `.records` in the
+    /// adapter store).
+    #[arg(long)]
+    pub records_dir: Option<PathBuf>,
+    /// Shadow jobs waiting to run; past this they are dropped (and counted).
+    #[arg(long, default_value_t = 256)]
+    pub shadow_queue: usize,
+    /// Shadow jobs in the engine at once.
+    #[arg(long, default_value_t = 4)]
+    pub shadow_concurrency: usize,
 }
 
 /// `$XDG_DATA_HOME/loraplex/adapters` or the platform's equivalent.
@@ -188,9 +208,47 @@ pub fn run(args: ServeArgs, hub: HubOptions) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // Inside the store, in dot folders the store never takes for adapters: a replica sharing
+    // the store shares its routes and records.
+    let routes_dir = args
+        .routes_dir
+        .clone()
+        .unwrap_or_else(|| store_dir.join(".routes"));
+    let records_dir = args
+        .records_dir
+        .clone()
+        .unwrap_or_else(|| store_dir.join(".records"));
+    let table = RouteTable::open(
+        Some(&routes_dir),
+        &cfg.served_model_name,
+        Arc::new(SystemClock),
+    )
+    .map_err(|e| anyhow::anyhow!("opening the routes in {}: {e}", routes_dir.display()))?;
+    let routes_file = match &args.routes {
+        Some(path) => Some(
+            read_routes_file(path)
+                .map_err(|e| anyhow::anyhow!("--routes {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let recorder = Recorder::start(RecorderConfig::new(&records_dir));
+    tracing::info!(routes = %routes_dir.display(), records = %records_dir.display(), "experiments");
     rt.block_on(async {
         let state = AppState::new(cfg, engine.clone(), lm, loraplex_gateway::install_metrics())
-            .with_store(Arc::new(store));
+            .with_store(Arc::new(store))
+            .with_experiments(Arc::new(table))
+            .with_recorder(recorder.clone())
+            .with_shadow_queue(ShadowConfig {
+                capacity: args.shadow_queue,
+                concurrency: args.shadow_concurrency,
+                ..ShadowConfig::default()
+            });
+        if let Some(specs) = routes_file {
+            let st = state.clone();
+            tokio::task::spawn_blocking(move || st.experiments.sync(specs, &st))
+                .await?
+                .map_err(|e| anyhow::anyhow!("--routes: {e}"))?;
+        }
         let addr: SocketAddr = format!("{}:{}", args.host, args.port)
             .parse()
             .context("--host/--port")?;
@@ -201,6 +259,7 @@ pub fn run(args: ServeArgs, hub: HubOptions) -> anyhow::Result<()> {
         tracing::info!("listening on http://{local}");
         eprintln!("loraplex: listening on http://{local}");
         loraplex_gateway::run(listener, state, shutdown_signal()).await?;
+        recorder.flush().await;
         anyhow::Ok(())
     })?;
     engine.shutdown();

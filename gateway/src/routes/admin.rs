@@ -39,6 +39,11 @@ fn check_new_name(st: &AppState, name: &str) -> Result<(), ApiError> {
             format!("{name:?} is the base model's id"),
         ));
     }
+    if st.experiments.contains(name) {
+        return Err(ApiError::Conflict(format!(
+            "{name:?} is a route's name; an adapter cannot take it"
+        )));
+    }
     Ok(())
 }
 
@@ -298,6 +303,11 @@ pub async fn show(
 /// requests release it, and deletes it from the store.
 async fn remove(st: &AppState, name: &str) -> Result<(), ApiError> {
     let _writer = st.admin_lock.lock().await;
+    if let Some(route) = st.experiments.uses_adapter(name) {
+        return Err(ApiError::Conflict(format!(
+            "the adapter {name:?} is used by the route {route:?}: stop the route or change its arms and shadows first"
+        )));
+    }
     let deleted = match st.store.clone() {
         Some(s) => {
             let n = name.to_string();
@@ -309,7 +319,15 @@ async fn remove(st: &AppState, name: &str) -> Result<(), ApiError> {
         }
         None => false,
     };
-    let registered = st.engine.registry().remove(name).is_some();
+    let registry = st.engine.registry();
+    let registered = registry.remove(name).is_some();
+    // Versions routes pinned were served as `name@version`.
+    for pinned in registry.names() {
+        if pinned.split_once('@').is_some_and(|(n, _)| n == name) {
+            registry.remove(&pinned);
+            st.engine.unload_adapter(&pinned);
+        }
+    }
     if !deleted && !registered {
         return Err(ApiError::AdapterNotFound(name.to_string()));
     }

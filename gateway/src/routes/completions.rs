@@ -2,12 +2,15 @@
 //! which is how evaluation harnesses score text against a model or adapter.
 
 use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Extension;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use loraplex_models::Tokenizer;
 
 use crate::error::ApiError;
-use crate::extract::ApiJson;
+use crate::extract::{ApiJson, RequestId};
+use crate::routed::{attributes, Routed};
 use crate::generation::{self, ChoiceResult};
 use crate::logprobs::Tokens;
 use crate::sse::{self, CompletionChunks, Head};
@@ -17,26 +20,55 @@ use crate::wire::{Completion, CompletionChoice, CompletionRequest, Usage};
 
 pub async fn completions(
     State(st): State<AppState>,
+    headers: HeaderMap,
+    id: Option<Extension<RequestId>>,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let model = st.resolve(&req.model)?;
+    let attrs = attributes(
+        &headers,
+        req.sampling.user.as_deref(),
+        req.sampling.metadata.as_ref(),
+    );
+    let (model, assignment) = st.route(&req.model, &attrs)?;
     let ValidCompletion {
-        requests,
+        mut requests,
         reply,
         prompts,
     } = validate::completion(req, &st.model, st.cfg.max_model_len, model.adapter())?;
     model.register(&st);
     let choices = requests.len();
-    let streams = generation::submit_all(&st, requests)?;
-    let all = generation::merged(streams, st.cfg.request_timeout);
+    let routed = assignment.map(|a| {
+        let id = id.map(|e| e.0 .0).unwrap_or_default();
+        Routed::new(&st, a, &mut requests, "completions", reply.stream, id)
+    });
     let head = Head::new("cmpl", &reply, &st.fingerprint);
-    if reply.stream {
-        let writer = CompletionChunks::new(head, st.model.clone(), reply, prompts);
-        return Ok(sse::respond(writer, all));
+    let streams = match generation::submit_all(&st, requests) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(r) = routed {
+                r.refused(head.id.clone(), &e);
+            }
+            return Err(e);
+        }
+    };
+    let mut all = generation::merged(streams, st.cfg.request_timeout);
+    let mut named = None;
+    if let Some(r) = routed {
+        named = Some(r.header_values());
+        all = r.tap(all, choices, head.id.clone());
     }
-    let results = generation::collect(all, choices, st.cfg.request_timeout).await?;
-    let body = completion(&head, &reply, &st.model.tokenizer, &prompts, results);
-    Ok(Json(body).into_response())
+    let mut resp = if reply.stream {
+        let writer = CompletionChunks::new(head, st.model.clone(), reply, prompts);
+        sse::respond(writer, all)
+    } else {
+        let results = generation::collect(all, choices, st.cfg.request_timeout).await?;
+        let body = completion(&head, &reply, &st.model.tokenizer, &prompts, results);
+        Json(body).into_response()
+    };
+    if let Some(h) = named {
+        resp.headers_mut().extend(h);
+    }
+    Ok(resp)
 }
 
 /// The non-streamed body.

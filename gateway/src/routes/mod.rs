@@ -7,4 +7,5 @@ pub mod completions;
 pub mod experiments;
 pub mod models;
 pub mod ops;
+pub mod outcomes;
 pub mod shadow_score;

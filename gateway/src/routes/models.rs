@@ -31,15 +31,26 @@ fn registered(st: &AppState, name: &str) -> ModelCard {
     )
 }
 
+/// A route is a model id of its own, served by its arms (all over the one base model).
+fn route_card(st: &AppState, name: &str) -> ModelCard {
+    ModelCard {
+        owned_by: "loraplex-route",
+        ..card(st, name, Some(st.cfg.served_model_name.clone()))
+    }
+}
+
 pub async fn list(State(st): State<AppState>) -> Json<ModelList> {
     let mut data = vec![card(&st, &st.cfg.served_model_name, None)];
+    // Pinned versions a route serves are registered as `name@version`: not names of their own.
     data.extend(
         st.engine
             .registry()
             .names()
             .iter()
+            .filter(|n| !n.contains('@'))
             .map(|n| registered(&st, n)),
     );
+    data.extend(st.experiments.names().iter().map(|n| route_card(&st, n)));
     Json(ModelList {
         object: "list",
         data,
@@ -51,6 +62,9 @@ pub async fn get(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ModelCard>, ApiError> {
+    if st.experiments.contains(&id) {
+        return Ok(Json(route_card(&st, &id)));
+    }
     Ok(Json(match st.resolve(&id)? {
         Resolved::Base => card(&st, &id, None),
         Resolved::Adapter(name) => registered(&st, &name),

@@ -9,6 +9,7 @@ use loraplex_models::Tokenizer;
 use loraplex_runtime::{Priority, TokenLogprob};
 
 use crate::error::ApiError;
+use crate::experiments::Target;
 use crate::extract::ApiJson;
 use crate::resolve::Resolved;
 use crate::shadow::wire::{ScoreRequest, ScoreResponse, ScoreResult};
@@ -83,9 +84,25 @@ pub async fn score(
     }))
 }
 
-/// The hook for model names beyond the base id and adapters (a route's arm, `route:arm`): what
-/// a name scores under. Today it is what a request's `model` resolves to.
+/// What a name scores under: a route's arm as `route:arm` (a segmented route's arms are its
+/// segment values and `default`), else what a request's `model` resolves to.
 fn resolve_model(st: &AppState, name: &str) -> Result<Resolved, ApiError> {
+    if let Some((route, arm)) = name.split_once(':') {
+        if let Some(exp) = st.experiments.get(route) {
+            let model = exp
+                .arms
+                .iter()
+                .find(|a| a.name == arm)
+                .map(|a| a.model.clone())
+                .or_else(|| match arm {
+                    "default" => exp.default.clone(),
+                    seg => exp.segments.get(seg).cloned(),
+                })
+                .ok_or_else(|| ApiError::ModelNotFound(name.to_string()))?;
+            let target = Target::parse(&model, &st.cfg.served_model_name);
+            return st.resolve_target(&target);
+        }
+    }
     st.resolve(name)
 }
 
