@@ -24,7 +24,7 @@ enum Command {
     /// Generate text for one prompt.
     Generate(cli::generate::GenerateArgs),
     /// Serve the OpenAI-compatible HTTP API.
-    Serve(cli::serve::ServeArgs),
+    Serve(Box<cli::serve::ServeArgs>),
     /// Manage a running server's adapters (upload, pull, list, show, delete).
     Adapters(cli::adapters::AdaptersArgs),
     /// Manage a running server's routes and experiments (create, list, show, update, stop,
@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     let hub = cli::hub_options_from_env();
     match cli.command {
         Command::Generate(args) => cli::generate::run(args, hub)?,
-        Command::Serve(args) => cli::serve::run(args, hub)?,
+        Command::Serve(args) => cli::serve::run(*args, hub)?,
         Command::Adapters(args) => return Ok(cli::adapters::run(args)),
         Command::Experiments(args) => return Ok(cli::experiments::run(args)),
     }

@@ -176,9 +176,7 @@ fn shadow_work_neither_takes_queue_places_nor_delays_interactive_tokens() {
     };
     // As many shadow jobs as the interactive queue has places: the places stay free for
     // interactive requests.
-    let shadows: Vec<TokenStream> = (0..2)
-        .map(|_| h.submit(shadow("base")).unwrap())
-        .collect();
+    let shadows: Vec<TokenStream> = (0..2).map(|_| h.submit(shadow("base")).unwrap()).collect();
     assert_eq!(h.stats().waiting.load(Ordering::SeqCst), 0);
     let primary: Vec<TokenStream> = (0..2)
         .map(|_| h.submit(request(prompt.clone(), "base", 4)).unwrap())
@@ -189,8 +187,13 @@ fn shadow_work_neither_takes_queue_places_nor_delays_interactive_tokens() {
         assert!(fin.is_ok());
     }
     for mut s in shadows {
-        assert!(matches!(s.blocking_next(), Some(TokenEvent::PromptLogprobs(v)) if v.len() == prompt.len() - 1));
-        assert!(matches!(s.blocking_next(), Some(TokenEvent::Finished { .. })));
+        assert!(
+            matches!(s.blocking_next(), Some(TokenEvent::PromptLogprobs(v)) if v.len() == prompt.len() - 1)
+        );
+        assert!(matches!(
+            s.blocking_next(),
+            Some(TokenEvent::Finished { .. })
+        ));
     }
     assert_eq!(h.stats().waiting.load(Ordering::SeqCst), 0);
     h.shutdown();

@@ -31,7 +31,12 @@ fn state(records: &Path) -> AppState {
         .with_shadow_queue(ShadowConfig::default())
 }
 
-async fn call(st: &AppState, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value, axum::http::HeaderMap) {
+async fn call(
+    st: &AppState,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value, axum::http::HeaderMap) {
     let req = Request::builder()
         .method(method)
         .uri(uri)
@@ -41,7 +46,11 @@ async fn call(st: &AppState, method: &str, uri: &str, body: Option<Value>) -> (S
     let resp = app(st.clone()).oneshot(req).await.unwrap();
     let (status, headers) = (resp.status(), resp.headers().clone());
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), headers)
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        headers,
+    )
 }
 
 fn prompt() -> Vec<u32> {
@@ -55,7 +64,12 @@ fn completion_body(model: &str) -> Value {
 }
 
 /// Shadow records of `request_id`, once `n` exist (they are written after the response).
-async fn shadow_records(st: &AppState, dir: &Path, request_id: &str, n: usize) -> Vec<ShadowRecord> {
+async fn shadow_records(
+    st: &AppState,
+    dir: &Path,
+    request_id: &str,
+    n: usize,
+) -> Vec<ShadowRecord> {
     for _ in 0..400 {
         st.recorder.flush().await;
         let recs: Vec<ShadowRecord> = read_all(dir)
@@ -77,7 +91,14 @@ fn token_ids(choice: &Value) -> Vec<u32> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| t.as_str().unwrap().strip_prefix("token_id:").unwrap().parse().unwrap())
+        .map(|t| {
+            t.as_str()
+                .unwrap()
+                .strip_prefix("token_id:")
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
         .collect()
 }
 
@@ -92,7 +113,13 @@ async fn shadows_never_change_the_primary_and_score_as_the_endpoint_does() {
     let (s, v, _) = call(&st, "POST", "/v1/experiments", Some(spec)).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
 
-    let (s, routed, h) = call(&st, "POST", "/v1/completions", Some(completion_body("support"))).await;
+    let (s, routed, h) = call(
+        &st,
+        "POST",
+        "/v1/completions",
+        Some(completion_body("support")),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{routed}");
     let arm = h["x-loraplex-arm"].to_str().unwrap().to_string();
     let model = h["x-loraplex-model"].to_str().unwrap().to_string();
@@ -100,11 +127,23 @@ async fn shadows_never_change_the_primary_and_score_as_the_endpoint_does() {
     assert_eq!(model, if arm == "a" { "a-r8-qv" } else { "b-r16-all" });
     // The same user keeps the arm.
     for _ in 0..3 {
-        let (_, _, h2) = call(&st, "POST", "/v1/completions", Some(completion_body("support"))).await;
+        let (_, _, h2) = call(
+            &st,
+            "POST",
+            "/v1/completions",
+            Some(completion_body("support")),
+        )
+        .await;
         assert_eq!(h2["x-loraplex-arm"].to_str().unwrap(), arm);
     }
     // The arm's adapter named directly (no route, no shadows): the same choices, byte for byte.
-    let (s, direct, h) = call(&st, "POST", "/v1/completions", Some(completion_body(&model))).await;
+    let (s, direct, h) = call(
+        &st,
+        "POST",
+        "/v1/completions",
+        Some(completion_body(&model)),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     assert!(h.get("x-loraplex-arm").is_none());
     assert_eq!(
@@ -121,7 +160,8 @@ async fn shadows_never_change_the_primary_and_score_as_the_endpoint_does() {
         assert_eq!(rec.status, "scored", "{rec:?}");
         assert_eq!(rec.arm, arm);
         assert_eq!(rec.tokens as usize, completion.len());
-        let body = json!({"models": [rec.shadow_model], "prompt": prompt(), "completion": completion});
+        let body =
+            json!({"models": [rec.shadow_model], "prompt": prompt(), "completion": completion});
         let (s, v, _) = call(&st, "POST", "/v1/shadow/score", Some(body)).await;
         assert_eq!(s, StatusCode::OK, "{v}");
         let r = &v["results"][0];
@@ -130,7 +170,8 @@ async fn shadows_never_change_the_primary_and_score_as_the_endpoint_does() {
         assert!(rec.ppl_ratio.is_some() && rec.kl.is_some(), "{rec:?}");
     }
     // A route arm is a model name for the endpoint too.
-    let body = json!({"models": [format!("support:{arm}")], "prompt": prompt(), "completion": completion});
+    let body =
+        json!({"models": [format!("support:{arm}")], "prompt": prompt(), "completion": completion});
     let (s, v, _) = call(&st, "POST", "/v1/shadow/score", Some(body)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
 
@@ -140,11 +181,19 @@ async fn shadows_never_change_the_primary_and_score_as_the_endpoint_does() {
     let arms = rep["arms"].as_array().unwrap();
     let served = arms.iter().find(|a| a["name"] == arm.as_str()).unwrap();
     assert_eq!(served["requests"], 4);
-    let scored: u64 = rep["shadows"].as_array().unwrap().iter().map(|s| s["scored"].as_u64().unwrap()).sum();
+    let scored: u64 = rep["shadows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["scored"].as_u64().unwrap())
+        .sum();
     assert_eq!(scored, 8, "{rep}");
     let records = read_all(dir.path()).unwrap();
     assert_eq!(records.requests.iter().filter(|r| r.arm == arm).count(), 4);
-    assert!(records.requests.iter().all(|r| r.unit_hash.as_deref().is_some_and(|h| !h.contains("u1"))));
+    assert!(records
+        .requests
+        .iter()
+        .all(|r| r.unit_hash.as_deref().is_some_and(|h| !h.contains("u1"))));
 
     // Adapters a live route uses stay.
     for name in ["a-r8-qv", "c-r4-rslora"] {
@@ -154,10 +203,20 @@ async fn shadows_never_change_the_primary_and_score_as_the_endpoint_does() {
     }
     // /v1/models lists the route; once stopped, the name is unknown.
     let (_, models, _) = call(&st, "GET", "/v1/models", None).await;
-    assert!(models["data"].as_array().unwrap().iter().any(|m| m["id"] == "support"));
+    assert!(models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["id"] == "support"));
     let (s, _, _) = call(&st, "DELETE", "/v1/experiments/support", None).await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _, _) = call(&st, "POST", "/v1/completions", Some(completion_body("support"))).await;
+    let (s, _, _) = call(
+        &st,
+        "POST",
+        "/v1/completions",
+        Some(completion_body("support")),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     st.engine.shutdown();
 }
@@ -170,7 +229,13 @@ async fn a_failing_shadow_is_counted_and_the_primary_never_sees_it() {
         "shadows": [{"model": "c-r4-rslora"}]});
     let (s, v, _) = call(&st, "POST", "/v1/experiments", Some(spec)).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    let (_, direct, _) = call(&st, "POST", "/v1/completions", Some(completion_body("a-r8-qv"))).await;
+    let (_, direct, _) = call(
+        &st,
+        "POST",
+        "/v1/completions",
+        Some(completion_body("a-r8-qv")),
+    )
+    .await;
     // The shadow's adapter disappears behind the route's back (another replica deleted it).
     st.engine.registry().remove("c-r4-rslora");
     let (s, routed, _) = call(&st, "POST", "/v1/completions", Some(completion_body("r"))).await;
@@ -186,10 +251,20 @@ async fn a_failing_shadow_is_counted_and_the_primary_never_sees_it() {
 async fn feedback_is_recorded_and_checked() {
     let dir = tempfile::tempdir().unwrap();
     let st = state(dir.path());
-    let (s, v, _) = call(&st, "POST", "/v1/feedback", Some(json!({"request_id": "cmpl-1", "value": 1.0, "label": "thumbs_up"}))).await;
+    let (s, v, _) = call(
+        &st,
+        "POST",
+        "/v1/feedback",
+        Some(json!({"request_id": "cmpl-1", "value": 1.0, "label": "thumbs_up"})),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["status"], "recorded");
-    for bad in [json!({"request_id": "", "value": 1}), json!({"request_id": "x"}), json!({"request_id": "x", "value": "high"})] {
+    for bad in [
+        json!({"request_id": "", "value": 1}),
+        json!({"request_id": "x"}),
+        json!({"request_id": "x", "value": "high"}),
+    ] {
         let (s, v, _) = call(&st, "POST", "/v1/feedback", Some(bad)).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     }

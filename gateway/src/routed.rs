@@ -188,12 +188,12 @@ impl Routed {
             Outcome::Failed(code) => ("error", Some(code.clone())),
             Outcome::Cancelled => ("cancelled", None),
         };
-        let usage = t
-            .choices
-            .iter()
-            .fold((0, 0), |(p, c), ch| {
-                (p.max(ch.usage.prompt_tokens), c + ch.usage.completion_tokens)
-            });
+        let usage = t.choices.iter().fold((0, 0), |(p, c), ch| {
+            (
+                p.max(ch.usage.prompt_tokens),
+                c + ch.usage.completion_tokens,
+            )
+        });
         let latency = t.elapsed.as_secs_f64();
         let labels = [
             ("route", a.route.clone()),

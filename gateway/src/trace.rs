@@ -160,7 +160,9 @@ mod tests {
         let seen = Arc::new(Mutex::new(None));
         let s = seen.clone();
         let all = tap(events(v), 2, move |t| *s.lock().unwrap() = Some(t));
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let passed = rt.block_on(all.take(take).count());
         let t = seen.lock().unwrap().take().expect("on_done ran");
         (passed, t)

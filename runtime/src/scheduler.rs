@@ -229,7 +229,12 @@ impl Scheduler {
 
     /// The running sequences of one class: decodes first (one token each), then prompts in
     /// progress, oldest first.
-    fn continue_class(&mut self, priority: Priority, budget: &mut usize, plan: &mut Vec<Scheduled>) {
+    fn continue_class(
+        &mut self,
+        priority: Priority,
+        budget: &mut usize,
+        plan: &mut Vec<Scheduled>,
+    ) {
         for &id in &self.running {
             if *budget == 0 {
                 return;

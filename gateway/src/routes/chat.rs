@@ -2,15 +2,15 @@
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::Extension;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 
 use crate::error::ApiError;
 use crate::extract::{ApiJson, RequestId};
-use crate::routed::{attributes, Routed};
 use crate::generation::{self, ChoiceResult};
 use crate::logprobs::Tokens;
+use crate::routed::{attributes, Routed};
 use crate::sse::{self, ChatChunks, Head};
 use crate::state::AppState;
 use crate::validate::{self, Reply, ValidChat};

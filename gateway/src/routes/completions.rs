@@ -3,16 +3,16 @@
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::Extension;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use loraplex_models::Tokenizer;
 
 use crate::error::ApiError;
 use crate::extract::{ApiJson, RequestId};
-use crate::routed::{attributes, Routed};
 use crate::generation::{self, ChoiceResult};
 use crate::logprobs::Tokens;
+use crate::routed::{attributes, Routed};
 use crate::sse::{self, CompletionChunks, Head};
 use crate::state::AppState;
 use crate::validate::{self, Prompts, Reply, ValidCompletion};

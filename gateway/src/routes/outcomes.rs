@@ -41,7 +41,10 @@ pub async fn feedback(
         return Err(ApiError::invalid("value", "value must be a finite number"));
     }
     if f.label.as_ref().is_some_and(|l| l.len() > 256) {
-        return Err(ApiError::invalid("label", "label must be at most 256 characters"));
+        return Err(ApiError::invalid(
+            "label",
+            "label must be at most 256 characters",
+        ));
     }
     if !st.recorder.is_enabled() {
         return Err(ApiError::Forbidden(
@@ -68,11 +71,18 @@ pub struct ReportQuery {
 /// values and `default`) and its shadows.
 fn info(exp: &Experiment) -> ExperimentInfo {
     let arms = if exp.policy == Policy::Segmented {
-        let mut arms: Vec<(String, String)> = exp.default.iter().map(|d| ("default".to_string(), d.clone())).collect();
+        let mut arms: Vec<(String, String)> = exp
+            .default
+            .iter()
+            .map(|d| ("default".to_string(), d.clone()))
+            .collect();
         arms.extend(exp.segments.iter().map(|(k, v)| (k.clone(), v.clone())));
         arms
     } else {
-        exp.arms.iter().map(|a| (a.name.clone(), a.model.clone())).collect()
+        exp.arms
+            .iter()
+            .map(|a| (a.name.clone(), a.model.clone()))
+            .collect()
     };
     ExperimentInfo {
         name: exp.name.clone(),
