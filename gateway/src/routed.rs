@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::experiments::{Assignment, Attributes, ShadowMode, Target};
-use crate::generation::Events;
+use crate::generation::{self, Events};
 use crate::records::{Record, RequestRecord};
 use crate::resolve::Resolved;
 use crate::shadow::{LiveMode, LiveShadowJob, KL_TOP_K};
@@ -144,7 +144,7 @@ impl Routed {
     }
 
     /// The headers naming the arm that serves the response.
-    pub fn header_values(&self) -> HeaderMap {
+    fn header_values(&self) -> HeaderMap {
         let a = &self.assignment;
         let mut h = HeaderMap::new();
         let mut put = |name: &'static str, value: &str| {
@@ -164,7 +164,7 @@ impl Routed {
     }
 
     /// The request was refused before it ran (a full queue, a shutdown): recorded as an error.
-    pub fn refused(self, request_id: String, e: &ApiError) {
+    fn refused(self, request_id: String, e: &ApiError) {
         let code = e.body().error.code.unwrap_or_else(|| "error".into());
         let trace = Trace {
             choices: Vec::new(),
@@ -176,7 +176,7 @@ impl Routed {
     }
 
     /// `all` unchanged; when it ends, the request's record and its shadows.
-    pub fn tap(self, all: Events, choices: usize, request_id: String) -> Events {
+    fn tap(self, all: Events, choices: usize, request_id: String) -> Events {
         trace::tap(all, choices, move |t| self.finish(request_id, t))
     }
 
@@ -294,4 +294,33 @@ fn percent(value: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Submits a request's choices and merges their events; on a route, a refusal is recorded and
+/// the events are tapped for the record and the shadows, and the headers naming the arm come
+/// back for the response. `request_id` is the id the reply carries.
+pub fn submit(
+    st: &AppState,
+    requests: Vec<GenerationRequest>,
+    routed: Option<Routed>,
+    request_id: &str,
+) -> Result<(Events, HeaderMap), ApiError> {
+    let choices = requests.len();
+    let streams = match generation::submit_all(st, requests) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(r) = routed {
+                r.refused(request_id.to_string(), &e);
+            }
+            return Err(e);
+        }
+    };
+    let all = generation::merged(streams, st.cfg.request_timeout);
+    Ok(match routed {
+        Some(r) => {
+            let headers = r.header_values();
+            (r.tap(all, choices, request_id.to_string()), headers)
+        }
+        None => (all, HeaderMap::new()),
+    })
 }

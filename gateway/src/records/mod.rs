@@ -2,7 +2,7 @@
 //! JSON lines (`schema`), written off the request path by one thread (`writer`, `files`), read
 //! back (`read`) and summarised into an experiment's report (`report`, `compare`,
 //! `shadow_report`, `stats`, `timeline`, `svg`). Nothing here knows HTTP or the experiment
-//! types: callers pass plain records and an [`ExperimentInfo`]. The line format is in SCHEMA.md.
+//! types: callers pass plain records and an [`ExperimentInfo`]. The line format is in the README (Records).
 
 mod compare;
 mod files;

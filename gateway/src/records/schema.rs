@@ -2,7 +2,7 @@
 //! and `"ts"` (ISO 8601 UTC, derived from `ts_ms` when written) before the record's own fields, so
 //! DuckDB's `read_json_auto` types `ts` as a TIMESTAMPTZ and `ts_ms` as a BIGINT without hints.
 //! Readers ignore fields they do not know: adding a field is not a schema change, renaming or
-//! changing the meaning of one is (bump [`SCHEMA_VERSION`]). The field table is in `SCHEMA.md`.
+//! changing the meaning of one is (bump [`SCHEMA_VERSION`]). The field table is in the README (Records).
 
 use serde::{Deserialize, Serialize};
 
@@ -39,7 +39,7 @@ pub struct RequestRecord {
     /// "chat" | "completions".
     pub endpoint: String,
     pub stream: bool,
-    /// "ok" | "error".
+    /// "ok" | "error" | "cancelled" (the client left).
     pub status: String,
     /// The error code when `status` is "error" (the OpenAI `code`, or the error kind).
     pub error: Option<String>,

@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, RequestId};
 use crate::generation::{self, ChoiceResult};
 use crate::logprobs::Tokens;
-use crate::routed::{attributes, Routed};
+use crate::routed::{self, attributes, Routed};
 use crate::sse::{self, ChatChunks, Head};
 use crate::state::AppState;
 use crate::validate::{self, Reply, ValidChat};
@@ -40,21 +40,7 @@ pub async fn chat(
         Routed::new(&st, a, &mut requests, "chat", reply.stream, id)
     });
     let head = Head::new("chatcmpl", &reply, &st.fingerprint);
-    let streams = match generation::submit_all(&st, requests) {
-        Ok(s) => s,
-        Err(e) => {
-            if let Some(r) = routed {
-                r.refused(head.id.clone(), &e);
-            }
-            return Err(e);
-        }
-    };
-    let mut all = generation::merged(streams, st.cfg.request_timeout);
-    let mut named = None;
-    if let Some(r) = routed {
-        named = Some(r.header_values());
-        all = r.tap(all, choices, head.id.clone());
-    }
+    let (all, named) = routed::submit(&st, requests, routed, &head.id)?;
     let mut resp = if reply.stream {
         let writer = ChatChunks::new(head, st.model.clone(), reply, choices);
         sse::respond(writer, all)
@@ -64,9 +50,7 @@ pub async fn chat(
         let body = completion(head, &reply, tokens, prompt_tokens, results);
         Json(body).into_response()
     };
-    if let Some(h) = named {
-        resp.headers_mut().extend(h);
-    }
+    resp.headers_mut().extend(named);
     Ok(resp)
 }
 

@@ -12,7 +12,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiJson, RequestId};
 use crate::generation::{self, ChoiceResult};
 use crate::logprobs::Tokens;
-use crate::routed::{attributes, Routed};
+use crate::routed::{self, attributes, Routed};
 use crate::sse::{self, CompletionChunks, Head};
 use crate::state::AppState;
 use crate::validate::{self, Prompts, Reply, ValidCompletion};
@@ -42,21 +42,7 @@ pub async fn completions(
         Routed::new(&st, a, &mut requests, "completions", reply.stream, id)
     });
     let head = Head::new("cmpl", &reply, &st.fingerprint);
-    let streams = match generation::submit_all(&st, requests) {
-        Ok(s) => s,
-        Err(e) => {
-            if let Some(r) = routed {
-                r.refused(head.id.clone(), &e);
-            }
-            return Err(e);
-        }
-    };
-    let mut all = generation::merged(streams, st.cfg.request_timeout);
-    let mut named = None;
-    if let Some(r) = routed {
-        named = Some(r.header_values());
-        all = r.tap(all, choices, head.id.clone());
-    }
+    let (all, named) = routed::submit(&st, requests, routed, &head.id)?;
     let mut resp = if reply.stream {
         let writer = CompletionChunks::new(head, st.model.clone(), reply, prompts);
         sse::respond(writer, all)
@@ -65,9 +51,7 @@ pub async fn completions(
         let body = completion(&head, &reply, &st.model.tokenizer, &prompts, results);
         Json(body).into_response()
     };
-    if let Some(h) = named {
-        resp.headers_mut().extend(h);
-    }
+    resp.headers_mut().extend(named);
     Ok(resp)
 }
 
