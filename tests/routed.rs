@@ -221,6 +221,52 @@ async fn shadows_never_change_the_primary_and_score_as_the_endpoint_does() {
     st.engine.shutdown();
 }
 
+/// A streamed chat's events with the fields that differ between any two requests (id, created)
+/// and the model name the client sent removed.
+async fn chat_stream(st: &AppState, model: &str) -> Vec<Value> {
+    let body = json!({"model": model, "stream": true, "max_tokens": 12, "temperature": 0.8,
+        "seed": 5, "user": "u7", "ignore_eos": true,
+        "messages": [{"role": "user", "content": "Say something."}]});
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = app(st.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec())
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| {
+            let mut v: Value = serde_json::from_str(d).unwrap_or(json!(d));
+            if let Some(m) = v.as_object_mut() {
+                for k in ["id", "created", "model"] {
+                    m.remove(k);
+                }
+            }
+            v
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_primary_is_the_same_with_and_without_shadows() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = state(dir.path());
+    let spec = json!({"name": "r", "type": "single", "arms": [{"name": "main", "model": "a-r8-qv", "weight": 1}],
+        "shadows": [{"model": "c-r4-rslora"}, {"model": "b-r16-all", "mode": "generate"}]});
+    let (s, v, _) = call(&st, "POST", "/v1/experiments", Some(spec)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let direct = chat_stream(&st, "a-r8-qv").await;
+    let routed = chat_stream(&st, "r").await;
+    assert!(direct.len() > 3);
+    assert_eq!(routed, direct);
+    st.engine.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_shadow_is_counted_and_the_primary_never_sees_it() {
     let dir = tempfile::tempdir().unwrap();

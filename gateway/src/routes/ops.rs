@@ -34,6 +34,16 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     metrics::gauge!("loraplex_adapter_loads").set(s.adapter_loads.load(Ordering::Relaxed) as f64);
     metrics::gauge!("loraplex_adapter_evictions")
         .set(s.adapter_evictions.load(Ordering::Relaxed) as f64);
+    // Records lost are a degradation the operator must see, never a failed request.
+    let r = st.recorder.stats();
+    metrics::gauge!("loraplex_records_written").set(r.written as f64);
+    metrics::gauge!("loraplex_records_dropped").set(r.dropped as f64);
+    metrics::gauge!("loraplex_records_failed").set(r.failed as f64);
+    if let Some(q) = &st.shadows {
+        let c = q.counts();
+        metrics::gauge!("loraplex_shadow_queue_waiting").set(c.queued as f64);
+        metrics::gauge!("loraplex_shadow_queue_running").set(c.running as f64);
+    }
     match &st.metrics {
         Some(h) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
