@@ -13,10 +13,10 @@ use serde_json::{Map, Value};
 use crate::error::ApiError;
 use crate::experiments::{Assignment, Attributes, ShadowMode, Target};
 use crate::generation::{self, Events};
-use crate::records::{Record, RequestRecord};
+use crate::records::{now_ms, Record, RequestRecord};
 use crate::resolve::Resolved;
 use crate::shadow::{LiveMode, LiveShadowJob, KL_TOP_K};
-use crate::state::{now_ms, AppState};
+use crate::state::AppState;
 use crate::trace::{self, Outcome, Trace};
 
 /// A request's attributes a route may assign by.

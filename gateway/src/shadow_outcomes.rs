@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use loraplex_runtime::EngineHandle;
 
-use crate::records::{Record, Recorder, ShadowRecord};
+use crate::records::{now_ms, Record, Recorder, ShadowRecord};
 use crate::shadow::{ShadowOutcome, ShadowResult, ShadowSink};
-use crate::state::now_ms;
 
 /// The sink a [`crate::shadow::ShadowQueue`] reports to.
 pub fn sink(recorder: Recorder, engine: EngineHandle) -> ShadowSink {

@@ -189,14 +189,6 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Unix milliseconds (record times).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// `chatcmpl-…`/`cmpl-…` ids: 24 random hex digits.
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}-{:024x}", rand::random::<u128>() >> 32)

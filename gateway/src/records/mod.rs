@@ -19,7 +19,7 @@ pub use compare::{ArmDifference, Unit};
 pub use read::{read_all, read_experiment, Records};
 pub use report::{report, ArmReport, ExperimentInfo, FeedbackSummary, Report, Summary};
 pub use schema::{
-    iso8601, FeedbackRecord, Kind, Record, RequestRecord, ShadowRecord, SCHEMA_VERSION,
+    iso8601, now_ms, FeedbackRecord, Kind, Record, RequestRecord, ShadowRecord, SCHEMA_VERSION,
 };
 pub use shadow_report::{Scores, ShadowArm, ShadowReport};
 pub use stats::{Difference, MeanInterval, Quantiles};

@@ -190,6 +190,14 @@ impl Record {
     }
 }
 
+/// Unix milliseconds now: what `ts_ms` holds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// `2026-03-01T12:00:00.123Z` for unix milliseconds (proleptic Gregorian, UTC).
 pub fn iso8601(ms: u64) -> String {
     let secs = ms / 1000;

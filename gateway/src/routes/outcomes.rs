@@ -14,8 +14,10 @@ use super::admin::blocking;
 use crate::error::ApiError;
 use crate::experiments::{Experiment, Policy};
 use crate::extract::ApiJson;
-use crate::records::{read_experiment, report, report_svg, ExperimentInfo, FeedbackRecord, Record};
-use crate::state::{now_ms, AppState};
+use crate::records::{
+    now_ms, read_experiment, report, report_svg, ExperimentInfo, FeedbackRecord, Record,
+};
+use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
 pub struct Feedback {
