@@ -144,6 +144,7 @@ fn main() {
             max_running: 64,
             max_step_tokens: 512,
             max_waiting: 4096,
+            ..Default::default()
         },
         cache: CacheConfig {
             max_loras: resident,

@@ -305,6 +305,7 @@ fn main() {
             max_running: c,
             max_step_tokens: 512.max(c + 1),
             max_waiting: 1024,
+            ..Default::default()
         },
         cache: CacheConfig {
             max_loras: c,

@@ -67,10 +67,11 @@ async fn streamed(st: &AppState, model: &str, user: usize, k: usize) -> (Duratio
     while let Some(frame) = body.frame().await {
         let frame = frame.unwrap();
         if let Some(data) = frame.data_ref() {
-            if ttft.is_none()
-                && data.windows(11).any(|w| w == b"\"content\":\"")
-                && !data.windows(13).any(|w| w == b"\"content\":\"\"")
-            {
+            // The first chunk with generated text (the opening chunk's content is empty).
+            let text = data
+                .windows(12)
+                .any(|w| &w[..11] == b"\"content\":\"" && w[11] != b'"');
+            if ttft.is_none() && text {
                 ttft = Some(start.elapsed());
             }
         }
@@ -111,7 +112,13 @@ fn main() {
         );
         reg.register(name, dir.join(name));
     }
-    let engine = loraplex_runtime::start(lm.clone(), reg, EngineConfig::default()).unwrap();
+    let mut engine_cfg = EngineConfig::default();
+    engine_cfg.scheduler.shadow_step_tokens = env(
+        "LORAPLEX_BENCH_SHADOW_STEP_TOKENS",
+        engine_cfg.scheduler.shadow_step_tokens,
+    );
+    let shadow_step_tokens = engine_cfg.scheduler.shadow_step_tokens;
+    let engine = loraplex_runtime::start(lm.clone(), reg, engine_cfg).unwrap();
     let cfg = GatewayConfig {
         served_model_name: "m".into(),
         max_model_len: 2048,
@@ -136,6 +143,9 @@ fn main() {
             streamed(&st, route, 0, 0).await;
         }
         let queue = st.shadows.clone().unwrap();
+        while queue.counts().queued + queue.counts().running > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let before = queue.counts();
         let mut samples: [(Vec<f64>, Vec<f64>); 2] = Default::default();
         let mut shadowed_requests = 0u64;
@@ -196,7 +206,7 @@ fn main() {
                 "scored_tokens_per_s": tokens as f64 / start.elapsed().as_secs_f64()}));
         }
         json!({
-            "clients": CLIENTS, "max_tokens": MAX_TOKENS, "requests_per_arm": samples[0].0.len(),
+            "clients": CLIENTS, "max_tokens": MAX_TOKENS, "shadow_step_tokens": shadow_step_tokens, "requests_per_arm": samples[0].0.len(),
             "no_shadows": {"ttft_ms_p50": p.0, "ttft_ms_p95": p.1, "latency_ms_p50": p.2, "latency_ms_p95": p.3},
             "two_shadows": {"ttft_ms_p50": s.0, "ttft_ms_p95": s.1, "latency_ms_p50": s.2, "latency_ms_p95": s.3},
             "ratio": {"ttft_p50": s.0 / p.0, "ttft_p95": s.1 / p.1, "latency_p50": s.2 / p.2, "latency_p95": s.3 / p.3},

@@ -77,6 +77,7 @@ fn concurrent_requests_over_mixed_adapters_match_the_golden_outputs() {
             max_running: 8,
             max_step_tokens: 48,
             max_waiting: 64,
+            ..Default::default()
         },
         ..Default::default()
     };
@@ -135,6 +136,7 @@ fn a_full_queue_is_refused_as_overloaded() {
             max_running: 1,
             max_step_tokens: 64,
             max_waiting: 2,
+            ..Default::default()
         },
         ..Default::default()
     };
@@ -163,6 +165,7 @@ fn shadow_work_neither_takes_queue_places_nor_delays_interactive_tokens() {
             max_running: 4,
             max_step_tokens: 64,
             max_waiting: 2,
+            ..Default::default()
         },
         ..Default::default()
     };
@@ -336,6 +339,7 @@ fn prompt_logprobs_equal_teacher_forced_scoring() {
                 max_running: 4,
                 max_step_tokens: 20,
                 max_waiting: 8,
+                ..Default::default()
             },
             ..Default::default()
         },
@@ -406,6 +410,7 @@ fn the_waiting_count_returns_to_zero_however_requests_leave() {
             max_running: 1,
             max_step_tokens: 64,
             max_waiting: 16,
+            ..Default::default()
         },
         ..Default::default()
     });
@@ -484,6 +489,7 @@ fn a_bad_scheduler_configuration_is_a_typed_start_error() {
             max_running: 8,
             max_step_tokens: 8,
             max_waiting: 8,
+            ..Default::default()
         },
         ..Default::default()
     };

@@ -271,6 +271,7 @@ async fn a_full_queue_is_429_with_retry_after() {
                 max_running: 1,
                 max_step_tokens: 16,
                 max_waiting: 1,
+                ..Default::default()
             },
             ..Default::default()
         },

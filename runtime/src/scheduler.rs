@@ -34,6 +34,11 @@ pub struct SchedulerConfig {
     pub max_step_tokens: usize,
     /// Sequences allowed to wait; more are refused as overloaded.
     pub max_waiting: usize,
+    /// Tokens of shadow work a step may carry when it also carries interactive work; a step
+    /// with none gives shadows the whole budget. On a CPU a step's time grows with its rows
+    /// even far below the token budget, so budget left over is not time left over: this cap is
+    /// what keeps shadows from slowing the streams they run beside (0: only idle steps).
+    pub shadow_step_tokens: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -42,6 +47,7 @@ impl Default for SchedulerConfig {
             max_running: 64,
             max_step_tokens: 512,
             max_waiting: 1024,
+            shadow_step_tokens: 8,
         }
     }
 }
@@ -221,8 +227,14 @@ impl Scheduler {
         let mut budget = self.cfg.max_step_tokens;
         let mut plan = Vec::new();
         for class in Priority::ALL {
-            self.continue_class(class, &mut budget, &mut plan);
-            self.admit_class(class, &mut budget, &mut plan, &mut ready, &mut admit);
+            let mut left = budget;
+            if class == Priority::Shadow && !plan.is_empty() {
+                left = left.min(self.cfg.shadow_step_tokens);
+            }
+            let given = left;
+            self.continue_class(class, &mut left, &mut plan);
+            self.admit_class(class, &mut left, &mut plan, &mut ready, &mut admit);
+            budget -= given - left;
         }
         plan
     }
@@ -334,6 +346,7 @@ mod tests {
             max_running,
             max_step_tokens: budget,
             max_waiting,
+            shadow_step_tokens: budget,
         })
     }
 
@@ -541,5 +554,29 @@ mod tests {
         assert_eq!(s.waiting_len(), 4);
         // With one slot, the interactive request runs first.
         assert_eq!(all_ready(&mut s)[0].id, 4);
+    }
+
+    #[test]
+    fn beside_interactive_work_shadows_get_only_their_step_share() {
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_running: 8,
+            max_step_tokens: 100,
+            max_waiting: 10,
+            shadow_step_tokens: 4,
+        });
+        s.enqueue(1, P, None, 2).unwrap();
+        s.enqueue(2, S, None, 30).unwrap();
+        let p = all_ready(&mut s);
+        assert_eq!(
+            p.iter().map(|x| (x.id, x.len)).collect::<Vec<_>>(),
+            vec![(1, 2), (2, 4)]
+        );
+        // Without interactive work, the shadow gets the whole budget.
+        s.remove(1);
+        let p = all_ready(&mut s);
+        assert_eq!(
+            p.iter().map(|x| (x.id, x.start, x.len)).collect::<Vec<_>>(),
+            vec![(2, 4, 26)]
+        );
     }
 }

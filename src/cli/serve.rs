@@ -104,6 +104,10 @@ pub struct ServeArgs {
     /// Shadow jobs in the engine at once.
     #[arg(long, default_value_t = 4)]
     pub shadow_concurrency: usize,
+    /// Tokens of shadow work a step may carry beside interactive work (idle steps give shadows
+    /// the whole budget); 0 runs shadows only when nothing else runs.
+    #[arg(long, default_value_t = 8)]
+    pub shadow_step_tokens: usize,
 }
 
 /// `$XDG_DATA_HOME/loraplex/adapters` or the platform's equivalent.
@@ -176,6 +180,7 @@ pub fn run(args: ServeArgs, hub: HubOptions) -> anyhow::Result<()> {
             max_running: args.max_num_seqs,
             max_step_tokens: args.max_num_batched_tokens,
             max_waiting: args.max_queue,
+            shadow_step_tokens: args.shadow_step_tokens,
         },
         cache: CacheConfig {
             max_loras: args.max_loras,
