@@ -175,7 +175,15 @@ async fn shadows_never_change_the_primary_and_score_as_the_endpoint_does() {
     let (s, v, _) = call(&st, "POST", "/v1/shadow/score", Some(body)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
 
-    // The report counts what the records hold.
+    // The report counts what the records hold, once every shadow of the 4 requests is done.
+    let queue = st.shadows.clone().unwrap();
+    for _ in 0..400 {
+        let c = queue.counts();
+        if c.scored + c.failed + c.dropped >= 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let (s, rep, _) = call(&st, "GET", "/v1/experiments/support/report", None).await;
     assert_eq!(s, StatusCode::OK, "{rep}");
     let arms = rep["arms"].as_array().unwrap();

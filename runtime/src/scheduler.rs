@@ -47,7 +47,7 @@ impl Default for SchedulerConfig {
             max_running: 64,
             max_step_tokens: 512,
             max_waiting: 1024,
-            shadow_step_tokens: 8,
+            shadow_step_tokens: 0,
         }
     }
 }

@@ -105,8 +105,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 4)]
     pub shadow_concurrency: usize,
     /// Tokens of shadow work a step may carry beside interactive work (idle steps give shadows
-    /// the whole budget); 0 runs shadows only when nothing else runs.
-    #[arg(long, default_value_t = 8)]
+    /// the whole budget); 0, the default, runs shadows only in steps without interactive work,
+    /// which on a CPU is what keeps them from slowing the streams they shadow.
+    #[arg(long, default_value_t = 0)]
     pub shadow_step_tokens: usize,
 }
 
