@@ -52,6 +52,11 @@ impl AdapterSource {
     pub fn name(&self) -> &str {
         &self.version.name
     }
+
+    /// The store's version number, when the source came from the store.
+    pub fn store_version(&self) -> Option<u64> {
+        self.recorded.as_ref().and_then(|r| r.version)
+    }
 }
 
 /// Name → source. Cheap to clone and share.

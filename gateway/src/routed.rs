@@ -48,8 +48,8 @@ impl AppState {
     }
 
     /// A route target as a servable model. A pinned version is served under its own registry
-    /// name, `name@version` (no adapter name holds an `@`), so it and the current version of
-    /// the same adapter can share a batch.
+    /// name ([`Target::pinned_name`]), so it and the current version of the same adapter can
+    /// share a batch.
     pub fn resolve_target(&self, target: &Target) -> Result<Resolved, ApiError> {
         match target {
             Target::Base => Ok(Resolved::Base),
@@ -61,7 +61,7 @@ impl AppState {
                 name,
                 version: Some(v),
             } => {
-                let alias = pinned_name(name, *v);
+                let alias = Target::pinned_name(name, *v);
                 if self.engine.registry().get(&alias).is_some() {
                     return Ok(Resolved::Adapter(alias));
                 }
@@ -80,11 +80,6 @@ impl AppState {
     }
 }
 
-/// The registry name a pinned version is served under.
-pub fn pinned_name(name: &str, version: u64) -> String {
-    format!("{name}@{version}")
-}
-
 /// A routed request in flight.
 pub struct Routed {
     st: AppState,
@@ -101,7 +96,8 @@ pub struct Routed {
 impl Routed {
     /// After validation and registration, before submit: `requests` are the request's choices,
     /// whose first one the shadows follow; its logprobs are captured if the client did not ask
-    /// for them (the reply writes only what the client asked for).
+    /// for them (the reply writes only what the client asked for). The prompt and parameters
+    /// are kept only for a route with shadows.
     pub fn new(
         st: &AppState,
         assignment: Assignment,
@@ -110,23 +106,22 @@ impl Routed {
         stream: bool,
         http_request_id: String,
     ) -> Self {
-        let first = requests.first_mut();
-        let (adapter, prompt, params) = match first {
-            Some(r) => {
-                // Captured with the KL estimate's alternatives however many the client asked for:
-                // the reply writes only the client's count (`Reply::top_logprobs`).
-                if !assignment.shadows.is_empty() {
-                    let asked = r.params.logprobs.unwrap_or(0);
-                    r.params.logprobs = Some(asked.max(KL_TOP_K));
-                }
-                (r.adapter.clone(), r.prompt.clone(), r.params.clone())
+        let (mut adapter, mut prompt, mut params) = (None, Vec::new(), GenerationParams::default());
+        if let Some(r) = requests.first_mut() {
+            adapter = r.adapter.clone();
+            if !assignment.shadows.is_empty() {
+                // Captured with the KL estimate's alternatives however many the client asked
+                // for: the reply writes only the client's count (`Reply::top_logprobs`).
+                let asked = r.params.logprobs.unwrap_or(0);
+                r.params.logprobs = Some(asked.max(KL_TOP_K));
+                prompt = r.prompt.clone();
+                params = r.params.clone();
             }
-            None => (None, Vec::new(), GenerationParams::default()),
-        };
+        }
         let adapter_version = adapter
             .as_deref()
             .and_then(|a| st.engine.registry().get(a))
-            .and_then(|s| s.recorded.and_then(|r| r.version));
+            .and_then(|s| s.store_version());
         metrics::counter!("loraplex_route_requests_total",
             "route" => assignment.route.clone(), "arm" => assignment.arm.clone())
         .increment(1);
@@ -165,12 +160,11 @@ impl Routed {
 
     /// The request was refused before it ran (a full queue, a shutdown): recorded as an error.
     fn refused(self, request_id: String, e: &ApiError) {
-        let code = e.body().error.code.unwrap_or_else(|| "error".into());
         let trace = Trace {
             choices: Vec::new(),
             first_token: None,
             elapsed: Duration::ZERO,
-            outcome: Outcome::Failed(code),
+            outcome: Outcome::Failed(trace::error_code(e)),
         };
         self.finish(request_id, trace);
     }
@@ -239,8 +233,9 @@ impl Routed {
             return;
         };
         for shadow in &a.shadows {
-            // A shadow that cannot be resolved now (its adapter went away) is skipped: it
-            // shows in the counts as a failed job the queue reports, never to the client.
+            // A shadow that cannot be resolved now (its adapter went away) is still queued
+            // under its name, so that the engine refuses it and the queue counts and records
+            // it as failed; the client never sees it.
             let adapter = match self.st.resolve_target(&shadow.target) {
                 Ok(resolved) => {
                     let name = resolved.adapter().map(str::to_string);

@@ -18,7 +18,7 @@ pub fn sink(recorder: Recorder, engine: EngineHandle) -> ShadowSink {
             .adapter
             .as_deref()
             .and_then(|a| engine.registry().get(a))
-            .and_then(|s| s.recorded.and_then(|r| r.version));
+            .and_then(|s| s.store_version());
         let rec = record(&o, version);
         metrics::counter!("loraplex_shadow_jobs_total",
             "route" => rec.route.clone(), "shadow" => rec.shadow_model.clone(),

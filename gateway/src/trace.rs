@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{BoxStream, Stream, StreamExt};
 use loraplex_runtime::{FinishReason, TokenLogprob, Usage};
 
+use crate::error::ApiError;
 use crate::generation::ChoiceEvent;
 
 /// One choice as it was served.
@@ -39,6 +40,13 @@ pub struct Trace {
     pub first_token: Option<Duration>,
     pub elapsed: Duration,
     pub outcome: Outcome,
+}
+
+/// How a failure is named in a record: the OpenAI `code` the client was sent, or its `type`
+/// when it has no code.
+pub fn error_code(e: &ApiError) -> String {
+    let body = e.body();
+    body.error.code.unwrap_or_else(|| body.error.kind.into())
 }
 
 type OnDone = Box<dyn FnOnce(Trace) + Send>;
@@ -85,10 +93,7 @@ impl Tap {
                 c.finish = Some(*reason);
                 c.usage = *usage;
             }
-            ChoiceEvent::Failed(e) => {
-                let body = e.body();
-                self.failed = Some(body.error.code.unwrap_or_else(|| body.error.kind.into()));
-            }
+            ChoiceEvent::Failed(e) => self.failed = Some(error_code(e)),
             ChoiceEvent::PromptLogprobs(_) => {}
         }
     }
@@ -140,7 +145,6 @@ impl Drop for Tap {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ApiError;
     use futures_util::stream;
     use std::sync::{Arc, Mutex};
 

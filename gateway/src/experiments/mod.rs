@@ -51,18 +51,28 @@ impl Target {
         if model == base_id {
             return Target::Base;
         }
-        if let Some((name, v)) = model.rsplit_once('@') {
-            if let Ok(version) = v.parse::<u64>() {
-                return Target::Adapter {
-                    name: name.to_string(),
-                    version: Some(version),
-                };
-            }
+        if let Some((name, version)) = Target::split_pinned(model) {
+            return Target::Adapter {
+                name: name.to_string(),
+                version: Some(version),
+            };
         }
         Target::Adapter {
             name: model.to_string(),
             version: None,
         }
+    }
+
+    /// `name@version`: the model string naming a pinned version, and the registry name the
+    /// version is served under (no adapter name holds an `@`).
+    pub fn pinned_name(name: &str, version: u64) -> String {
+        format!("{name}@{version}")
+    }
+
+    /// The reverse of [`Target::pinned_name`]: `None` for a name that pins nothing.
+    pub fn split_pinned(s: &str) -> Option<(&str, u64)> {
+        let (name, v) = s.rsplit_once('@')?;
+        Some((name, v.parse().ok()?))
     }
 
     /// The adapter's name; `None` for the base model.

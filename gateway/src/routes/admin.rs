@@ -19,6 +19,7 @@ use loraplex_adapters::{
 use serde::Deserialize;
 
 use crate::error::ApiError;
+use crate::experiments::Target;
 use crate::extract::ApiJson;
 use crate::state::AppState;
 use crate::upload::{assemble, read_form};
@@ -323,7 +324,7 @@ async fn remove(st: &AppState, name: &str) -> Result<(), ApiError> {
     let registered = registry.remove(name).is_some();
     // Versions routes pinned were served as `name@version`.
     for pinned in registry.names() {
-        if pinned.split_once('@').is_some_and(|(n, _)| n == name) {
+        if Target::split_pinned(&pinned).is_some_and(|(n, _)| n == name) {
             registry.remove(&pinned);
             st.engine.unload_adapter(&pinned);
         }

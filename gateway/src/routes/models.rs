@@ -4,6 +4,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 
 use crate::error::ApiError;
+use crate::experiments::Target;
 use crate::resolve::Resolved;
 use crate::state::AppState;
 use crate::wire::{ModelCard, ModelList};
@@ -47,7 +48,7 @@ pub async fn list(State(st): State<AppState>) -> Json<ModelList> {
             .registry()
             .names()
             .iter()
-            .filter(|n| !n.contains('@'))
+            .filter(|n| Target::split_pinned(n).is_none())
             .map(|n| registered(&st, n)),
     );
     data.extend(st.experiments.names().iter().map(|n| route_card(&st, n)));
