@@ -23,3 +23,4 @@ mod load_errors; // broken model files give typed errors naming the file
 mod routed; // requests on routes: arm headers, primaries unchanged by shadows, live scores equal the endpoint's, records, report, 409s
 mod shadow; // POST /v1/shadow/score against echo + logprobs, its refusals; the live ShadowQueue: same scores, failures and drops counted
 mod tokenizer; // the GGUF tokenizer and chat template against transformers'
+mod utf8; // generations cut inside a character: no U+FFFD in text, raw bytes in logprobs

@@ -35,11 +35,12 @@ impl<'a> Tokens<'a> {
         }
     }
 
+    /// `bytes` are the token's own bytes, even where its text alone is not valid UTF-8 (part of
+    /// a character): joined, a choice's bytes are its output.
     fn top(&self, id: u32, logprob: f32) -> TopLogprob {
-        let token = self.text(id);
         TopLogprob {
-            bytes: token.as_bytes().to_vec(),
-            token,
+            bytes: self.tokenizer.token_bytes(id).to_vec(),
+            token: self.text(id),
             logprob,
         }
     }

@@ -7,6 +7,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use loraplex_runtime::{MaskTimes, MASK_BUCKETS_US};
+
 use crate::state::AppState;
 
 /// 503 while draining, so a balancer stops sending new requests before the server goes.
@@ -47,9 +49,49 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     match &st.metrics {
         Some(h) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
+            h.render() + &mask_histogram(&s.mask_time),
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are disabled").into_response(),
+    }
+}
+
+/// The engine keeps mask times in its own buckets (it has no metrics recorder), so this series
+/// is written here in Prometheus' text format.
+fn mask_histogram(m: &MaskTimes) -> String {
+    let name = "loraplex_constraint_mask_seconds";
+    let mut out = format!(
+        "# HELP {name} Time to compute a constrained row's allowed tokens, per token.\n\
+         # TYPE {name} histogram\n"
+    );
+    let mut acc = 0;
+    for (i, c) in m.buckets().iter().enumerate() {
+        acc += c;
+        let le = MASK_BUCKETS_US
+            .get(i)
+            .map(|us| format!("{}", *us as f64 / 1e6))
+            .unwrap_or_else(|| "+Inf".into());
+        out.push_str(&format!("{name}_bucket{{le=\"{le}\"}} {acc}\n"));
+    }
+    let sum = m.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+    out.push_str(&format!("{name}_sum {sum}\n{name}_count {acc}\n"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mask_histogram_is_cumulative_prometheus_text() {
+        let m = MaskTimes::default();
+        m.record(std::time::Duration::from_micros(7));
+        m.record(std::time::Duration::from_micros(700));
+        let t = mask_histogram(&m);
+        assert!(t.contains("# TYPE loraplex_constraint_mask_seconds histogram"), "{t}");
+        assert!(t.contains("loraplex_constraint_mask_seconds_bucket{le=\"0.000005\"} 0\n"), "{t}");
+        assert!(t.contains("loraplex_constraint_mask_seconds_bucket{le=\"0.00001\"} 1\n"), "{t}");
+        assert!(t.contains("loraplex_constraint_mask_seconds_bucket{le=\"+Inf\"} 2\n"), "{t}");
+        assert!(t.contains("loraplex_constraint_mask_seconds_count 2\n"), "{t}");
     }
 }
