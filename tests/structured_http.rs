@@ -33,8 +33,16 @@ async fn malformed_constraints_are_400_naming_the_field_on_both_endpoints() {
     let st = state();
     // (patch, param, a word the message must say)
     let cases: Vec<(Value, &str, &str)> = vec![
-        (json!({"response_format": "json"}), "response_format", "object"),
-        (json!({"response_format": {"type": "xml"}}), "response_format.type", "xml"),
+        (
+            json!({"response_format": "json"}),
+            "response_format",
+            "object",
+        ),
+        (
+            json!({"response_format": {"type": "xml"}}),
+            "response_format.type",
+            "xml",
+        ),
         (
             json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}}),
             "response_format.json_schema.name",
@@ -45,11 +53,27 @@ async fn malformed_constraints_are_400_naming_the_field_on_both_endpoints() {
             "response_format.json_schema.schema",
             "required",
         ),
-        (json!({"structured_outputs": {"regexp": "a"}}), "structured_outputs.regexp", "regex"),
-        (json!({"structured_outputs": {}}), "structured_outputs", "one of"),
+        (
+            json!({"structured_outputs": {"regexp": "a"}}),
+            "structured_outputs.regexp",
+            "regex",
+        ),
+        (
+            json!({"structured_outputs": {}}),
+            "structured_outputs",
+            "one of",
+        ),
         (json!({"guided_json": "{not json"}), "guided_json", "JSON"),
-        (json!({"guided_choice": ["a", 1]}), "guided_choice[1]", "string"),
-        (json!({"guided_regex": "a", "guided_choice": ["a"]}), "guided_choice", "guided_regex"),
+        (
+            json!({"guided_choice": ["a", 1]}),
+            "guided_choice[1]",
+            "string",
+        ),
+        (
+            json!({"guided_regex": "a", "guided_choice": ["a"]}),
+            "guided_choice",
+            "guided_regex",
+        ),
         (
             json!({"response_format": {"type": "json_object"}, "structured_outputs": {"regex": "a"}}),
             "structured_outputs",
@@ -66,8 +90,16 @@ async fn malformed_constraints_are_400_naming_the_field_on_both_endpoints() {
             "structured_outputs.json",
             "nonsense",
         ),
-        (json!({"guided_regex": "(unclosed"}), "guided_regex", "guided_regex"),
-        (json!({"guided_grammar": "start: ???"}), "guided_grammar", "guided_grammar"),
+        (
+            json!({"guided_regex": "(unclosed"}),
+            "guided_regex",
+            "guided_regex",
+        ),
+        (
+            json!({"guided_grammar": "start: ???"}),
+            "guided_grammar",
+            "guided_grammar",
+        ),
     ];
     for (patch, param, says) in cases {
         for (uri, body) in [
@@ -79,7 +111,10 @@ async fn malformed_constraints_are_400_naming_the_field_on_both_endpoints() {
             assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
             assert_error(&v, Some(param));
             let msg = v["error"]["message"].as_str().unwrap();
-            assert!(msg.contains(says), "{uri} {patch}: {msg:?} does not say {says:?}");
+            assert!(
+                msg.contains(says),
+                "{uri} {patch}: {msg:?} does not say {says:?}"
+            );
         }
     }
 }
@@ -129,7 +164,10 @@ fn assert_reading(text: &str) {
     let o = v.as_object().unwrap_or_else(|| panic!("{text:?}"));
     assert_eq!(o.len(), 3, "{text:?}");
     assert!(v["n"].as_u64().is_some_and(|n| n <= 99), "{text:?}");
-    assert!(["red", "green", "blue"].contains(&v["color"].as_str().unwrap()), "{text:?}");
+    assert!(
+        ["red", "green", "blue"].contains(&v["color"].as_str().unwrap()),
+        "{text:?}"
+    );
     assert!(v["ok"].is_boolean(), "{text:?}");
 }
 
@@ -145,7 +183,14 @@ async fn a_json_schema_answer_matches_its_schema_on_the_base_and_an_adapter() {
         for form in &forms {
             let body = json!({"model": model, "max_tokens": 96, "n": 2, "temperature": 1.0,
                 "seed": 11, "messages": [{"role": "user", "content": "Give me a reading."}]});
-            let (s, v, _) = call(&st, "POST", "/v1/chat/completions", Some(with(body, form)), &[]).await;
+            let (s, v, _) = call(
+                &st,
+                "POST",
+                "/v1/chat/completions",
+                Some(with(body, form)),
+                &[],
+            )
+            .await;
             assert_eq!(s, StatusCode::OK, "{model} {form}: {v}");
             for c in v["choices"].as_array().unwrap() {
                 assert_eq!(c["finish_reason"], "stop", "{model} {form}: {c}");
@@ -197,7 +242,10 @@ async fn regex_constrained_completions_match_on_both_endpoints() {
         assert_eq!(c["finish_reason"], "stop", "{c}");
         assert!(matches_code(c["text"].as_str().unwrap()), "{c}");
     }
-    let chat = with(chat_body("b-r16-all"), &json!({"max_tokens": 24, "structured_outputs": {"regex": regex}}));
+    let chat = with(
+        chat_body("b-r16-all"),
+        &json!({"max_tokens": 24, "structured_outputs": {"regex": regex}}),
+    );
     let (s, v, _) = call(&st, "POST", "/v1/chat/completions", Some(chat), &[]).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let text = v["choices"][0]["message"]["content"].as_str().unwrap();
@@ -243,7 +291,10 @@ async fn a_streamed_choice_is_one_of_the_choices() {
     {
         let body = with(
             chat_body("tiny"),
-            &with(json!({"stream": true, "max_tokens": 16, "temperature": 1.0, "seed": i}), form),
+            &with(
+                json!({"stream": true, "max_tokens": 16, "temperature": 1.0, "seed": i}),
+                form,
+            ),
         );
         let (text, finish) = stream_chat(&st, body).await;
         assert!(choices.contains(&text.as_str()), "{form}: {text:?}");
