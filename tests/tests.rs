@@ -22,5 +22,6 @@ mod hub; // hub ids through hf-hub's cache layout; offline mode stays offline
 mod load_errors; // broken model files give typed errors naming the file
 mod routed; // requests on routes: arm headers, primaries unchanged by shadows, live scores equal the endpoint's, records, report, 409s
 mod shadow; // POST /v1/shadow/score against echo + logprobs, its refusals; the live ShadowQueue: same scores, failures and drops counted
+mod structured_http; // response_format, structured_outputs and guided_* over HTTP: every refusal, constrained answers that match; 405s
 mod tokenizer; // the GGUF tokenizer and chat template against transformers'
 mod utf8; // generations cut inside a character: no U+FFFD in text, raw bytes in logprobs

@@ -123,20 +123,34 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     let start = Instant::now();
-    let upload = req.uri().path() == "/v1/adapters";
+    let (method, uri) = (req.method().clone(), req.uri().clone());
     let mut resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    // The body-limit layer answers a declared oversize body itself, in plain text.
+    // The body-limit layer answers a declared oversize body itself, in plain text, and axum's
+    // method routers answer a known path's wrong method with an empty 405 and an `Allow` header.
     let json = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
-        let limit = if upload {
+        let limit = if uri.path() == "/v1/adapters" {
             state.cfg.max_upload_bytes
         } else {
             state.cfg.max_body_bytes
         };
         resp = ApiError::PayloadTooLarge(limit).into_response();
+    } else if resp.status() == StatusCode::METHOD_NOT_ALLOWED && !json {
+        let allow = resp
+            .headers()
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        resp = ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            path: uri.path().to_string(),
+            allow,
+        }
+        .into_response();
     }
     let status = resp.status().as_u16().to_string();
     metrics::counter!("loraplex_requests_total", "endpoint" => endpoint, "status" => status.clone()).increment(1);

@@ -35,6 +35,13 @@ pub enum ApiError {
     Timeout,
     #[error("not found")]
     RouteNotFound,
+    /// The path exists but not with this method; `allow` is the `Allow` header's list.
+    #[error("{method} is not allowed on {path}; it accepts {}", .allow.replace(',', ", "))]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: String,
+    },
     #[error("{0}")]
     Forbidden(String),
     /// An uploaded or pulled adapter was refused; says why.
@@ -75,6 +82,7 @@ impl ApiError {
             | ApiError::RouteNotFound
             | ApiError::AdapterNotFound(_)
             | ApiError::ExperimentNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -108,6 +116,11 @@ impl ApiError {
                 Some("model_not_found".into()),
             ),
             ApiError::RouteNotFound => ("invalid_request_error", None, Some("not_found".into())),
+            ApiError::MethodNotAllowed { .. } => (
+                "invalid_request_error",
+                None,
+                Some("method_not_allowed".into()),
+            ),
             ApiError::InvalidAdapter(_) => (
                 "invalid_request_error",
                 None,
@@ -208,6 +221,11 @@ impl IntoResponse for ApiError {
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ApiError::MethodNotAllowed { allow, .. } = &self {
+            if let Ok(v) = HeaderValue::from_str(allow) {
+                resp.headers_mut().insert(header::ALLOW, v);
+            }
         }
         resp
     }

@@ -70,6 +70,20 @@ pub struct SamplingFields {
     pub return_tokens_as_token_ids: bool,
 }
 
+/// Output constraints both endpoints take: OpenAI's `response_format`, vLLM's `structured_outputs`
+/// (vLLM ≥ 0.10) and its older `guided_*` fields. Kept as raw JSON: `validate::structured` parses
+/// them, so that a malformed one is refused naming the exact field, in our words, not serde's.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct ConstraintFields {
+    pub response_format: Option<Value>,
+    pub structured_outputs: Option<Value>,
+    pub guided_json: Option<Value>,
+    pub guided_regex: Option<Value>,
+    pub guided_choice: Option<Value>,
+    pub guided_grammar: Option<Value>,
+    pub guided_whitespace_pattern: Option<Value>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatCompletionRequest {
     pub model: String,
@@ -80,6 +94,8 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<i64>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
+    #[serde(flatten)]
+    pub constraints: ConstraintFields,
     /// Everything else: accepted and ignored, as vLLM does (logged).
     #[serde(flatten)]
     pub unknown: HashMap<String, Value>,
@@ -106,6 +122,8 @@ pub struct CompletionRequest {
     pub best_of: Option<i64>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
+    #[serde(flatten)]
+    pub constraints: ConstraintFields,
     #[serde(flatten)]
     pub unknown: HashMap<String, Value>,
 }

@@ -32,7 +32,13 @@ pub async fn chat(
         mut requests,
         reply,
         prompt_tokens,
-    } = validate::chat(req, &st.model, st.cfg.max_model_len, model.adapter())?;
+    } = validate::chat(
+        req,
+        &st.model,
+        &st.grammars,
+        st.cfg.max_model_len,
+        model.adapter(),
+    )?;
     model.register(&st);
     let choices = requests.len();
     let routed = assignment.map(|a| {

@@ -34,7 +34,13 @@ pub async fn completions(
         mut requests,
         reply,
         prompts,
-    } = validate::completion(req, &st.model, st.cfg.max_model_len, model.adapter())?;
+    } = validate::completion(
+        req,
+        &st.model,
+        &st.grammars,
+        st.cfg.max_model_len,
+        model.adapter(),
+    )?;
     model.register(&st);
     let choices = requests.len();
     let routed = assignment.map(|a| {

@@ -4,17 +4,19 @@
 
 mod params;
 mod prompt;
+mod structured;
 
 pub(crate) use prompt::{chat as chat_prompt, completion as completion_prompts};
 
 use std::collections::HashMap;
 
 use loraplex_models::LoadedModel;
-use loraplex_runtime::GenerationRequest;
+use loraplex_runtime::{GenerationRequest, Grammars};
 use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::wire::{ChatCompletionRequest, CompletionRequest};
+use structured::{compile_constraint, output_constraint};
 
 /// Default `max_tokens` of the legacy endpoint (OpenAI's).
 const DEFAULT_MAX_TOKENS: usize = 16;
@@ -79,14 +81,17 @@ impl Prompts {
     }
 }
 
-/// `context` is the longest prompt + completion served; `adapter` goes on every request.
+/// `context` is the longest prompt + completion served; `adapter` goes on every request; an
+/// output constraint is compiled with `grammars` (the model tokenizer's).
 pub fn chat(
     req: ChatCompletionRequest,
     model: &LoadedModel,
+    grammars: &Grammars,
     context: usize,
     adapter: Option<&str>,
 ) -> Result<ValidChat, ApiError> {
     log_ignored(&req.unknown);
+    let constraint = output_constraint(&req.constraints)?;
     let logprobs = params::chat_logprobs(req.logprobs, req.top_logprobs)?;
     let max_tokens = req.max_completion_tokens.or(req.sampling.max_tokens);
     if max_tokens == Some(0) {
@@ -96,7 +101,7 @@ pub fn chat(
         ));
     }
     let vocab = model.model.config().vocab_size;
-    let s = params::sampling(&req.sampling, max_tokens, logprobs, vocab)?;
+    let mut s = params::sampling(&req.sampling, max_tokens, logprobs, vocab)?;
     let prompt = prompt::chat(model, &req.messages)?;
     // Unbounded, a chat may use the whole context; a prompt that leaves no room is refused.
     let max_tokens = s
@@ -106,6 +111,10 @@ pub fn chat(
         return Err(context_length(prompt.len(), max_tokens, context));
     }
     check_context(prompt.len(), max_tokens, context)?;
+    // Last: the other checks are cheaper than compiling a grammar the cache does not hold.
+    s.constraint = constraint
+        .map(|c| compile_constraint(&c, grammars))
+        .transpose()?;
     Ok(ValidChat {
         requests: s.choices(&prompt, max_tokens, adapter, None).collect(),
         reply: s.reply(req.model, &req.sampling),
@@ -117,16 +126,18 @@ pub fn chat(
 pub fn completion(
     req: CompletionRequest,
     model: &LoadedModel,
+    grammars: &Grammars,
     context: usize,
     adapter: Option<&str>,
 ) -> Result<ValidCompletion, ApiError> {
     log_ignored(&req.unknown);
+    let constraint = output_constraint(&req.constraints)?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid("suffix", "suffix is not supported"));
     }
     let logprobs = params::completion_logprobs(req.logprobs)?;
     let vocab = model.model.config().vocab_size;
-    let s = params::sampling(&req.sampling, req.sampling.max_tokens, logprobs, vocab)?;
+    let mut s = params::sampling(&req.sampling, req.sampling.max_tokens, logprobs, vocab)?;
     if req.best_of.is_some_and(|b| b as usize != s.n) {
         return Err(ApiError::invalid(
             "best_of",
@@ -143,12 +154,17 @@ pub fn completion(
     let max_tokens = s.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
     // An echoed prompt is scored with the logprobs asked for.
     let prompt_logprobs = if req.echo { logprobs } else { None };
-    let mut requests = Vec::with_capacity(prompts.len() * s.n);
     for p in &prompts {
         if p.is_empty() {
             return Err(ApiError::invalid("prompt", "the prompt is empty"));
         }
         check_context(p.len(), max_tokens, context)?;
+    }
+    s.constraint = constraint
+        .map(|c| compile_constraint(&c, grammars))
+        .transpose()?;
+    let mut requests = Vec::with_capacity(prompts.len() * s.n);
+    for p in &prompts {
         requests.extend(s.choices(p, max_tokens, adapter, prompt_logprobs));
     }
     Ok(ValidCompletion {

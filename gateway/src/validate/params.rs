@@ -1,9 +1,11 @@
 //! The sampling fields both endpoints share → the runtime's validated parameter types.
 
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 
 use loraplex_runtime::{
-    GenerationParams, GenerationRequest, LogitBias, MinP, Penalties, Sampling, Temperature, TopP,
+    CompiledGrammar, GenerationParams, GenerationRequest, LogitBias, MinP, Penalties, Sampling,
+    Temperature, TopP,
 };
 
 use super::Reply;
@@ -32,6 +34,8 @@ pub struct Sampled {
     pub include_usage: bool,
     /// Explicit `max_tokens`, if the client gave one.
     pub max_tokens: Option<usize>,
+    /// The output constraint every choice follows (compiled once, shared).
+    pub constraint: Option<Arc<CompiledGrammar>>,
 }
 
 impl Sampled {
@@ -70,7 +74,7 @@ impl Sampled {
                 stop_token_ids: self.stop_token_ids.clone(),
                 ignore_eos: self.ignore_eos,
                 logprobs: self.logprobs,
-                constraint: None,
+                constraint: self.constraint.clone(),
             };
             GenerationRequest {
                 adapter: adapter.map(String::from),
@@ -210,6 +214,7 @@ pub fn sampling(
         stream: f.stream,
         include_usage,
         max_tokens,
+        constraint: None,
     })
 }
 
