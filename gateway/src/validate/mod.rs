@@ -2,6 +2,7 @@
 //! the context length are checked here, once, so that what a handler submits is final and what
 //! it renders needs no second look at the request. Every rejection names the offending field.
 
+mod messages;
 mod params;
 mod prompt;
 
@@ -10,10 +11,11 @@ pub(crate) use prompt::{chat as chat_prompt, completion as completion_prompts};
 use std::collections::HashMap;
 
 use loraplex_models::LoadedModel;
-use loraplex_runtime::GenerationRequest;
+use loraplex_runtime::{GenerationRequest, Grammars};
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::tools;
 use crate::wire::{ChatCompletionRequest, CompletionRequest};
 
 /// Default `max_tokens` of the legacy endpoint (OpenAI's).
@@ -42,6 +44,8 @@ pub struct ValidChat {
     pub requests: Vec<GenerationRequest>,
     pub reply: Reply,
     pub prompt_tokens: usize,
+    /// The outputs may call tools: they are read for calls.
+    pub tool_calls: bool,
 }
 
 /// A legacy completion request, validated.
@@ -79,10 +83,12 @@ impl Prompts {
     }
 }
 
-/// `context` is the longest prompt + completion served; `adapter` goes on every request.
+/// `context` is the longest prompt + completion served; `adapter` goes on every request;
+/// output constraints compile with `grammars`.
 pub fn chat(
     req: ChatCompletionRequest,
     model: &LoadedModel,
+    grammars: &Grammars,
     context: usize,
     adapter: Option<&str>,
 ) -> Result<ValidChat, ApiError> {
@@ -97,7 +103,12 @@ pub fn chat(
     }
     let vocab = model.model.config().vocab_size;
     let s = params::sampling(&req.sampling, max_tokens, logprobs, vocab)?;
-    let prompt = prompt::chat(model, &req.messages)?;
+    let tools = tools::tools(&req.tools)?;
+    let prompt = prompt::chat(model, &req.messages, tools.as_ref().map(|t| t.raw.as_slice()))?;
+    let constraint = match tools::constraint(tools.as_ref(), None) {
+        Some((spec, param)) => Some(tools::compile(grammars, tools.as_ref(), &spec, &param)?),
+        None => None,
+    };
     // Unbounded, a chat may use the whole context; a prompt that leaves no room is refused.
     let max_tokens = s
         .max_tokens
@@ -106,10 +117,16 @@ pub fn chat(
         return Err(context_length(prompt.len(), max_tokens, context));
     }
     check_context(prompt.len(), max_tokens, context)?;
+    let mut requests: Vec<GenerationRequest> =
+        s.choices(&prompt, max_tokens, adapter, None).collect();
+    for r in &mut requests {
+        r.params.constraint = constraint.clone();
+    }
     Ok(ValidChat {
-        requests: s.choices(&prompt, max_tokens, adapter, None).collect(),
+        requests,
         reply: s.reply(req.model, &req.sampling),
         prompt_tokens: prompt.len(),
+        tool_calls: tools.is_some_and(|t| t.calls_possible()),
     })
 }
 
