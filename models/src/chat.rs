@@ -181,11 +181,12 @@ mod tests {
 
     /// A template that renders tools the way Hermes-style templates do: it sees the tool
     /// objects, calls with object arguments, `tool_call_id` and a null content.
-    const TOOL_TEMPLATE: &str = "{% if tools %}{% for t in tools %}[{{ t.function.name }}]{% endfor %}\n{% endif %}\
+    /// (Block tags eat the newline after them: newlines are written as expressions.)
+    const TOOL_TEMPLATE: &str = "{% if tools %}{% for t in tools %}[{{ t.function.name }}]{% endfor %}{{ '\\n' }}{% endif %}\
 {% for m in messages %}{{ m.role }}:\
 {% if m.content is none %}<none>{% else %}{{ m.content }}{% endif %}\
 {% for c in m.tool_calls %} call {{ c.id }} {{ c.type }} {{ c.function.name }}({{ c.function.arguments.city }}){% endfor %}\
-{% if m.tool_call_id is defined %} for {{ m.tool_call_id }}{% endif %}\n{% endfor %}";
+{% if m.tool_call_id is defined %} for {{ m.tool_call_id }}{% endif %}{{ '\\n' }}{% endfor %}";
 
     #[test]
     fn a_template_with_tools_sees_them_and_the_calls_as_objects() {
@@ -227,7 +228,8 @@ mod tests {
             .render(&[ChatMessage::new("user", "hi")], Some(&tools), true)
             .unwrap();
         assert!(text.starts_with("<system>"), "{text}");
-        assert!(text.contains("<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"weather\"}}\n</tools>"), "{text}");
+        let listed = format!("<tools>\n{}\n</tools>", crate::json_text(&tools[0]));
+        assert!(text.contains(&listed), "{text}");
         assert!(text.ends_with("</system><user>hi</user>"), "{text}");
         // No tools, no tool messages: the conversation is rendered as it is.
         let text = t.render(&[ChatMessage::new("user", "hi")], None, true).unwrap();

@@ -179,8 +179,8 @@ mod tests {
 
     #[test]
     fn json_text_is_written_with_python_separators() {
-        let v = json!({"b": [1, 2, {"c": null}], "a": "x\ny"});
-        assert_eq!(json_text(&v), r#"{"b": [1, 2, {"c": null}], "a": "x\ny"}"#);
+        let v = json!({"a": "x\ny", "b": [1, 2, {"c": null}]});
+        assert_eq!(json_text(&v), r#"{"a": "x\ny", "b": [1, 2, {"c": null}]}"#);
         assert_eq!(json_text(&json!({})), "{}");
         assert_eq!(json_text(&json!([])), "[]");
     }
