@@ -15,7 +15,7 @@ use crate::experiments::{Catalog, Clock, RouteTable, SystemClock};
 use crate::records::Recorder;
 use crate::shadow::{ShadowConfig, ShadowQueue};
 use loraplex_models::{HubOptions, LoadedModel};
-use loraplex_runtime::EngineHandle;
+use loraplex_runtime::{EngineHandle, Grammars};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Gateway settings (the HTTP half of `loraplex serve`'s flags).
@@ -62,6 +62,8 @@ pub struct AppState {
     pub cfg: Arc<GatewayConfig>,
     pub engine: EngineHandle,
     pub model: Arc<LoadedModel>,
+    /// The model tokenizer's grammar compiler and its cache of compiled output constraints.
+    pub grammars: Arc<Grammars>,
     pub metrics: Option<PrometheusHandle>,
     /// Set when shutdown starts: new requests get 503 while running ones finish.
     pub draining: Arc<AtomicBool>,
@@ -94,7 +96,12 @@ impl AppState {
         let started = now();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let experiments = Arc::new(RouteTable::in_memory(&cfg.served_model_name, clock.clone()));
+        let vocab = model.model.config().vocab_size;
+        // Indexing a tokenizer fails only if llguidance's fixed token-class patterns do not
+        // compile, which does not depend on the tokenizer.
+        let grammars = Grammars::new(&model.tokenizer, vocab).expect("the tokenizer is indexed");
         Self {
+            grammars: Arc::new(grammars),
             experiments,
             clock,
             fingerprint: format!("fp_loraplex_{}", env!("CARGO_PKG_VERSION").replace('.', "")),

@@ -15,7 +15,7 @@ use loraplex_runtime::{CompiledGrammar, GrammarSpec, Grammars, RuntimeError};
 
 pub use parser::{CallParser, Piece};
 pub use reply::{delta, finish_reason, message};
-pub use spec::{tools, Choice, Function, Tools};
+pub use spec::{tools, Tools};
 
 use crate::error::ApiError;
 
@@ -98,9 +98,10 @@ pub fn compile(
                 .err()
                 .map(|e| (i, e))
         });
-        match culprit {
-            Some((i, e)) => ApiError::invalid(&format!("tools[{i}].function.parameters"), message(e)),
-            None => ApiError::invalid(param, message(e)),
-        }
+        let (param, m) = match culprit {
+            Some((i, e)) => (format!("tools[{i}].function.parameters"), message(e)),
+            None => (param.to_string(), message(e)),
+        };
+        ApiError::invalid(&param, format!("{param}: {m}"))
     })
 }

@@ -83,7 +83,9 @@ impl CallParser {
         let mut out = Vec::new();
         let rest = std::mem::take(&mut self.buf);
         match self.state {
-            State::Text { fresh } => content(&mut out, &rest, fresh),
+            State::Text { fresh } => {
+                content(&mut out, &rest, fresh);
+            }
             State::Head { started: false } => {
                 out.push(Piece::Content(format!("{TOOL_CALL_OPEN}{rest}")))
             }
