@@ -51,7 +51,7 @@ fn chat_template_from_gguf_renders_like_transformers() {
             .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
             .collect();
         let agp = case["add_generation_prompt"].as_bool().unwrap();
-        let text = lm.render_chat(&msgs, agp).unwrap();
+        let text = lm.render_chat(&msgs, None, agp).unwrap();
         assert_eq!(text, case["text"].as_str().unwrap(), "{}", case["name"]);
         assert_eq!(
             lm.tokenizer.encode(&text, false).unwrap(),

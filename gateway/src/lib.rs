@@ -18,6 +18,7 @@ pub mod shadow;
 mod shadow_outcomes;
 mod sse;
 mod state;
+mod tools;
 mod trace;
 mod upload;
 mod validate;

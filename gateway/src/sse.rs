@@ -12,10 +12,11 @@ use crate::error::ApiError;
 use crate::generation::{ChoiceEvent, Events};
 use crate::logprobs::Tokens;
 use crate::state::{new_id, now};
+use crate::tools::{self, CallParser};
 use crate::validate::{Prompts, Reply};
 use crate::wire::{
-    ChatChunkChoice, ChatCompletionChunk, Completion, CompletionChoice, CompletionLogprobs, Delta,
-    Usage,
+    ChatChunkChoice, ChatCompletionChunk, ChatLogprobs, Completion, CompletionChoice,
+    CompletionLogprobs, Delta, Usage,
 };
 
 /// The fields every body or chunk of one response repeats.
@@ -56,8 +57,8 @@ impl Head {
 pub trait ChunkWriter: Send + 'static {
     /// What is sent before any event of the engine.
     fn opening(&mut self) -> Vec<Event>;
-    /// The chunk for an event of choice `index`, if it shows anything.
-    fn event(&mut self, index: usize, ev: ChoiceEvent) -> Option<Event>;
+    /// The chunks for an event of choice `index` (none if it shows nothing).
+    fn event(&mut self, index: usize, ev: ChoiceEvent) -> Vec<Event>;
     /// The chunk after every choice finished, if any.
     fn trailer(&mut self) -> Option<Event>;
 }
@@ -80,7 +81,7 @@ pub fn respond(mut writer: impl ChunkWriter, all: Events) -> Response {
                     *failed = true;
                     vec![error_event(&e), done()]
                 }
-                Some((index, ev)) => writer.event(index, ev).into_iter().collect(),
+                Some((index, ev)) => writer.event(index, ev),
                 None => writer.trailer().into_iter().chain([done()]).collect(),
             };
             std::future::ready(Some(out))
@@ -107,18 +108,29 @@ fn data(chunk: &impl serde::Serialize) -> Event {
 }
 
 /// `chat.completion.chunk`s: each choice opens with the assistant's role, then a delta per
-/// token and one with its finish reason.
+/// token and one with its finish reason. When the output may call tools, each choice's text
+/// goes through a [`CallParser`] and its pieces become content and tool-call deltas (a token
+/// may give several, one chunk each; a token whose text is held back gives none).
 pub struct ChatChunks {
     head: Head,
     model: Arc<LoadedModel>,
     reply: Reply,
     choices: usize,
     usage: Usage,
+    /// One per choice, when tool calls are possible.
+    calls: Option<Vec<CallParser>>,
 }
 
 impl ChatChunks {
-    pub fn new(head: Head, model: Arc<LoadedModel>, reply: Reply, choices: usize) -> Self {
+    pub fn new(
+        head: Head,
+        model: Arc<LoadedModel>,
+        reply: Reply,
+        choices: usize,
+        tool_calls: bool,
+    ) -> Self {
         Self {
+            calls: tool_calls.then(|| (0..choices).map(|_| CallParser::default()).collect()),
             head,
             model,
             reply,
@@ -155,45 +167,89 @@ impl ChatChunks {
             None,
         )
     }
+
+    /// A chunk per delta, the token's logprobs on the first (alone if no delta shows).
+    fn deltas(&self, index: usize, deltas: Vec<Delta>, logprobs: Option<ChatLogprobs>) -> Vec<Event> {
+        if deltas.is_empty() {
+            return logprobs
+                .map(|lp| {
+                    let choice = ChatChunkChoice {
+                        index,
+                        delta: Delta::default(),
+                        logprobs: Some(lp),
+                        finish_reason: None,
+                    };
+                    self.chunk(vec![choice], None)
+                })
+                .into_iter()
+                .collect();
+        }
+        let mut logprobs = logprobs;
+        deltas
+            .into_iter()
+            .map(|delta| {
+                let choice = ChatChunkChoice {
+                    index,
+                    delta,
+                    logprobs: logprobs.take(),
+                    finish_reason: None,
+                };
+                self.chunk(vec![choice], None)
+            })
+            .collect()
+    }
 }
 
 impl ChunkWriter for ChatChunks {
     fn opening(&mut self) -> Vec<Event> {
+        // An output that may be only tool calls opens without content, so that a client
+        // assembling the stream gets a null content, as the non-streamed reply has.
+        let content = self.calls.is_none().then(String::new);
         let role = || Delta {
             role: Some("assistant"),
-            content: Some(String::new()),
+            content: content.clone(),
+            ..Delta::default()
         };
         (0..self.choices)
             .map(|index| self.delta(index, role(), None))
             .collect()
     }
 
-    fn event(&mut self, index: usize, ev: ChoiceEvent) -> Option<Event> {
+    fn event(&mut self, index: usize, ev: ChoiceEvent) -> Vec<Event> {
         match ev {
             ChoiceEvent::Token { text, logprob, .. } => {
                 // Logprobs may be captured for shadows without the client asking for them:
                 // only what the client sees decides whether a chunk is written.
                 if text.is_empty() && (logprob.is_none() || !self.reply.logprobs) {
-                    return None;
+                    return Vec::new();
                 }
                 let tokens = Tokens::new(&self.model.tokenizer, &self.reply);
-                let choice = ChatChunkChoice {
-                    index,
-                    delta: Delta {
-                        role: None,
+                let logprobs = self.reply.logprobs.then(|| tokens.chat(logprob.as_slice()));
+                let deltas = match &mut self.calls {
+                    Some(parsers) => parsers[index].push(&text).into_iter().map(tools::delta).collect(),
+                    None => vec![Delta {
                         content: Some(text),
-                    },
-                    logprobs: self.reply.logprobs.then(|| tokens.chat(logprob.as_slice())),
-                    finish_reason: None,
+                        ..Delta::default()
+                    }],
                 };
-                Some(self.chunk(vec![choice], None))
+                self.deltas(index, deltas, logprobs)
             }
             ChoiceEvent::Finished { reason, usage } => {
                 self.usage.prompt_tokens = usage.prompt_tokens;
                 self.usage.completion_tokens += usage.completion_tokens;
-                Some(self.delta(index, Delta::default(), Some(reason.as_str())))
+                let (held, finish) = match &mut self.calls {
+                    Some(parsers) => {
+                        let p = &mut parsers[index];
+                        let held: Vec<Delta> = p.finish().into_iter().map(tools::delta).collect();
+                        (held, tools::finish_reason(p.called(), reason))
+                    }
+                    None => (Vec::new(), reason.as_str()),
+                };
+                let mut out = self.deltas(index, held, None);
+                out.push(self.delta(index, Delta::default(), Some(finish)));
+                out
             }
-            ChoiceEvent::PromptLogprobs(_) | ChoiceEvent::Failed(_) => None,
+            ChoiceEvent::PromptLogprobs(_) | ChoiceEvent::Failed(_) => Vec::new(),
         }
     }
 
@@ -269,7 +325,7 @@ impl ChunkWriter for CompletionChunks {
             .collect()
     }
 
-    fn event(&mut self, index: usize, ev: ChoiceEvent) -> Option<Event> {
+    fn event(&mut self, index: usize, ev: ChoiceEvent) -> Vec<Event> {
         match ev {
             ChoiceEvent::Token { text, id, logprob } => {
                 let tokens = Tokens::new(&self.model.tokenizer, &self.reply);
@@ -278,13 +334,13 @@ impl ChunkWriter for CompletionChunks {
                     tokens.push(&mut lp, id, logprob.as_ref());
                     lp
                 });
-                Some(self.text(index, text, lp, None))
+                vec![self.text(index, text, lp, None)]
             }
             ChoiceEvent::Finished { reason, usage } => {
                 self.completion_tokens += usage.completion_tokens;
-                Some(self.text(index, String::new(), None, Some(reason.as_str())))
+                vec![self.text(index, String::new(), None, Some(reason.as_str()))]
             }
-            ChoiceEvent::PromptLogprobs(_) | ChoiceEvent::Failed(_) => None,
+            ChoiceEvent::PromptLogprobs(_) | ChoiceEvent::Failed(_) => Vec::new(),
         }
     }
 

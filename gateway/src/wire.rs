@@ -14,25 +14,29 @@ pub enum StringOrList {
     Many(Vec<String>),
 }
 
-/// Message content: a string or a list of parts (`{"type": "text", "text": ...}`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct ContentPart {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub text: Option<String>,
-}
-
+/// A chat message. Every field is taken as JSON as it came, so that validation (not serde)
+/// refuses what is wrong and names the field (`messages[2].content`, ...).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Message {
-    pub role: String,
-    pub content: Option<Content>,
+    pub role: Option<Value>,
+    /// A string or a list of parts (`{"type": "text", "text": ...}`).
+    pub content: Option<Value>,
+    pub name: Option<Value>,
+    /// An assistant turn's calls: `[{"id", "type": "function", "function": {"name", "arguments"}}]`.
+    pub tool_calls: Option<Value>,
+    /// The call a `tool` message answers.
+    pub tool_call_id: Option<Value>,
+}
+
+/// A chat request's tool fields, taken as JSON for the same reason as [`Message`]'s.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct ToolFields {
+    /// `[{"type": "function", "function": {"name", "description", "parameters", "strict"}}]`.
+    pub tools: Option<Value>,
+    /// `"none"`, `"auto"`, `"required"` or `{"type": "function", "function": {"name"}}`.
+    pub tool_choice: Option<Value>,
+    /// Whether a turn may call several tools (OpenAI's default: true).
+    pub parallel_tool_calls: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -96,6 +100,8 @@ pub struct ChatCompletionRequest {
     pub sampling: SamplingFields,
     #[serde(flatten)]
     pub constraints: ConstraintFields,
+    #[serde(flatten)]
+    pub tools: ToolFields,
     /// Everything else: accepted and ignored, as vLLM does (logged).
     #[serde(flatten)]
     pub unknown: HashMap<String, Value>,
@@ -158,7 +164,25 @@ pub struct ChatLogprobs {
 #[derive(Debug, Clone, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    /// Null when the turn only called tools.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// A tool call of a reply. `arguments` is a JSON object as a string, as OpenAI sends it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -186,6 +210,28 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallDelta>,
+}
+
+/// A piece of a streamed tool call: the first names it (`id`, `type`, `function.name`, empty
+/// `arguments`), the next carry `function.arguments` fragments; `index` ties them together.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionDelta,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -3,6 +3,7 @@
 
 mod attention_cpu;
 mod chat;
+mod chat_tools;
 mod config;
 mod elementwise;
 mod error;
@@ -27,7 +28,8 @@ mod weights;
 use std::path::{Path, PathBuf};
 
 pub use candle_core::{DType, Device, Tensor};
-pub use chat::{ChatMessage, ChatTemplate};
+pub use chat::{ChatMessage, ChatTemplate, ToolCall};
+pub use chat_tools::{json_text, tool_call_text, TOOL_CALL_CLOSE, TOOL_CALL_OPEN};
 pub use config::{HfConfig, LlamaConfig, RopeLayout, RopeScaling};
 pub use error::{ModelError, Result};
 pub use kv::KvCache;
@@ -70,17 +72,19 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Renders a conversation with the model's template, ready to tokenize.
+    /// Renders a conversation with the model's template, ready to tokenize, with the
+    /// functions the model may call (`tools`, OpenAI tool objects).
     pub fn render_chat(
         &self,
         messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
         add_generation_prompt: bool,
     ) -> Result<String> {
         let t = self
             .chat_template
             .as_ref()
             .ok_or_else(|| ModelError::ChatTemplate("the model has no chat template".into()))?;
-        t.render(messages, add_generation_prompt)
+        t.render(messages, tools, add_generation_prompt)
     }
 }
 

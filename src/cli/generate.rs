@@ -92,7 +92,7 @@ pub fn run(args: GenerateArgs, hub: HubOptions) -> anyhow::Result<()> {
             msgs.push(ChatMessage::new("system", s.clone()));
         }
         msgs.push(ChatMessage::new("user", args.prompt.clone()));
-        (lm.render_chat(&msgs, true)?, false)
+        (lm.render_chat(&msgs, None, true)?, false)
     } else {
         (args.prompt.clone(), true)
     };

@@ -185,7 +185,7 @@ fn validated(st: &AppState, req: ScoreRequest) -> Result<Valid, ApiError> {
     let vocab = st.model.model.config().vocab_size;
     let prompt = match (&req.prompt, &req.messages) {
         (Some(p), None) => one_prompt(&st.model.tokenizer, p, vocab)?,
-        (None, Some(msgs)) => validate::chat_prompt(&st.model, msgs)?,
+        (None, Some(msgs)) => validate::chat_prompt(&st.model, msgs, None)?,
         _ => {
             return Err(ApiError::invalid(
                 "prompt",

@@ -2,6 +2,7 @@
 //! the context length are checked here, once, so that what a handler submits is final and what
 //! it renders needs no second look at the request. Every rejection names the offending field.
 
+mod messages;
 mod params;
 mod prompt;
 mod structured;
@@ -15,6 +16,7 @@ use loraplex_runtime::{GenerationRequest, Grammars};
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::tools;
 use crate::wire::{ChatCompletionRequest, CompletionRequest};
 use structured::{compile_constraint, output_constraint};
 
@@ -44,6 +46,8 @@ pub struct ValidChat {
     pub requests: Vec<GenerationRequest>,
     pub reply: Reply,
     pub prompt_tokens: usize,
+    /// The outputs may call tools: they are read for calls.
+    pub tool_calls: bool,
 }
 
 /// A legacy completion request, validated.
@@ -81,8 +85,8 @@ impl Prompts {
     }
 }
 
-/// `context` is the longest prompt + completion served; `adapter` goes on every request; an
-/// output constraint is compiled with `grammars` (the model tokenizer's).
+/// `context` is the longest prompt + completion served; `adapter` goes on every request; the
+/// output constraint (a response format, the tools' calls, or both) compiles with `grammars`.
 pub fn chat(
     req: ChatCompletionRequest,
     model: &LoadedModel,
@@ -102,7 +106,8 @@ pub fn chat(
     }
     let vocab = model.model.config().vocab_size;
     let mut s = params::sampling(&req.sampling, max_tokens, logprobs, vocab)?;
-    let prompt = prompt::chat(model, &req.messages)?;
+    let tools = tools::tools(&req.tools)?;
+    let prompt = prompt::chat(model, &req.messages, tools.as_ref().map(|t| t.raw.as_slice()))?;
     // Unbounded, a chat may use the whole context; a prompt that leaves no room is refused.
     let max_tokens = s
         .max_tokens
@@ -112,13 +117,17 @@ pub fn chat(
     }
     check_context(prompt.len(), max_tokens, context)?;
     // Last: the other checks are cheaper than compiling a grammar the cache does not hold.
-    s.constraint = constraint
-        .map(|c| compile_constraint(&c, grammars))
-        .transpose()?;
+    let format = constraint.map(|c| (c.spec, c.param));
+    s.constraint = match tools::constraint(tools.as_ref(), format) {
+        Some((spec, param)) => Some(tools::compile(grammars, tools.as_ref(), &spec, &param)?),
+        None => None,
+    };
+    let requests: Vec<GenerationRequest> = s.choices(&prompt, max_tokens, adapter, None).collect();
     Ok(ValidChat {
-        requests: s.choices(&prompt, max_tokens, adapter, None).collect(),
+        requests,
         reply: s.reply(req.model, &req.sampling),
         prompt_tokens: prompt.len(),
+        tool_calls: tools.is_some_and(|t| t.calls_possible()),
     })
 }
 

@@ -1,16 +1,23 @@
 //! Prompts → token ids: chat messages through the model's template, completion prompts as text
 //! or ids. Whatever the template or the tokenizer refuses is the client's error, named by field.
 
-use loraplex_models::{ChatMessage, LoadedModel, Tokenizer};
+use loraplex_models::{LoadedModel, Tokenizer};
+use serde_json::Value;
 
+use super::messages::messages;
 use crate::error::ApiError;
-use crate::wire::{Content, Message, Prompt};
+use crate::wire::{Message, Prompt};
 
-/// The conversation rendered by the model's template (opening the assistant's turn), tokenized.
-pub fn chat(model: &LoadedModel, msgs: &[Message]) -> Result<Vec<u32>, ApiError> {
+/// The conversation rendered by the model's template (opening the assistant's turn) with the
+/// functions the model may call, tokenized.
+pub fn chat(
+    model: &LoadedModel,
+    msgs: &[Message],
+    tools: Option<&[Value]>,
+) -> Result<Vec<u32>, ApiError> {
     let msgs = messages(msgs)?;
     let text = model
-        .render_chat(&msgs, true)
+        .render_chat(&msgs, tools, true)
         .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     let ids = encode(&model.tokenizer, "messages", &text, false)?;
     if ids.is_empty() {
@@ -61,49 +68,4 @@ fn encode(tok: &Tokenizer, param: &str, text: &str, raw: bool) -> Result<Vec<u32
     };
     tok.encode(text, raw)
         .map_err(|e| ApiError::invalid(param, format!("cannot tokenize the {what}: {e}")))
-}
-
-/// Chat messages → the template's input; text parts are joined, other parts refused.
-fn messages(msgs: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
-    if msgs.is_empty() {
-        return Err(ApiError::invalid("messages", "messages must not be empty"));
-    }
-    msgs.iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = match m.role.as_str() {
-                "system" | "developer" => "system",
-                "user" => "user",
-                "assistant" => "assistant",
-                other => {
-                    return Err(ApiError::invalid(
-                        &format!("messages[{i}].role"),
-                        format!(
-                            "unsupported role {other:?} (system, developer, user or assistant)"
-                        ),
-                    ))
-                }
-            };
-            let content = match &m.content {
-                None => String::new(),
-                Some(Content::Text(t)) => t.clone(),
-                Some(Content::Parts(parts)) => {
-                    let mut s = String::new();
-                    for (j, p) in parts.iter().enumerate() {
-                        match (p.kind.as_str(), &p.text) {
-                            ("text", Some(t)) => s.push_str(t),
-                            _ => {
-                                return Err(ApiError::invalid(
-                                    &format!("messages[{i}].content[{j}]"),
-                                    "only text content parts are supported",
-                                ))
-                            }
-                        }
-                    }
-                    s
-                }
-            };
-            Ok(ChatMessage::new(role, content))
-        })
-        .collect()
 }
