@@ -36,6 +36,11 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     metrics::gauge!("loraplex_adapter_loads").set(s.adapter_loads.load(Ordering::Relaxed) as f64);
     metrics::gauge!("loraplex_adapter_evictions")
         .set(s.adapter_evictions.load(Ordering::Relaxed) as f64);
+    let g = st.grammars.stats();
+    metrics::gauge!("loraplex_grammar_compiles").set(g.compiled.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("loraplex_grammar_cache_hits").set(g.cache_hits.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("loraplex_grammar_compile_seconds_total")
+        .set(g.compile_us_total.load(Ordering::Relaxed) as f64 / 1e6);
     // Records lost are a degradation the operator must see, never a failed request.
     let r = st.recorder.stats();
     metrics::gauge!("loraplex_records_written").set(r.written as f64);
