@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -62,7 +62,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_auth))
         .layer(RequestBodyLimitLayer::new(body_limit));
-    Router::new()
+    let routes = Router::new()
         .merge(api)
         .merge(uploads)
         .merge(admin)
@@ -70,7 +70,39 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::RouteNotFound })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .with_state(state)
+        .with_state(state);
+    // A method router sets `Allow` on its 405 after every layer inside the router has run, so
+    // only a layer around the whole router sees the methods to name.
+    Router::new()
+        .fallback_service(routes)
+        .layer(middleware::from_fn(method_not_allowed))
+}
+
+/// axum answers a known path's wrong method with an empty 405 and an `Allow` header; this gives
+/// it the OpenAI error envelope, naming the methods the path accepts, and keeps its headers.
+async fn method_not_allowed(req: Request, next: Next) -> Response {
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let resp = next.run(req).await;
+    // A HEAD answer has no body to put the envelope in.
+    if resp.status() != StatusCode::METHOD_NOT_ALLOWED || method == Method::HEAD {
+        return resp;
+    }
+    let allow = resp
+        .headers()
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let (mut parts, _) = resp.into_parts();
+    let err = ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        allow,
+    };
+    let (envelope, body) = err.into_response().into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.extend(envelope.headers);
+    Response::from_parts(parts, body)
 }
 
 /// Serves until `shutdown` resolves, then refuses new requests (503) and waits up to the drain
@@ -123,34 +155,20 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     let start = Instant::now();
-    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let upload = req.uri().path() == "/v1/adapters";
     let mut resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    // The body-limit layer answers a declared oversize body itself, in plain text, and axum's
-    // method routers answer a known path's wrong method with an empty 405 and an `Allow` header.
+    // The body-limit layer answers a declared oversize body itself, in plain text.
     let json = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     if resp.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
-        let limit = if uri.path() == "/v1/adapters" {
+        let limit = if upload {
             state.cfg.max_upload_bytes
         } else {
             state.cfg.max_body_bytes
         };
         resp = ApiError::PayloadTooLarge(limit).into_response();
-    } else if resp.status() == StatusCode::METHOD_NOT_ALLOWED && !json {
-        let allow = resp
-            .headers()
-            .get(header::ALLOW)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        resp = ApiError::MethodNotAllowed {
-            method: method.to_string(),
-            path: uri.path().to_string(),
-            allow,
-        }
-        .into_response();
     }
     let status = resp.status().as_u16().to_string();
     metrics::counter!("loraplex_requests_total", "endpoint" => endpoint, "status" => status.clone()).increment(1);
