@@ -221,7 +221,7 @@ fn text_of(mut s: TokenStream) -> String {
 fn chat_prompt(m: &LoadedModel, q: &str) -> Vec<u32> {
     let msgs = [loraplex_models::ChatMessage::new("user", q)];
     m.tokenizer
-        .encode(&m.render_chat(&msgs, true).unwrap(), false)
+        .encode(&m.render_chat(&msgs, None, true).unwrap(), false)
         .unwrap()
 }
 

@@ -18,7 +18,7 @@ fn state_with(cfg: GatewayConfig, engine_cfg: EngineConfig) -> AppState {
     AppState::new(cfg, engine, lm, None)
 }
 
-fn state() -> AppState {
+pub(crate) fn state() -> AppState {
     state_with(
         GatewayConfig {
             served_model_name: "tiny".into(),
@@ -29,7 +29,7 @@ fn state() -> AppState {
     )
 }
 
-async fn call(
+pub(crate) async fn call(
     st: &AppState,
     method: &str,
     uri: &str,
@@ -57,11 +57,11 @@ async fn call(
     (status, v, headers)
 }
 
-fn chat_body(model: &str) -> Value {
+pub(crate) fn chat_body(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 4, "temperature": 0})
 }
 
-fn assert_error(v: &Value, param: Option<&str>) {
+pub(crate) fn assert_error(v: &Value, param: Option<&str>) {
     let e = &v["error"];
     assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     assert!(e["type"].is_string(), "{v}");

@@ -160,6 +160,7 @@ async fn text_and_messages_score_what_they_tokenize_to() {
         .model
         .render_chat(
             &[loraplex_models::ChatMessage::new("user", "Hello there")],
+            None,
             true,
         )
         .unwrap();

@@ -23,3 +23,4 @@ mod load_errors; // broken model files give typed errors naming the file
 mod routed; // requests on routes: arm headers, primaries unchanged by shadows, live scores equal the endpoint's, records, report, 409s
 mod shadow; // POST /v1/shadow/score against echo + logprobs, its refusals; the live ShadowQueue: same scores, failures and drops counted
 mod tokenizer; // the GGUF tokenizer and chat template against transformers'
+mod tools_http; // tools over HTTP: every refusal, required/named calls that follow their schema, streamed calls that reassemble, follow-up turns with tool results
