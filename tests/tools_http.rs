@@ -53,25 +53,73 @@ async fn tool_and_message_refusals_name_the_field() {
         (json!({"tools": {"type": "function"}}), "tools"),
         (json!({"tools": []}), "tools"),
         (json!({"tools": [{"type": "retrieval"}]}), "tools[0].type"),
-        (json!({"tools": [{"type": "function", "function": {"name": "get weather"}}]}), "tools[0].function.name"),
-        (json!({"tools": [weather_tool(), {"type": "function"}]}), "tools[1].function"),
-        (json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]}), "tools[0].function.parameters"),
-        (json!({"tools": [{"type": "function", "function": {"name": "f",
-            "parameters": {"type": "object", "properties": {"x": {"type": "strin"}}}}}]}), "tools[0].function.parameters"),
-        (json!({"tools": tools, "tool_choice": "sometimes"}), "tool_choice"),
-        (json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "get_time"}}}), "tool_choice.function.name"),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "get weather"}}]}),
+            "tools[0].function.name",
+        ),
+        (
+            json!({"tools": [weather_tool(), {"type": "function"}]}),
+            "tools[1].function",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]}),
+            "tools[0].function.parameters",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f",
+            "parameters": {"type": "object", "properties": {"x": {"type": "strin"}}}}}]}),
+            "tools[0].function.parameters",
+        ),
+        (
+            json!({"tools": tools, "tool_choice": "sometimes"}),
+            "tool_choice",
+        ),
+        (
+            json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "get_time"}}}),
+            "tool_choice.function.name",
+        ),
         (json!({"tool_choice": "required"}), "tool_choice"),
-        (json!({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}}), "tool_choice"),
-        (json!({"tools": tools, "parallel_tool_calls": 1}), "parallel_tool_calls"),
-        (json!({"messages": [{"role": "user"}]}), "messages[0].content"),
-        (json!({"messages": [{"role": "system", "content": 42}, user]}), "messages[0].content"),
-        (json!({"messages": [{"role": "user", "content": "hi", "name": ["ann"]}]}), "messages[0].name"),
-        (json!({"messages": [user, asst, {"role": "tool", "content": "sunny"}]}), "messages[2].tool_call_id"),
-        (json!({"messages": [user, asst, {"role": "tool", "content": "sunny", "tool_call_id": "call_b"}]}), "messages[2].tool_call_id"),
-        (json!({"messages": [user, {"role": "tool", "content": "sunny", "tool_call_id": "call_a"}]}), "messages[1].role"),
-        (json!({"messages": [user, {"role": "assistant", "content": null}]}), "messages[1].content"),
-        (json!({"messages": [user, {"role": "assistant", "tool_calls": [{"id": "call_a", "type": "function",
-            "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}]}), "messages[1].tool_calls[0].function.arguments"),
+        (
+            json!({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+            "tool_choice",
+        ),
+        (
+            json!({"tools": tools, "parallel_tool_calls": 1}),
+            "parallel_tool_calls",
+        ),
+        (
+            json!({"messages": [{"role": "user"}]}),
+            "messages[0].content",
+        ),
+        (
+            json!({"messages": [{"role": "system", "content": 42}, user]}),
+            "messages[0].content",
+        ),
+        (
+            json!({"messages": [{"role": "user", "content": "hi", "name": ["ann"]}]}),
+            "messages[0].name",
+        ),
+        (
+            json!({"messages": [user, asst, {"role": "tool", "content": "sunny"}]}),
+            "messages[2].tool_call_id",
+        ),
+        (
+            json!({"messages": [user, asst, {"role": "tool", "content": "sunny", "tool_call_id": "call_b"}]}),
+            "messages[2].tool_call_id",
+        ),
+        (
+            json!({"messages": [user, {"role": "tool", "content": "sunny", "tool_call_id": "call_a"}]}),
+            "messages[1].role",
+        ),
+        (
+            json!({"messages": [user, {"role": "assistant", "content": null}]}),
+            "messages[1].content",
+        ),
+        (
+            json!({"messages": [user, {"role": "assistant", "tool_calls": [{"id": "call_a", "type": "function",
+            "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}]}),
+            "messages[1].tool_calls[0].function.arguments",
+        ),
     ];
     for (patch, param) in cases {
         let b = with(chat_body("tiny"), &patch);
@@ -89,7 +137,10 @@ async fn tool_and_message_refusals_name_the_field() {
     let (s, v, _) = call(&st, "POST", "/v1/chat/completions", Some(b), &[]).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
-    assert!(v["choices"][0]["message"].get("tool_calls").is_none(), "{v}");
+    assert!(
+        v["choices"][0]["message"].get("tool_calls").is_none(),
+        "{v}"
+    );
 }
 
 fn smollm2_arc() -> Arc<LoadedModel> {
@@ -100,8 +151,9 @@ fn smollm2_arc() -> Arc<LoadedModel> {
 
 fn smollm2_state() -> AppState {
     let lm = smollm2_arc();
-    let engine = loraplex_runtime::start(lm.clone(), AdapterRegistry::new(), EngineConfig::default())
-        .unwrap();
+    let engine =
+        loraplex_runtime::start(lm.clone(), AdapterRegistry::new(), EngineConfig::default())
+            .unwrap();
     let cfg = GatewayConfig {
         served_model_name: "smollm2".into(),
         ..Default::default()
@@ -123,14 +175,24 @@ fn assert_weather_call(c: &Value) {
     let args: Value = serde_json::from_str(c["function"]["arguments"].as_str().unwrap()).unwrap();
     let args = args.as_object().unwrap();
     assert!(args["city"].is_string(), "{c}");
-    assert!(["celsius", "fahrenheit"].contains(&args["unit"].as_str().unwrap()), "{c}");
+    assert!(
+        ["celsius", "fahrenheit"].contains(&args["unit"].as_str().unwrap()),
+        "{c}"
+    );
     assert_eq!(args.len(), 2, "{c}");
 }
 
 #[tokio::test]
 async fn required_and_named_calls_follow_the_schema() {
     let st = smollm2_state();
-    let (s, v, _) = call(&st, "POST", "/v1/chat/completions", Some(weather_request()), &[]).await;
+    let (s, v, _) = call(
+        &st,
+        "POST",
+        "/v1/chat/completions",
+        Some(weather_request()),
+        &[],
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let choice = &v["choices"][0];
     assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
@@ -138,7 +200,9 @@ async fn required_and_named_calls_follow_the_schema() {
     assert!(choice["message"]["content"].is_null(), "{v}");
     let calls = choice["message"]["tool_calls"].as_array().unwrap();
     assert!(!calls.is_empty());
-    let weather = calls.iter().find(|c| c["function"]["name"] == "get_weather");
+    let weather = calls
+        .iter()
+        .find(|c| c["function"]["name"] == "get_weather");
     assert_weather_call(weather.unwrap_or_else(|| panic!("no weather call: {v}")));
     // Named: that function, whatever the question; one call without parallel calls.
     let b = with(
@@ -151,7 +215,8 @@ async fn required_and_named_calls_follow_the_schema() {
     let calls = v["choices"][0]["message"]["tool_calls"].as_array().unwrap();
     assert_eq!(calls.len(), 1, "{v}");
     assert_eq!(calls[0]["function"]["name"], "get_time");
-    let args: Value = serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    let args: Value =
+        serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
     assert!(args["timezone"].is_string(), "{v}");
 }
 
@@ -176,8 +241,18 @@ async fn sse(st: &AppState, body: Value) -> Vec<String> {
 #[tokio::test]
 async fn streamed_calls_reassemble_into_the_answer() {
     let st = smollm2_state();
-    let (_, whole, _) = call(&st, "POST", "/v1/chat/completions", Some(weather_request()), &[]).await;
-    let want = whole["choices"][0]["message"]["tool_calls"].as_array().unwrap().clone();
+    let (_, whole, _) = call(
+        &st,
+        "POST",
+        "/v1/chat/completions",
+        Some(weather_request()),
+        &[],
+    )
+    .await;
+    let want = whole["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .unwrap()
+        .clone();
     let body = with(
         weather_request(),
         &json!({"stream": true, "logprobs": true, "stream_options": {"include_usage": true}}),
@@ -189,7 +264,10 @@ async fn streamed_calls_reassemble_into_the_answer() {
         .map(|d| serde_json::from_str(d).unwrap())
         .collect();
     // Opening: the role, no content (the answer is calls only).
-    assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant"}));
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant"})
+    );
     let mut calls: Vec<Value> = Vec::new();
     let mut finish = None;
     let mut logprobs = 0;
@@ -202,7 +280,11 @@ async fn streamed_calls_reassemble_into_the_answer() {
         if let Some(f) = choice["finish_reason"].as_str() {
             finish = Some(f.to_string());
         }
-        for d in choice["delta"]["tool_calls"].as_array().into_iter().flatten() {
+        for d in choice["delta"]["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let i = d["index"].as_u64().unwrap() as usize;
             let f = &d["function"];
             if i == calls.len() {
@@ -221,7 +303,10 @@ async fn streamed_calls_reassemble_into_the_answer() {
     }
     assert_eq!(finish.as_deref(), Some("tool_calls"));
     let usage = &chunks.last().unwrap()["usage"];
-    assert_eq!(logprobs as u64, usage["completion_tokens"].as_u64().unwrap());
+    assert_eq!(
+        logprobs as u64,
+        usage["completion_tokens"].as_u64().unwrap()
+    );
     let want: Vec<Value> = want
         .iter()
         .map(|c| json!({"name": c["function"]["name"], "arguments": c["function"]["arguments"]}))
@@ -264,7 +349,9 @@ async fn a_follow_up_turn_renders_the_call_and_its_result() {
             ..ChatMessage::new("tool", "Sunny, 22 degrees")
         },
     ];
-    let text = lm.render_chat(&msgs, Some(&[weather_tool()]), true).unwrap();
+    let text = lm
+        .render_chat(&msgs, Some(&[weather_tool()]), true)
+        .unwrap();
     assert!(text.starts_with("<|im_start|>system\n# Tools\n"), "{text}");
     assert!(text.contains(&format!(
         "<|im_start|>assistant\n<tool_call>\n{{\"name\": \"get_weather\", \"arguments\": {args}}}\n</tool_call><|im_end|>\n\
@@ -283,7 +370,13 @@ async fn auto_answers_a_question_no_tool_serves_with_text() {
     let (s, v, _) = call(&st, "POST", "/v1/chat/completions", Some(body), &[]).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let m = &v["choices"][0]["message"];
-    assert!(m["content"].as_str().is_some_and(|c| !c.trim().is_empty()), "{v}");
+    assert!(
+        m["content"].as_str().is_some_and(|c| !c.trim().is_empty()),
+        "{v}"
+    );
     assert!(m.get("tool_calls").is_none(), "{v}");
-    assert!(!m["content"].as_str().unwrap().contains("<tool_call>"), "{v}");
+    assert!(
+        !m["content"].as_str().unwrap().contains("<tool_call>"),
+        "{v}"
+    );
 }

@@ -104,7 +104,11 @@ pub fn chat(
     let vocab = model.model.config().vocab_size;
     let s = params::sampling(&req.sampling, max_tokens, logprobs, vocab)?;
     let tools = tools::tools(&req.tools)?;
-    let prompt = prompt::chat(model, &req.messages, tools.as_ref().map(|t| t.raw.as_slice()))?;
+    let prompt = prompt::chat(
+        model,
+        &req.messages,
+        tools.as_ref().map(|t| t.raw.as_slice()),
+    )?;
     let constraint = match tools::constraint(tools.as_ref(), None) {
         Some((spec, param)) => Some(tools::compile(grammars, tools.as_ref(), &spec, &param)?),
         None => None,
