@@ -24,4 +24,5 @@ mod routed; // requests on routes: arm headers, primaries unchanged by shadows, 
 mod shadow; // POST /v1/shadow/score against echo + logprobs, its refusals; the live ShadowQueue: same scores, failures and drops counted
 mod structured_http; // response_format, structured_outputs and guided_* over HTTP: every refusal, constrained answers that match; 405s
 mod tokenizer; // the GGUF tokenizer and chat template against transformers'
+mod tools_http; // tools over HTTP: every refusal, required/named calls that follow their schema, streamed calls that reassemble, follow-up turns with tool results
 mod utf8; // generations cut inside a character: no U+FFFD in text, raw bytes in logprobs

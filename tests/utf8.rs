@@ -54,9 +54,15 @@ fn a_cut_character_is_dropped_not_replaced() {
         ..Default::default()
     };
     // Two of the three bytes, then the budget ends.
-    assert_eq!(run(&[x, euro[0], euro[1]], params(3)), ("x".into(), Some(FinishReason::Length)));
+    assert_eq!(
+        run(&[x, euro[0], euro[1]], params(3)),
+        ("x".into(), Some(FinishReason::Length))
+    );
     // All three: the character is whole.
-    assert_eq!(run(&euro, params(3)), ("€".into(), Some(FinishReason::Length)));
+    assert_eq!(
+        run(&euro, params(3)),
+        ("€".into(), Some(FinishReason::Length))
+    );
     // A stop token after a partial character.
     let stop = byte_token(tok, b'!');
     let p = GenerationParams {
@@ -64,10 +70,16 @@ fn a_cut_character_is_dropped_not_replaced() {
         stop_token_ids: vec![stop],
         ..Default::default()
     };
-    assert_eq!(run(&[x, euro[0], stop], p), ("x".into(), Some(FinishReason::Stop)));
+    assert_eq!(
+        run(&[x, euro[0], stop], p),
+        ("x".into(), Some(FinishReason::Stop))
+    );
     // A byte that can never start a character is the model's own output, and stays visible.
     let bad = byte_token(tok, 0x80);
-    assert_eq!(run(&[bad, x], params(2)), ("\u{FFFD}x".into(), Some(FinishReason::Length)));
+    assert_eq!(
+        run(&[bad, x], params(2)),
+        ("\u{FFFD}x".into(), Some(FinishReason::Length))
+    );
 }
 
 fn state() -> AppState {
@@ -138,7 +150,11 @@ async fn http_replies_cut_inside_a_character_carry_no_replacement_character() {
     assert!(!content.contains('\u{FFFD}'), "{sse}");
     let bytes: Vec<Value> = chunks
         .iter()
-        .filter_map(|c| c["choices"][0]["logprobs"]["content"][0]["bytes"].as_array().cloned())
+        .filter_map(|c| {
+            c["choices"][0]["logprobs"]["content"][0]["bytes"]
+                .as_array()
+                .cloned()
+        })
         .flatten()
         .collect();
     assert_eq!(bytes, vec![json!(0xE2)], "{sse}");

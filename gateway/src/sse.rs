@@ -169,7 +169,12 @@ impl ChatChunks {
     }
 
     /// A chunk per delta, the token's logprobs on the first (alone if no delta shows).
-    fn deltas(&self, index: usize, deltas: Vec<Delta>, logprobs: Option<ChatLogprobs>) -> Vec<Event> {
+    fn deltas(
+        &self,
+        index: usize,
+        deltas: Vec<Delta>,
+        logprobs: Option<ChatLogprobs>,
+    ) -> Vec<Event> {
         if deltas.is_empty() {
             return logprobs
                 .map(|lp| {
@@ -226,7 +231,11 @@ impl ChunkWriter for ChatChunks {
                 let tokens = Tokens::new(&self.model.tokenizer, &self.reply);
                 let logprobs = self.reply.logprobs.then(|| tokens.chat(logprob.as_slice()));
                 let deltas = match &mut self.calls {
-                    Some(parsers) => parsers[index].push(&text).into_iter().map(tools::delta).collect(),
+                    Some(parsers) => parsers[index]
+                        .push(&text)
+                        .into_iter()
+                        .map(tools::delta)
+                        .collect(),
                     None => vec![Delta {
                         content: Some(text),
                         ..Delta::default()

@@ -3,14 +3,13 @@
 //! Templates get what transformers' `apply_chat_template` gives them: `messages` (with
 //! `tool_calls` whose arguments are objects, and `tool_call_id`), `tools`,
 //! `add_generation_prompt`, `bos_token`, `eos_token`. A template that never mentions `tools`
-//! cannot show them to the model; for it the conversation is first rewritten by
-//! [`crate::chat_tools`] into plain system, user and assistant turns.
+//! cannot show them to the model: `LoadedModel::render_chat` first rewrites the conversation for
+//! it (the `chat_tools` module) into plain system, user and assistant turns.
 
 use minijinja::{Environment, ErrorKind, Value};
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
-use crate::chat_tools;
 use crate::error::{ModelError, Result};
 
 /// One message of a conversation, after the gateway has flattened content parts to text.
@@ -107,13 +106,13 @@ impl ChatTemplate {
     }
 
     /// Whether the template renders `tools` itself. When it does not, tools, tool calls and
-    /// tool results are rendered as [`crate::chat_tools`] documents.
+    /// tool results must be rewritten in the `chat_tools` module's format before rendering.
     pub fn supports_tools(&self) -> bool {
         self.supports_tools
     }
 
-    /// Renders the conversation, with the functions the model may call (`tools`, each an
-    /// OpenAI tool object). `add_generation_prompt` opens the assistant's turn.
+    /// Renders the conversation as the template does, with the functions the model may call
+    /// (`tools`, each an OpenAI tool object). `add_generation_prompt` opens the assistant's turn.
     pub fn render(
         &self,
         messages: &[ChatMessage],
@@ -125,13 +124,6 @@ impl ChatTemplate {
             .get_template(NAME)
             .map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
         let tools = tools.filter(|t| !t.is_empty());
-        let rewritten;
-        let (messages, tools) = if self.supports_tools {
-            (messages, tools)
-        } else {
-            rewritten = chat_tools::plain_conversation(messages, tools);
-            (rewritten.as_slice(), None)
-        };
         tmpl.render(minijinja::context! {
             messages => messages,
             tools => tools,
@@ -192,7 +184,8 @@ mod tests {
     fn a_template_with_tools_sees_them_and_the_calls_as_objects() {
         let t = template(TOOL_TEMPLATE);
         assert!(t.supports_tools());
-        let tools = [json!({"type": "function", "function": {"name": "weather", "parameters": {}}})];
+        let tools =
+            [json!({"type": "function", "function": {"name": "weather", "parameters": {}}})];
         let msgs = [
             ChatMessage::new("user", "Weather in Paris?"),
             ChatMessage {
@@ -217,22 +210,5 @@ mod tests {
         // Without tools the template's own `if tools` is false.
         let text = t.render(&msgs[..1], None, false).unwrap();
         assert_eq!(text, "user:Weather in Paris?\n");
-    }
-
-    #[test]
-    fn a_template_without_tools_gets_the_default_rendering() {
-        let t = template("{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}");
-        assert!(!t.supports_tools());
-        let tools = [json!({"type": "function", "function": {"name": "weather"}})];
-        let text = t
-            .render(&[ChatMessage::new("user", "hi")], Some(&tools), true)
-            .unwrap();
-        assert!(text.starts_with("<system>"), "{text}");
-        let listed = format!("<tools>\n{}\n</tools>", crate::json_text(&tools[0]));
-        assert!(text.contains(&listed), "{text}");
-        assert!(text.ends_with("</system><user>hi</user>"), "{text}");
-        // No tools, no tool messages: the conversation is rendered as it is.
-        let text = t.render(&[ChatMessage::new("user", "hi")], None, true).unwrap();
-        assert_eq!(text, "<user>hi</user>");
     }
 }

@@ -17,7 +17,8 @@ use serde::Serialize;
 use serde_json::ser::Formatter;
 use serde_json::Value;
 
-use crate::chat::ChatMessage;
+use crate::chat::{ChatMessage, ChatTemplate};
+use crate::error::Result;
 
 /// Opens a tool call in model output.
 pub const TOOL_CALL_OPEN: &str = "<tool_call>";
@@ -92,6 +93,25 @@ fn tools_block(tools: &[Value]) -> String {
          {\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>",
     );
     s
+}
+
+/// Renders through `t`: as it is where the template renders tools itself, else rewritten by
+/// [`plain_conversation`] first.
+pub fn render(
+    t: &ChatTemplate,
+    messages: &[ChatMessage],
+    tools: Option<&[Value]>,
+    add_generation_prompt: bool,
+) -> Result<String> {
+    if t.supports_tools() {
+        t.render(messages, tools, add_generation_prompt)
+    } else {
+        t.render(
+            &plain_conversation(messages, tools),
+            None,
+            add_generation_prompt,
+        )
+    }
 }
 
 /// The conversation as plain system, user and assistant turns with text content (see the
@@ -268,5 +288,25 @@ mod tests {
             out[4].content.as_deref().unwrap(),
             "<tool_response>\nsnow\n</tool_response>"
         );
+    }
+
+    #[test]
+    fn a_template_without_tools_gets_the_default_rendering() {
+        let t = ChatTemplate::new(
+            "{% for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{% endfor %}",
+            String::new(),
+            String::new(),
+        )
+        .unwrap();
+        assert!(!t.supports_tools());
+        let tools = [json!({"type": "function", "function": {"name": "weather"}})];
+        let text = render(&t, &[ChatMessage::new("user", "hi")], Some(&tools), true).unwrap();
+        assert!(text.starts_with("<system>"), "{text}");
+        let listed = format!("<tools>\n{}\n</tools>", json_text(&tools[0]));
+        assert!(text.contains(&listed), "{text}");
+        assert!(text.ends_with("</system><user>hi</user>"), "{text}");
+        // No tools, no tool messages: the conversation is rendered as it is.
+        let text = render(&t, &[ChatMessage::new("user", "hi")], None, true).unwrap();
+        assert_eq!(text, "<user>hi</user>");
     }
 }

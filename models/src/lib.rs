@@ -73,7 +73,8 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     /// Renders a conversation with the model's template, ready to tokenize, with the
-    /// functions the model may call (`tools`, OpenAI tool objects).
+    /// functions the model may call (`tools`, OpenAI tool objects); where the template cannot
+    /// render tools, in the default format of the `chat_tools` module.
     pub fn render_chat(
         &self,
         messages: &[ChatMessage],
@@ -84,7 +85,7 @@ impl LoadedModel {
             .chat_template
             .as_ref()
             .ok_or_else(|| ModelError::ChatTemplate("the model has no chat template".into()))?;
-        t.render(messages, tools, add_generation_prompt)
+        chat_tools::render(t, messages, tools, add_generation_prompt)
     }
 }
 

@@ -93,10 +93,25 @@ mod tests {
         m.record(std::time::Duration::from_micros(7));
         m.record(std::time::Duration::from_micros(700));
         let t = mask_histogram(&m);
-        assert!(t.contains("# TYPE loraplex_constraint_mask_seconds histogram"), "{t}");
-        assert!(t.contains("loraplex_constraint_mask_seconds_bucket{le=\"0.000005\"} 0\n"), "{t}");
-        assert!(t.contains("loraplex_constraint_mask_seconds_bucket{le=\"0.00001\"} 1\n"), "{t}");
-        assert!(t.contains("loraplex_constraint_mask_seconds_bucket{le=\"+Inf\"} 2\n"), "{t}");
-        assert!(t.contains("loraplex_constraint_mask_seconds_count 2\n"), "{t}");
+        assert!(
+            t.contains("# TYPE loraplex_constraint_mask_seconds histogram"),
+            "{t}"
+        );
+        assert!(
+            t.contains("loraplex_constraint_mask_seconds_bucket{le=\"0.000005\"} 0\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("loraplex_constraint_mask_seconds_bucket{le=\"0.00001\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("loraplex_constraint_mask_seconds_bucket{le=\"+Inf\"} 2\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("loraplex_constraint_mask_seconds_count 2\n"),
+            "{t}"
+        );
     }
 }

@@ -88,7 +88,8 @@ fn compiled(t: &Tools, format: Option<GrammarSpec>) -> std::sync::Arc<CompiledGr
     compile(grammars(), Some(t), &spec, &param).unwrap()
 }
 
-const PARIS: &str = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+const PARIS: &str =
+    "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
 const NOW: &str = "<tool_call>\n{\"name\": \"now\", \"arguments\": {}}\n</tool_call>";
 
 #[test]
@@ -114,10 +115,16 @@ fn required_calls_follow_their_schemas() {
     let g = compiled(&tools(Choice::Required, false), None);
     assert!(writes(&g, PARIS));
     assert!(writes(&g, NOW));
-    assert!(writes(&g, &PARIS.replace("\"Paris\"}", "\"Paris\", \"unit\": \"C\"}")));
+    assert!(writes(
+        &g,
+        &PARIS.replace("\"Paris\"}", "\"Paris\", \"unit\": \"C\"}")
+    ));
     // Arguments off the schema, another function, text, or a second call without parallel calls.
     assert!(!writes(&g, &PARIS.replace("city", "town")));
-    assert!(!writes(&g, &PARIS.replace("\"Paris\"}", "\"Paris\", \"unit\": \"K\"}")));
+    assert!(!writes(
+        &g,
+        &PARIS.replace("\"Paris\"}", "\"Paris\", \"unit\": \"K\"}")
+    ));
     assert!(!writes(&g, &PARIS.replace("get_weather", "get_time")));
     assert!(!writes(&g, "The weather is fine."));
     assert!(!writes(&g, &format!("{PARIS}\n{NOW}")));
@@ -165,10 +172,16 @@ fn auto_with_a_response_format_allows_it_or_calls() {
     assert!(writes(&g, "paris/75"));
     assert!(writes(&g, NOW));
     assert!(!writes(&g, "paris 75"));
-    let g = compiled(&t, Some(GrammarSpec::Choice(vec!["yes".into(), "no \"way\"".into()])));
+    let g = compiled(
+        &t,
+        Some(GrammarSpec::Choice(vec!["yes".into(), "no \"way\"".into()])),
+    );
     assert!(writes(&g, "no \"way\""));
     assert!(!writes(&g, "maybe"));
-    let g = compiled(&t, Some(GrammarSpec::Lark("start: \"a\" B\nB: /[0-9]+/".into())));
+    let g = compiled(
+        &t,
+        Some(GrammarSpec::Lark("start: \"a\" B\nB: /[0-9]+/".into())),
+    );
     assert!(writes(&g, "a42"));
     assert!(writes(&g, NOW));
     assert!(!writes(&g, "b42"));

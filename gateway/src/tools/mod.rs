@@ -46,7 +46,9 @@ impl Parsed {
                     name,
                     arguments: String::new(),
                 }),
-                Piece::Arguments { index, fragment } => p.calls[index].arguments.push_str(&fragment),
+                Piece::Arguments { index, fragment } => {
+                    p.calls[index].arguments.push_str(&fragment)
+                }
             }
         }
         p
@@ -72,8 +74,7 @@ pub fn constraint(
     let Some(t) = tools.filter(|t| t.calls_possible()) else {
         return format;
     };
-    let lark = grammar::lark(t, format.as_ref().map(|(spec, _)| spec))
-        .expect("calls are possible");
+    let lark = grammar::lark(t, format.as_ref().map(|(spec, _)| spec)).expect("calls are possible");
     let param = format.map(|(_, p)| p).unwrap_or_else(|| "tools".into());
     Some((GrammarSpec::Lark(lark), param))
 }
@@ -92,12 +93,16 @@ pub fn compile(
         other => other.to_string(),
     };
     grammars.compile(spec).map_err(|e| {
-        let culprit = tools.into_iter().flat_map(|t| &t.functions).enumerate().find_map(|(i, f)| {
-            grammars
-                .compile(&GrammarSpec::JsonSchema(f.parameters.clone()))
-                .err()
-                .map(|e| (i, e))
-        });
+        let culprit = tools
+            .into_iter()
+            .flat_map(|t| &t.functions)
+            .enumerate()
+            .find_map(|(i, f)| {
+                grammars
+                    .compile(&GrammarSpec::JsonSchema(f.parameters.clone()))
+                    .err()
+                    .map(|e| (i, e))
+            });
         let (param, m) = match culprit {
             Some((i, e)) => (format!("tools[{i}].function.parameters"), message(e)),
             None => (param.to_string(), message(e)),

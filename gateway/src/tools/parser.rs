@@ -271,7 +271,10 @@ enum Head {
     /// Fits so far; the name once it is closed.
     More(Option<String>),
     /// The arguments start at byte `at`.
-    Args { name: String, at: usize },
+    Args {
+        name: String,
+        at: usize,
+    },
     Bad,
 }
 

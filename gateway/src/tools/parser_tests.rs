@@ -36,7 +36,9 @@ fn read(chunks: &[&str]) -> Parsed {
 }
 
 /// Content and (name, arguments) of each call, ids left out.
-fn shape(p: &Parsed) -> (String, Vec<(String, String)>) {
+type Shape = (String, Vec<(String, String)>);
+
+fn shape(p: &Parsed) -> Shape {
     let calls = p
         .calls
         .iter()
@@ -46,34 +48,63 @@ fn shape(p: &Parsed) -> (String, Vec<(String, String)>) {
 }
 
 fn calls(v: &[(&str, &str)]) -> Vec<(String, String)> {
-    v.iter().map(|(n, a)| (n.to_string(), a.to_string())).collect()
+    v.iter()
+        .map(|(n, a)| (n.to_string(), a.to_string()))
+        .collect()
 }
 
 /// Outputs of every kind: text, calls, text then calls, cut calls, calls that break the
 /// format, and JSON that would fool a scanner counting braces.
-fn cases() -> Vec<(String, (String, Vec<(String, String)>))> {
+fn cases() -> Vec<(String, Shape)> {
     let paris = r#"{"city": "Paris", "days": 2}"#;
     let tricky = r#"{"q": "a}\"b{ </tool_call>", "n": [1, {"x": [2]}], "e": "\\"}"#;
     vec![
-        ("Hello, wörld 🍮 <tools> are <b>fine</b>".into(), ("Hello, wörld 🍮 <tools> are <b>fine</b>".into(), vec![])),
-        ("  \n Leading space goes".into(), ("Leading space goes".into(), vec![])),
-        (call("get_weather", paris), (String::new(), calls(&[("get_weather", paris)]))),
+        (
+            "Hello, wörld 🍮 <tools> are <b>fine</b>".into(),
+            ("Hello, wörld 🍮 <tools> are <b>fine</b>".into(), vec![]),
+        ),
+        (
+            "  \n Leading space goes".into(),
+            ("Leading space goes".into(), vec![]),
+        ),
+        (
+            call("get_weather", paris),
+            (String::new(), calls(&[("get_weather", paris)])),
+        ),
         (
             format!("{}\n{}", call("get_weather", paris), call("now", "{}")),
-            (String::new(), calls(&[("get_weather", paris), ("now", "{}")])),
+            (
+                String::new(),
+                calls(&[("get_weather", paris), ("now", "{}")]),
+            ),
         ),
         (
             format!("Let me check.\n{}", call("get_weather", paris)),
             ("Let me check.\n".into(), calls(&[("get_weather", paris)])),
         ),
-        (call("search", tricky), (String::new(), calls(&[("search", tricky)]))),
+        (
+            call("search", tricky),
+            (String::new(), calls(&[("search", tricky)])),
+        ),
         // Cut before the name is closed: text. Cut in the arguments: the call keeps them.
-        ("<tool_call>\n{\"name\": \"get_wea".into(), ("<tool_call>\n{\"name\": \"get_wea".into(), vec![])),
-        ("<tool_call>\n{\"name\": \"f\", \"argu".into(), (String::new(), calls(&[("f", "")]))),
-        ("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": [1, ".into(), (String::new(), calls(&[("f", "{\"a\": [1, ")]))),
+        (
+            "<tool_call>\n{\"name\": \"get_wea".into(),
+            ("<tool_call>\n{\"name\": \"get_wea".into(), vec![]),
+        ),
+        (
+            "<tool_call>\n{\"name\": \"f\", \"argu".into(),
+            (String::new(), calls(&[("f", "")])),
+        ),
+        (
+            "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": [1, ".into(),
+            (String::new(), calls(&[("f", "{\"a\": [1, ")])),
+        ),
         ("Almost <tool_ca".into(), ("Almost <tool_ca".into(), vec![])),
         // Not a call after all.
-        ("<tool_call>hello</tool_call>".into(), ("<tool_call>hello</tool_call>".into(), vec![])),
+        (
+            "<tool_call>hello</tool_call>".into(),
+            ("<tool_call>hello</tool_call>".into(), vec![]),
+        ),
         // Loose whitespace between tokens, text after a call.
         (
             "<tool_call>{ \"name\" :\"f\" ,\"arguments\":{\"a\":1} }</tool_call>\n\nDone.".into(),
@@ -93,7 +124,9 @@ fn whole_outputs_read_as_expected() {
 #[test]
 fn any_split_reads_the_same() {
     for (text, want) in cases() {
-        let bounds: Vec<usize> = (0..=text.len()).filter(|&k| text.is_char_boundary(k)).collect();
+        let bounds: Vec<usize> = (0..=text.len())
+            .filter(|&k| text.is_char_boundary(k))
+            .collect();
         for &k in &bounds {
             let got = read(&[&text[..k], &text[k..]]);
             assert_eq!(shape(&got), want, "{text:?} split at {k}");

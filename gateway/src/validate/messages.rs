@@ -28,7 +28,9 @@ pub fn messages(msgs: &[Message]) -> Result<Vec<ChatMessage>, ApiError> {
             other => {
                 return Err(ApiError::invalid(
                     &at("role"),
-                    format!("unsupported role {other:?} (system, developer, user, assistant or tool)"),
+                    format!(
+                        "unsupported role {other:?} (system, developer, user, assistant or tool)"
+                    ),
                 ))
             }
         };
@@ -129,7 +131,10 @@ fn tool_calls(i: usize, v: &Value) -> Result<Vec<ToolCall>, ApiError> {
             let at = |field: &str| at(&format!("[{j}]{field}"));
             let string = |v: Option<&Value>, field: &str| match v {
                 Some(Value::String(s)) => Ok(s.clone()),
-                _ => Err(ApiError::invalid(&at(field), format!("{} must be a string", &field[1..]))),
+                _ => Err(ApiError::invalid(
+                    &at(field),
+                    format!("{} must be a string", &field[1..]),
+                )),
             };
             if !c.is_object() {
                 return Err(ApiError::invalid(&at(""), "a tool call must be an object"));
@@ -138,9 +143,10 @@ fn tool_calls(i: usize, v: &Value) -> Result<Vec<ToolCall>, ApiError> {
             if c.get("type").and_then(Value::as_str) != Some("function") {
                 return Err(ApiError::invalid(&at(".type"), "type must be \"function\""));
             }
-            let f = c.get("function").filter(|f| f.is_object()).ok_or_else(|| {
-                ApiError::invalid(&at(".function"), "function must be an object")
-            })?;
+            let f = c
+                .get("function")
+                .filter(|f| f.is_object())
+                .ok_or_else(|| ApiError::invalid(&at(".function"), "function must be an object"))?;
             let name = string(f.get("name"), ".function.name")?;
             let raw = string(f.get("arguments"), ".function.arguments")?;
             let arguments = serde_json::from_str(&raw).unwrap_or(Value::String(raw));
@@ -159,7 +165,12 @@ fn answered_call(i: usize, id: Option<&Value>, before: &[ChatMessage]) -> Result
     let param = format!("messages[{i}].tool_call_id");
     let id = match id {
         Some(Value::String(id)) => id,
-        None => return Err(ApiError::invalid(&param, "a tool message needs tool_call_id")),
+        None => {
+            return Err(ApiError::invalid(
+                &param,
+                "a tool message needs tool_call_id",
+            ))
+        }
         Some(_) => return Err(ApiError::invalid(&param, "tool_call_id must be a string")),
     };
     let turn = before.iter().rev().find(|m| m.role != "tool");
@@ -244,30 +255,96 @@ mod tests {
             (json!([]), "messages"),
             (json!([{"content": "x"}]), "messages[0].role"),
             (json!([{"role": 3, "content": "x"}]), "messages[0].role"),
-            (json!([{"role": "robot", "content": "x"}]), "messages[0].role"),
+            (
+                json!([{"role": "robot", "content": "x"}]),
+                "messages[0].role",
+            ),
             (json!([{"role": "user"}]), "messages[0].content"),
-            (json!([{"role": "user", "content": null}]), "messages[0].content"),
-            (json!([{"role": "system", "content": 5}]), "messages[0].content"),
-            (json!([{"role": "user", "content": {"text": "x"}}]), "messages[0].content"),
-            (json!([user, {"role": "user", "content": "x", "name": 7}]), "messages[1].name"),
-            (json!([{"role": "user", "content": [{"type": "image_url"}]}]), "messages[0].content[0]"),
-            (json!([{"role": "user", "content": [{"type": "text"}]}]), "messages[0].content[0].text"),
-            (json!([{"role": "user", "content": ["x"]}]), "messages[0].content[0].type"),
+            (
+                json!([{"role": "user", "content": null}]),
+                "messages[0].content",
+            ),
+            (
+                json!([{"role": "system", "content": 5}]),
+                "messages[0].content",
+            ),
+            (
+                json!([{"role": "user", "content": {"text": "x"}}]),
+                "messages[0].content",
+            ),
+            (
+                json!([user, {"role": "user", "content": "x", "name": 7}]),
+                "messages[1].name",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "image_url"}]}]),
+                "messages[0].content[0]",
+            ),
+            (
+                json!([{"role": "user", "content": [{"type": "text"}]}]),
+                "messages[0].content[0].text",
+            ),
+            (
+                json!([{"role": "user", "content": ["x"]}]),
+                "messages[0].content[0].type",
+            ),
             (json!([user, {"role": "assistant"}]), "messages[1].content"),
-            (json!([user, {"role": "assistant", "tool_calls": []}]), "messages[1].tool_calls"),
-            (json!([user, {"role": "assistant", "tool_calls": {}}]), "messages[1].tool_calls"),
-            (json!([user, {"role": "assistant", "tool_calls": [1]}]), "messages[1].tool_calls[0]"),
-            (json!([{"role": "user", "content": "x", "tool_calls": [call("a")]}]), "messages[0].tool_calls"),
-            (with_call(&|c| c["id"] = json!(1)), "messages[1].tool_calls[0].id"),
-            (with_call(&|c| c["type"] = json!("code")), "messages[1].tool_calls[0].type"),
-            (with_call(&|c| c["function"] = json!("f")), "messages[1].tool_calls[0].function"),
-            (with_call(&|c| c["function"]["name"] = json!(null)), "messages[1].tool_calls[0].function.name"),
-            (with_call(&|c| c["function"]["arguments"] = json!({})), "messages[1].tool_calls[0].function.arguments"),
-            (json!([user, asst, {"role": "tool", "content": "x"}]), "messages[2].tool_call_id"),
-            (json!([user, asst, {"role": "tool", "content": "x", "tool_call_id": 1}]), "messages[2].tool_call_id"),
-            (json!([user, asst, {"role": "tool", "content": "x", "tool_call_id": "z"}]), "messages[2].tool_call_id"),
-            (json!([user, asst, {"role": "tool", "tool_call_id": "a"}]), "messages[2].content"),
-            (json!([user, {"role": "tool", "content": "x", "tool_call_id": "a"}]), "messages[1].role"),
+            (
+                json!([user, {"role": "assistant", "tool_calls": []}]),
+                "messages[1].tool_calls",
+            ),
+            (
+                json!([user, {"role": "assistant", "tool_calls": {}}]),
+                "messages[1].tool_calls",
+            ),
+            (
+                json!([user, {"role": "assistant", "tool_calls": [1]}]),
+                "messages[1].tool_calls[0]",
+            ),
+            (
+                json!([{"role": "user", "content": "x", "tool_calls": [call("a")]}]),
+                "messages[0].tool_calls",
+            ),
+            (
+                with_call(&|c| c["id"] = json!(1)),
+                "messages[1].tool_calls[0].id",
+            ),
+            (
+                with_call(&|c| c["type"] = json!("code")),
+                "messages[1].tool_calls[0].type",
+            ),
+            (
+                with_call(&|c| c["function"] = json!("f")),
+                "messages[1].tool_calls[0].function",
+            ),
+            (
+                with_call(&|c| c["function"]["name"] = json!(null)),
+                "messages[1].tool_calls[0].function.name",
+            ),
+            (
+                with_call(&|c| c["function"]["arguments"] = json!({})),
+                "messages[1].tool_calls[0].function.arguments",
+            ),
+            (
+                json!([user, asst, {"role": "tool", "content": "x"}]),
+                "messages[2].tool_call_id",
+            ),
+            (
+                json!([user, asst, {"role": "tool", "content": "x", "tool_call_id": 1}]),
+                "messages[2].tool_call_id",
+            ),
+            (
+                json!([user, asst, {"role": "tool", "content": "x", "tool_call_id": "z"}]),
+                "messages[2].tool_call_id",
+            ),
+            (
+                json!([user, asst, {"role": "tool", "tool_call_id": "a"}]),
+                "messages[2].content",
+            ),
+            (
+                json!([user, {"role": "tool", "content": "x", "tool_call_id": "a"}]),
+                "messages[1].role",
+            ),
         ];
         for (msgs, want) in cases {
             assert_eq!(param_of(msgs.clone()), want, "{msgs}");

@@ -107,7 +107,11 @@ pub fn chat(
     let vocab = model.model.config().vocab_size;
     let mut s = params::sampling(&req.sampling, max_tokens, logprobs, vocab)?;
     let tools = tools::tools(&req.tools)?;
-    let prompt = prompt::chat(model, &req.messages, tools.as_ref().map(|t| t.raw.as_slice()))?;
+    let prompt = prompt::chat(
+        model,
+        &req.messages,
+        tools.as_ref().map(|t| t.raw.as_slice()),
+    )?;
     // Unbounded, a chat may use the whole context; a prompt that leaves no room is refused.
     let max_tokens = s
         .max_tokens
