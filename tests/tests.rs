@@ -12,6 +12,7 @@ mod adapter_store; // the directory store: versions by content, atomic pointer m
 mod adapters; // PEFT adapters against PEFT's logits, mixed batches, merged weights, every refusal
 mod admin; // the admin API over HTTP: upload, replace, pull, delete, load/unload, hostile uploads
 mod cli; // `loraplex generate` run as a user runs it
+mod constraints; // constrained decoding on SmolLM2's tokenizer: masks against brute force, compile errors, mixed batches
 mod engine; // the engine through EngineHandle: batching, chunked prefill, cancel, backpressure, cold loads
 mod experiments; // the experiments admin API: create/list/show/patch/delete, every refusal, persistence, keys
 mod gateway; // the OpenAI HTTP contract: response shapes and every error case

@@ -168,7 +168,10 @@ impl From<RuntimeError> for ApiError {
                 name,
                 reason: source.to_string(),
             },
+            // Validation refuses grammars that do not compile, naming the field; one failing
+            // later (a sequence its grammar cannot continue) is the server's failure.
             other @ (RuntimeError::InvalidConfig(_)
+            | RuntimeError::Grammar(_)
             | RuntimeError::EngineStart(_)
             | RuntimeError::StepFailed(_)
             | RuntimeError::Model(_)) => ApiError::Internal(other.to_string()),

@@ -20,6 +20,7 @@ mod progress;
 mod q8_block;
 mod q8_packed;
 mod source;
+mod token_bytes;
 mod tokenizer;
 mod weights;
 
@@ -35,6 +36,7 @@ pub use llama::{Llama, LogitsFor, SeqInput};
 pub use lora::{LoraDelta, LoraPrecision, LoraWeights};
 pub use q8_packed::PackedQ8;
 pub use source::{fetch_files, resolve, HubOptions, HubRef, ModelFiles};
+pub use token_bytes::{complete_utf8, incomplete_tail};
 pub use tokenizer::{IncrementalDecoder, SpecialTokens, Tokenizer};
 pub use weights::{Naming, Proj, WeightDtype};
 

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::Value;
 use tokenizers::models::bpe::BPE;
@@ -16,6 +17,7 @@ use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::error::{ModelError, Result};
+use crate::token_bytes::{incomplete_tail, TokenBytes};
 
 /// GGUF `tokenizer.ggml.token_type` of control tokens (`<|im_start|>` …).
 const TOKEN_TYPE_CONTROL: i32 = 3;
@@ -29,6 +31,7 @@ pub struct Tokenizer {
     eos: Option<u32>,
     stop_ids: Vec<u32>,
     add_bos: bool,
+    bytes: Arc<TokenBytes>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -165,6 +168,7 @@ impl Tokenizer {
             .and_then(|v| v.to_bool().ok())
             .unwrap_or(false);
         Ok(Self {
+            bytes: Arc::new(TokenBytes::new(&inner)),
             inner,
             bos,
             eos,
@@ -197,6 +201,7 @@ impl Tokenizer {
             eos,
             stop_ids,
             add_bos: special.add_bos_token,
+            bytes: Arc::new(TokenBytes::new(&inner)),
             inner,
         })
     }
@@ -226,6 +231,17 @@ impl Tokenizer {
     /// The text of a single token as it appears in the output (for logprobs).
     pub fn token_text(&self, id: u32) -> String {
         self.inner.decode(&[id], false).unwrap_or_default()
+    }
+
+    /// The bytes a token stands for (part of a character, for some byte-level tokens); empty
+    /// outside the vocabulary.
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.bytes.get(id)
+    }
+
+    /// Special (control) tokens such as `<|im_end|>`, which skip-special decoding drops.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.bytes.is_special(id)
     }
 
     /// The raw vocabulary string of a token (`Ġworld`).
@@ -303,10 +319,23 @@ impl IncrementalDecoder {
         .map_err(tok_err)
     }
 
-    /// Text still held back (an incomplete character at the end of generation), lossily decoded.
+    /// Text still held back when generation ends. An incomplete character at the very end is
+    /// dropped (the model never finished it), rather than written as U+FFFD.
     pub fn flush(&mut self, tok: &Tokenizer) -> Result<String> {
         let all = tok.decode(&self.ids, self.skip_special)?;
-        let rest = all.get(self.prefix.len()..).unwrap_or("").to_string();
+        let mut rest = all.get(self.prefix.len()..).unwrap_or("").to_string();
+        let held: Vec<u8> = self
+            .ids
+            .get(self.prefix_index..)
+            .unwrap_or(&[])
+            .iter()
+            .filter(|&&id| !(self.skip_special && tok.is_special(id)))
+            .flat_map(|&id| tok.token_bytes(id).iter().copied())
+            .collect();
+        // Lossy decoding turns an incomplete tail into exactly one U+FFFD.
+        if incomplete_tail(&held) > 0 && rest.ends_with('\u{FFFD}') {
+            rest.pop();
+        }
         self.ids.clear();
         self.prefix.clear();
         self.prefix_index = 0;

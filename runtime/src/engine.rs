@@ -17,9 +17,11 @@ use loraplex_adapters::{
     AdapterLimits, AdapterRegistry, AdapterSource, AdapterVersion, BaseModel, CacheConfig, Lease,
 };
 use loraplex_models::{KvCache, LoadedModel, SeqInput};
+use rayon::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::batch::{forward, plan_row, RowLogits};
+use crate::constraint::Constraint;
 use crate::error::{Result, RuntimeError};
 use crate::handle::{EngineHandle, Msg, Submitted};
 use crate::loader::Loader;
@@ -324,7 +326,16 @@ impl Engine {
             .iter()
             .map(|p| [self.seqs[&p.id].state.output().last().copied().unwrap_or(0)])
             .collect();
-        let result = {
+        // Constrained rows that sample this step compute their masks while the forward runs.
+        let mut constraints: Vec<(SeqId, Constraint)> = plan
+            .iter()
+            .filter(|p| p.decode || p.completes_prompt)
+            .filter_map(|p| {
+                let s = self.seqs.get_mut(&p.id)?;
+                Some((p.id, s.state.take_constraint()?))
+            })
+            .collect();
+        let (result, mask_times) = {
             let inputs: Vec<SeqInput<'_>> = plan
                 .iter()
                 .zip(&last_tokens)
@@ -336,8 +347,29 @@ impl Engine {
                 })
                 .collect();
             let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
-            forward(&self.model.model, &inputs, &mut refs)
+            let model = &self.model.model;
+            if constraints.is_empty() {
+                (forward(model, &inputs, &mut refs), Vec::new())
+            } else {
+                rayon::join(
+                    || forward(model, &inputs, &mut refs),
+                    || {
+                        constraints
+                            .par_iter_mut()
+                            .map(|(_, c)| c.prepare())
+                            .collect::<Vec<_>>()
+                    },
+                )
+            }
         };
+        for t in mask_times {
+            self.stats.mask_time.record(t);
+        }
+        for (id, c) in constraints {
+            if let Some(s) = self.seqs.get_mut(&id) {
+                s.state.restore_constraint(c);
+            }
+        }
         for (p, c) in plan.iter().zip(caches) {
             self.seqs.get_mut(&p.id).expect("exists").cache = Some(c);
         }

@@ -34,6 +34,10 @@ pub enum RuntimeError {
         source: Arc<AdapterError>,
     },
 
+    /// A grammar or schema that does not compile, or a constrained sequence that cannot go on.
+    #[error("{0}")]
+    Grammar(String),
+
     #[error("the engine queue is full; retry later")]
     Overloaded,
 

@@ -2,6 +2,7 @@
 //! `loraplex_models::Llama`. It never sees OpenAI or HTTP types.
 
 mod batch;
+mod constraint;
 mod engine;
 mod error;
 mod generate;
@@ -16,6 +17,7 @@ mod sequence;
 mod stats;
 mod stop;
 
+pub use constraint::{CompiledGrammar, Constraint, GrammarSpec, GrammarStats, Grammars};
 pub use engine::{start, EngineConfig};
 pub use error::{Result, RuntimeError};
 pub use generate::{check_context, generate, GenRequest, Generation};
@@ -29,5 +31,5 @@ pub use sampling::{
 pub use scheduler::{AdapterKey, QueueFull, Scheduled, Scheduler, SchedulerConfig, SeqId};
 pub use score::{score, ScoredToken};
 pub use sequence::{FinishReason, GenerationParams, SequenceState, TokenStep};
-pub use stats::EngineStats;
+pub use stats::{EngineStats, MaskTimes, MASK_BUCKETS_US};
 pub use stop::{StopScan, StopStrings};

@@ -215,9 +215,11 @@ pub fn logprobs_of(logits: &[f32], id: u32, n: usize) -> TokenLogprob {
             .sum::<f64>()
             .ln();
     let lp = |l: f32| (l as f64 - lse) as f32;
+    // Tokens ruled out (−∞, as a constraint leaves them) are no alternatives.
     let top = top_n(logits, n)
         .into_iter()
         .map(|i| (i, lp(logits[i as usize])))
+        .filter(|(_, l)| l.is_finite())
         .collect();
     TokenLogprob {
         id,

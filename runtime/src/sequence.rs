@@ -2,11 +2,13 @@
 //! stop conditions. Shared by the one-shot generator and the engine loop.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use loraplex_models::{IncrementalDecoder, Tokenizer};
 
+use crate::constraint::{CompiledGrammar, Constraint};
 use crate::error::{Result, RuntimeError};
-use crate::sampling::{logprobs_of, LogitBias, Penalties, Sampler, Sampling, TokenLogprob};
+use crate::sampling::{argmax, logprobs_of, LogitBias, Penalties, Sampler, Sampling, TokenLogprob};
 use crate::stop::{StopScan, StopStrings};
 
 /// Validated generation parameters of one request.
@@ -24,6 +26,8 @@ pub struct GenerationParams {
     pub ignore_eos: bool,
     /// Return logprobs with this many alternatives per token.
     pub logprobs: Option<usize>,
+    /// What the output must match (structured outputs, tool calls).
+    pub constraint: Option<Arc<CompiledGrammar>>,
 }
 
 impl Default for GenerationParams {
@@ -37,6 +41,7 @@ impl Default for GenerationParams {
             stop_token_ids: Vec::new(),
             ignore_eos: false,
             logprobs: None,
+            constraint: None,
         }
     }
 }
@@ -79,6 +84,8 @@ pub struct SequenceState {
     stops: StopStrings,
     stop_ids: Vec<u32>,
     finished: Option<FinishReason>,
+    /// Where the output is in its grammar; `None` while the engine computes its mask.
+    constraint: Option<Constraint>,
 }
 
 impl SequenceState {
@@ -107,6 +114,7 @@ impl SequenceState {
         };
         stop_ids.extend(&params.stop_token_ids);
         Ok(Self {
+            constraint: params.constraint.as_ref().map(|g| g.start()),
             sampler: Sampler::new(params.sampling),
             stops: StopStrings::new(params.stop.clone()),
             decoder: tok.incremental(true),
@@ -131,25 +139,57 @@ impl SequenceState {
         self.finished
     }
 
+    /// The grammar follower, taken out so its next mask can be computed beside the forward
+    /// pass; give it back with [`SequenceState::restore_constraint`] before `accept_logits`.
+    pub fn take_constraint(&mut self) -> Option<Constraint> {
+        self.constraint.take()
+    }
+
+    pub fn restore_constraint(&mut self, c: Constraint) {
+        self.constraint = Some(c);
+    }
+
     /// Chooses the next token from the raw logits of the last position and advances the state.
+    /// Under a constraint, tokens the grammar does not allow are out before anything else, and
+    /// logprobs are those of the constrained distribution (renormalized over allowed tokens,
+    /// before penalties and temperature).
     pub fn accept_logits(&mut self, raw: &[f32], tok: &Tokenizer) -> Result<TokenStep> {
         let p = &self.params;
-        let id = if p.penalties == Penalties::default() && p.logit_bias.is_empty() {
-            self.sampler.sample(raw)
-        } else {
+        let plain = p.penalties == Penalties::default() && p.logit_bias.is_empty();
+        let mut masked = None;
+        if let Some(c) = self.constraint.as_mut() {
             let mut l = raw.to_vec();
+            c.apply(&mut l, &self.stop_ids)?;
+            masked = Some(l);
+        }
+        let base = masked.as_deref().unwrap_or(raw);
+        let mut id = if plain {
+            self.sampler.sample(base)
+        } else {
+            let mut l = base.to_vec();
             p.penalties.apply(&mut l, &self.prompt_seen, &self.counts);
             p.logit_bias.apply(&mut l);
             self.sampler.sample(&l)
         };
-        let logprob = p.logprobs.map(|n| logprobs_of(raw, id, n));
-        self.push_token(id, logprob, tok)
+        if !base[id as usize].is_finite() {
+            // A draw can only land outside the allowed set by rounding: take the best allowed.
+            id = argmax(base);
+        }
+        let logprob = p.logprobs.map(|n| logprobs_of(base, id, n));
+        let mut grammar_done = false;
+        if let Some(c) = self.constraint.as_mut() {
+            c.commit(id, &self.stop_ids)?;
+            grammar_done = c.is_done();
+        }
+        self.push_token(id, logprob, grammar_done, tok)
     }
 
+    /// `grammar_done`: the constraint accepts nothing after this token.
     fn push_token(
         &mut self,
         id: u32,
         logprob: Option<TokenLogprob>,
+        grammar_done: bool,
         tok: &Tokenizer,
     ) -> Result<TokenStep> {
         self.output.push(id);
@@ -174,7 +214,9 @@ impl SequenceState {
                     });
                 }
             }
-            if self.output.len() >= self.params.max_tokens {
+            if grammar_done {
+                finish = Some(FinishReason::Stop);
+            } else if self.output.len() >= self.params.max_tokens {
                 finish = Some(FinishReason::Length);
             }
         }

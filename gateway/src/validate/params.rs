@@ -70,6 +70,7 @@ impl Sampled {
                 stop_token_ids: self.stop_token_ids.clone(),
                 ignore_eos: self.ignore_eos,
                 logprobs: self.logprobs,
+                constraint: None,
             };
             GenerationRequest {
                 adapter: adapter.map(String::from),
