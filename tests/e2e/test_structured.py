@@ -12,7 +12,7 @@ import json
 import re
 import urllib.error
 import urllib.request
-from typing import List, Literal
+from typing import Annotated, List, Literal
 
 import jsonschema
 import openai
@@ -178,7 +178,7 @@ def test_json_schema_on_completions_and_vllm_fields(any_client):
 def test_sampled_and_n_choices_stay_in_the_schema(client):
     """Sampling (temperature, top_p, seed) draws from the allowed tokens only; n=2 constrains
     every choice."""
-    jobs = [(kind, s, k) for k, (kind, s) in enumerate((kind, s) for kind in SCHEMAS for s in SUBJECTS[:3])]
+    jobs = [(kind, s, k) for k, (kind, s) in enumerate((kind, s) for kind in SCHEMAS for s in SUBJECTS[:2])]
 
     def one(job):
         kind, s, k = job
@@ -213,7 +213,7 @@ def test_json_object_mode_gives_an_object(any_client):
     prompts = [
         'Reply in JSON: an object with the key "color" set to the color of the sky.',
         'Answer with a JSON object that has the keys "name" and "age" for Bob, who is 42.',
-        "Give a JSON object describing a cat.",
+        'Return a JSON object with the keys "city" and "country" for Paris.',
     ]
 
     def one(p):
@@ -325,7 +325,7 @@ class Owner(BaseModel):
 class Ticket(BaseModel):
     title: str = Field(max_length=24)
     priority: Literal["low", "medium", "high"]
-    tags: List[str] = Field(min_length=1, max_length=3)
+    tags: List[Annotated[str, Field(max_length=12)]] = Field(min_length=1, max_length=3)
     owner: Owner
     estimate_hours: int = Field(ge=1, le=40)
 
