@@ -67,23 +67,28 @@ def check_calls(choice, names=None):
     return msg.tool_calls
 
 
-@pytest.mark.parametrize("model", ["smollm2", "rand-r8-qv"])
-def test_required_and_named_calls_validate(client, model):
+def named(name):
+    return {"type": "function", "function": {"name": name}}
+
+
+def test_required_and_named_calls_validate(client):
+    """Base and adapter in one batch; `required` may make several calls unless
+    `parallel_tool_calls` is false, a named choice calls only that function."""
     prompts = [ASK, "What time is it in Tokyo?", "Tell me about the weather in Rome in fahrenheit."]
-    jobs = [(p, "required", True) for p in prompts] + [(p, "required", False) for p in prompts]
-    jobs += [(p, {"type": "function", "function": {"name": name}}, False) for p in prompts for name in PARAMS]
+    jobs = [("smollm2", p, "required", True) for p in prompts]
+    jobs += [("smollm2", prompts[0], named("get_time"), False), ("smollm2", prompts[1], "required", False)]
+    jobs += [("rand-r8-qv", prompts[2], "required", True), ("rand-r8-qv", prompts[1], named("get_weather"), False)]
 
     def one(job):
-        p, choice, parallel = job
+        model, p, choice, parallel = job
         return job, chat(client, p, model=model, tools=TOOLS, tool_choice=choice, parallel_tool_calls=parallel).choices[0]
 
-    with concurrent.futures.ThreadPoolExecutor(16) as ex:
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as ex:
         results = list(ex.map(one, jobs))
-    for (p, choice, parallel), c in results:
-        named = None if choice == "required" else [choice["function"]["name"]]
-        calls = check_calls(c, named)
+    for (model, p, choice, parallel), c in results:
+        calls = check_calls(c, None if choice == "required" else [choice["function"]["name"]])
         if not parallel:
-            assert len(calls) == 1, (p, choice, calls)
+            assert len(calls) == 1, (model, p, choice, calls)
 
 
 def test_auto_on_a_greeting_answers_in_text(client):
@@ -116,8 +121,7 @@ def test_the_sdk_stream_helper_assembles_streamed_calls(client):
 
 
 def test_raw_stream_sends_id_and_name_first_then_argument_fragments(client):
-    stream = chat(client, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}},
-                  stream=True)
+    stream = chat(client, tools=TOOLS, tool_choice=named("get_weather"), stream=True)
     seen, args, finish = {}, {}, None
     for chunk in stream:
         for ch in chunk.choices:
@@ -133,8 +137,9 @@ def test_raw_stream_sends_id_and_name_first_then_argument_fragments(client):
                     assert d.id is None and d.function.name is None, d
                     args[d.index] += d.function.arguments or ""
     assert finish == "tool_calls"
-    assert list(seen) == [0]
-    jsonschema.validate(json.loads(args[0]), PARAMS["get_weather"])
+    assert list(seen) == list(range(len(seen))) and seen, seen  # parallel calls of one function are allowed
+    for a in args.values():
+        jsonschema.validate(json.loads(a), PARAMS["get_weather"])
 
 
 class GetWeather(BaseModel):
@@ -155,8 +160,7 @@ def test_parse_with_a_pydantic_tool(client):
 
 
 def test_follow_up_with_the_tool_result(client):
-    first = chat(client, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}},
-                 parallel_tool_calls=False)
+    first = chat(client, tools=TOOLS, tool_choice=named("get_weather"), parallel_tool_calls=False)
     call = check_calls(first.choices[0])[0]
 
     def turn(result, **kw):
@@ -195,10 +199,9 @@ def refusal(client, **kw):
 
 
 def test_strict_refusals_name_the_parameter(client):
-    named = {"type": "function", "function": {"name": "get_stock_price"}}
-    assert refusal(client, tools=TOOLS, tool_choice=named).startswith("tool_choice")
+    assert refusal(client, tools=TOOLS, tool_choice=named("get_stock_price")).startswith("tool_choice")
     assert refusal(client, tool_choice="required").startswith("tool_choice")
-    assert refusal(client, tool_choice={"type": "function", "function": {"name": "get_weather"}}).startswith("tool_choice")
+    assert refusal(client, tool_choice=named("get_weather")).startswith("tool_choice")
     assert refusal(client, tools=TOOLS, tool_choice="sometimes").startswith("tool_choice")
     assert refusal(client, extra_body={"tools": {"type": "function"}}) == "tools"
     assert refusal(client, tools=[{"type": "retrieval"}]).startswith("tools[0]")
