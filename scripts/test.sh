@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-model.sh
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, pytest, duckdb" 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, pytest, duckdb, jsonschema" 2>/dev/null; then
   python3 -m venv .venv
-  # duckdb reads the JSONL records back the way the README's queries do (tests/e2e/test_experiments.py).
-  .venv/bin/pip install --quiet "openai>=1.40" "pytest>=8" "duckdb==1.5.6"
+  # duckdb reads the JSONL records back the way the README's queries do (tests/e2e/test_experiments.py);
+  # jsonschema validates structured outputs and tool arguments (tests/e2e/test_structured.py, test_tools.py).
+  .venv/bin/pip install --quiet "openai>=1.40" "pytest>=8" "duckdb==1.5.6" "jsonschema==4.26.0"
 fi
 cargo build
 cargo test --workspace --all-targets "$@" 2>&1

@@ -81,6 +81,24 @@ def server():
 
 @pytest.fixture(scope="session")
 def client(server):
+    return client_of(server)
+
+
+@pytest.fixture(scope="session")
+def quant_server():
+    """The default weights path (`--dtype auto`: 8-bit on CPU), with the same adapter. Started
+    only by the tests that ask for it, once for the session."""
+    s = Server("--lora-modules", f"rand-r8-qv={ADAPTER}")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def quant_client(quant_server):
+    return client_of(quant_server)
+
+
+def client_of(server):
     from openai import OpenAI
 
     return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
