@@ -106,8 +106,7 @@ fn request(schema: Option<&Value>, k: usize, max_tokens: usize, stream: bool) ->
         "messages": [{"role": "user", "content": format!("List the orders of customer number {k} as JSON.")}]});
     match schema {
         Some(s) => {
-            body["response_format"] =
-                json!({"type": "json_schema", "json_schema": {"name": "orders", "schema": s, "strict": true}})
+            body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "orders", "schema": s, "strict": true}})
         }
         None => body["ignore_eos"] = json!(true),
     }
@@ -128,7 +127,13 @@ async fn send(st: &AppState, body: &Value) -> axum::response::Response {
 
 /// One non-streamed request: its completion tokens.
 async fn completion_tokens(st: &AppState, body: Value) -> usize {
-    let bytes = send(st, &body).await.into_body().collect().await.unwrap().to_bytes();
+    let bytes = send(st, &body)
+        .await
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
     let v: Value = serde_json::from_slice(&bytes).unwrap();
     v["usage"]["completion_tokens"].as_u64().unwrap() as usize
 }
