@@ -17,7 +17,9 @@ mod sequence;
 mod stats;
 mod stop;
 
-pub use constraint::{CompiledGrammar, Constraint, GrammarSpec, GrammarStats, Grammars};
+pub use constraint::{
+    styled_schema, CompiledGrammar, Constraint, GrammarSpec, GrammarStats, Grammars,
+};
 pub use engine::{start, EngineConfig};
 pub use error::{Result, RuntimeError};
 pub use generate::{check_context, generate, GenRequest, Generation};

@@ -11,28 +11,15 @@
 //! - `none`: no grammar from the tools.
 
 use loraplex_models::{json_text, TOOL_CALL_CLOSE, TOOL_CALL_OPEN};
-use loraplex_runtime::GrammarSpec;
+use loraplex_runtime::{styled_schema, GrammarSpec};
 use serde_json::{json, Value};
 
 use super::spec::{Choice, Tools};
 
-/// JSON inside a call is written as the prompt shows it (`{"a": 1, "b": 2}`) with no free
-/// whitespace, the options the runtime gives a JSON Schema response format.
-fn json_options() -> Value {
-    json!({
-        "whitespace_flexible": false,
-        "item_separator": ", ",
-        "key_separator": ": ",
-    })
-}
-
-/// An embedded schema with those options unless it has its own.
+/// An embedded schema, in the JSON style the runtime gives a JSON Schema response format (the
+/// prompt shows calls the same way), unless it has its own options.
 fn schema_text(schema: &Value) -> String {
-    let mut schema = schema.clone();
-    if let Value::Object(m) = &mut schema {
-        m.entry("x-guidance").or_insert_with(json_options);
-    }
-    serde_json::to_string(&schema).expect("JSON values serialize")
+    serde_json::to_string(&styled_schema(schema)).expect("JSON values serialize")
 }
 
 /// A Lark string literal (Lark's string syntax is JSON's).

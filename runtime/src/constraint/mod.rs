@@ -44,34 +44,38 @@ pub enum GrammarSpec {
     Lark(String),
 }
 
-/// JSON as people write it (`{"a": 1, "b": 2}`) and no free whitespace: a small model given a
-/// choice of whitespace can spend its whole budget on newlines.
-fn json_options() -> Value {
-    json!({
-        "whitespace_flexible": false,
-        "item_separator": ", ",
-        "key_separator": ": ",
-    })
+/// `schema` with the runtime's JSON style unless it has its own `x-guidance`: JSON as people
+/// write it (`{"a": 1, "b": 2}`) and no free whitespace, since a small model given a choice of
+/// whitespace can spend its whole budget on newlines. A JSON Schema spec compiles with it, and a
+/// Lark grammar embedding a schema (`%json`) takes it from here so that both write JSON alike.
+/// Schemas that are not objects are returned as they are.
+pub fn styled_schema(schema: &Value) -> Value {
+    let mut schema = schema.clone();
+    if let Value::Object(m) = &mut schema {
+        m.entry("x-guidance").or_insert_with(|| {
+            json!({
+                "whitespace_flexible": false,
+                "item_separator": ", ",
+                "key_separator": ": ",
+            })
+        });
+    }
+    schema
 }
 
 impl GrammarSpec {
     fn top_level(&self) -> Result<TopLevelGrammar> {
         Ok(match self {
             GrammarSpec::JsonSchema(schema) => {
-                let mut schema = schema.clone();
-                match &mut schema {
-                    Value::Object(m) => {
-                        m.entry("x-guidance").or_insert_with(json_options);
-                    }
-                    // `true` / `false` schemas: llguidance takes them as they are.
-                    Value::Bool(_) => {}
-                    _ => return Err(RuntimeError::Grammar("a JSON Schema is an object".into())),
+                // `true` / `false` schemas: llguidance takes them as they are.
+                if !(schema.is_object() || schema.is_boolean()) {
+                    return Err(RuntimeError::Grammar("a JSON Schema is an object".into()));
                 }
-                TopLevelGrammar::from_json_schema(schema)
+                TopLevelGrammar::from_json_schema(styled_schema(schema))
             }
-            GrammarSpec::JsonObject => TopLevelGrammar::from_json_schema(
-                json!({"type": "object", "x-guidance": json_options()}),
-            ),
+            GrammarSpec::JsonObject => {
+                TopLevelGrammar::from_json_schema(styled_schema(&json!({"type": "object"})))
+            }
             GrammarSpec::Regex(rx) => TopLevelGrammar::from_regex(rx),
             GrammarSpec::Choice(options) => {
                 if options.is_empty() {
