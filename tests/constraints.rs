@@ -13,7 +13,7 @@ use loraplex_runtime::{
 };
 use serde_json::json;
 
-use crate::util::{load, smollm2, smollm2_path};
+use crate::util::{smollm2, smollm2_arc};
 
 fn grammars() -> &'static Grammars {
     static G: OnceLock<Grammars> = OnceLock::new();
@@ -200,12 +200,6 @@ fn bad_schemas_are_refused_naming_the_reason_and_good_ones_are_cached() {
     assert_eq!(g.stats().cache_hits.load(Ordering::Relaxed), hits + 1);
 }
 
-fn f32_model() -> Arc<LoadedModel> {
-    static M: OnceLock<Arc<LoadedModel>> = OnceLock::new();
-    M.get_or_init(|| Arc::new(load(smollm2_path().to_str().unwrap(), WeightDtype::F32)))
-        .clone()
-}
-
 fn text_of(mut s: TokenStream) -> String {
     let mut out = String::new();
     loop {
@@ -227,7 +221,7 @@ fn chat_prompt(m: &LoadedModel, q: &str) -> Vec<u32> {
 
 #[test]
 fn a_constrained_row_and_a_free_row_in_one_batch_give_what_they_give_alone() {
-    let m = f32_model();
+    let m = smollm2_arc(WeightDtype::F32);
     let g = Grammars::new(&m.tokenizer, m.model.config().vocab_size).unwrap();
     let schema = json!({
         "type": "object",
@@ -272,7 +266,7 @@ fn a_constrained_row_and_a_free_row_in_one_batch_give_what_they_give_alone() {
 
 #[test]
 fn sampled_tokens_stay_in_the_allowed_set() {
-    let m = f32_model();
+    let m = smollm2_arc(WeightDtype::F32);
     let g = Grammars::new(&m.tokenizer, m.model.config().vocab_size).unwrap();
     let options = vec!["red".to_string(), "green".to_string(), "blue".to_string()];
     let c = g.compile(&GrammarSpec::Choice(options.clone())).unwrap();

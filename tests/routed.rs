@@ -15,7 +15,7 @@ use loraplex_runtime::EngineConfig;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::util::{golden_json, ids, tiny_arc, tiny_registry};
+use crate::util::{golden_json, ids, post_text, sse_data, tiny_arc, tiny_registry};
 
 fn state(records: &Path) -> AppState {
     let lm = tiny_arc();
@@ -235,19 +235,9 @@ async fn chat_stream(st: &AppState, model: &str) -> Vec<Value> {
     let body = json!({"model": model, "stream": true, "max_tokens": 12, "temperature": 0.8,
         "seed": 5, "user": "u7", "ignore_eos": true,
         "messages": [{"role": "user", "content": "Say something."}]});
-    let req = Request::builder()
-        .method("POST")
-        .uri("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let resp = app(st.clone()).oneshot(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8(bytes.to_vec())
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
+    let (status, text) = post_text(st, "/v1/chat/completions", &body).await;
+    assert_eq!(status, StatusCode::OK);
+    sse_data(&text)
         .map(|d| {
             let mut v: Value = serde_json::from_str(d).unwrap_or(json!(d));
             if let Some(m) = v.as_object_mut() {

@@ -4,14 +4,12 @@
 //! base and an adapter. The tiny model's weights are random: whatever it says under a constraint
 //! is the constraint's doing.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use loraplex_gateway::{app, AppState};
+use axum::http::StatusCode;
+use loraplex_gateway::AppState;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 use crate::gateway::{assert_error, call, chat_body, state};
+use crate::util::{post_text, sse_data};
 
 fn completion_body() -> Value {
     json!({"model": "tiny", "prompt": "Hello", "max_tokens": 4, "temperature": 0})
@@ -254,20 +252,10 @@ async fn regex_constrained_completions_match_on_both_endpoints() {
 
 /// A streamed chat's concatenated content and its finish reason.
 async fn stream_chat(st: &AppState, body: Value) -> (String, String) {
-    let req = Request::post("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let resp = app(st.clone()).oneshot(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let (status, body) = post_text(st, "/v1/chat/completions", &body).await;
+    assert_eq!(status, StatusCode::OK);
     let (mut text, mut finish) = (String::new(), String::new());
-    for data in std::str::from_utf8(&bytes)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-    {
+    for data in sse_data(&body).filter(|d| *d != "[DONE]") {
         let chunk: Value = serde_json::from_str(data).unwrap();
         let choice = &chunk["choices"][0];
         text.push_str(choice["delta"]["content"].as_str().unwrap_or_default());

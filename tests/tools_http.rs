@@ -4,20 +4,15 @@
 //! arguments follow the function's schema, streamed calls in OpenAI's chunk format that
 //! reassemble into the non-streamed answer, and a follow-up turn with a tool result.
 
-use std::sync::{Arc, OnceLock};
-
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use loraplex_adapters::AdapterRegistry;
-use loraplex_gateway::{app, AppState, GatewayConfig};
-use loraplex_models::{ChatMessage, LoadedModel, ToolCall, WeightDtype};
+use loraplex_gateway::{AppState, GatewayConfig};
+use loraplex_models::{ChatMessage, ToolCall, WeightDtype};
 use loraplex_runtime::EngineConfig;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 use crate::gateway::{assert_error, call, chat_body, state};
-use crate::util::{load, smollm2_path};
+use crate::util::{post_text, smollm2_arc, sse_data};
 
 fn weather_tool() -> Value {
     json!({"type": "function", "function": {"name": "get_weather",
@@ -143,14 +138,8 @@ async fn tool_and_message_refusals_name_the_field() {
     );
 }
 
-fn smollm2_arc() -> Arc<LoadedModel> {
-    static M: OnceLock<Arc<LoadedModel>> = OnceLock::new();
-    M.get_or_init(|| Arc::new(load(smollm2_path().to_str().unwrap(), WeightDtype::Auto)))
-        .clone()
-}
-
 fn smollm2_state() -> AppState {
-    let lm = smollm2_arc();
+    let lm = smollm2_arc(WeightDtype::Auto);
     let engine =
         loraplex_runtime::start(lm.clone(), AdapterRegistry::new(), EngineConfig::default())
             .unwrap();
@@ -222,20 +211,9 @@ async fn required_and_named_calls_follow_the_schema() {
 
 /// The `data:` payloads of an SSE body, `[DONE]` last.
 async fn sse(st: &AppState, body: Value) -> Vec<String> {
-    let req = Request::builder()
-        .method("POST")
-        .uri("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let resp = app(st.clone()).oneshot(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8(bytes.to_vec())
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: ").map(String::from))
-        .collect()
+    let (status, text) = post_text(st, "/v1/chat/completions", &body).await;
+    assert_eq!(status, StatusCode::OK);
+    sse_data(&text).map(String::from).collect()
 }
 
 #[tokio::test]
@@ -332,7 +310,7 @@ async fn a_follow_up_turn_renders_the_call_and_its_result() {
     assert_ne!(v["choices"][0]["finish_reason"], "tool_calls");
     // The prompt is the conversation in the default rendering: the tools in the system turn,
     // the call as the model writes one, the result as a user turn.
-    let lm = smollm2_arc();
+    let lm = smollm2_arc(WeightDtype::Auto);
     let msgs = [
         ChatMessage::new("user", "What is the weather like in Paris right now?"),
         ChatMessage {

@@ -5,17 +5,14 @@
 
 use std::sync::OnceLock;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use loraplex_adapters::AdapterRegistry;
-use loraplex_gateway::{app, AppState, GatewayConfig};
+use loraplex_gateway::{AppState, GatewayConfig};
 use loraplex_models::{Tokenizer, WeightDtype};
 use loraplex_runtime::{EngineConfig, FinishReason, GenerationParams, SequenceState};
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
-use crate::util::{load, smollm2, smollm2_path};
+use crate::util::{post_text, smollm2, smollm2_arc, sse_data};
 
 /// The id of the token that is exactly this one byte.
 fn byte_token(tok: &Tokenizer, b: u8) -> u32 {
@@ -85,7 +82,7 @@ fn a_cut_character_is_dropped_not_replaced() {
 fn state() -> AppState {
     static S: OnceLock<AppState> = OnceLock::new();
     S.get_or_init(|| {
-        let lm = std::sync::Arc::new(load(smollm2_path().to_str().unwrap(), WeightDtype::Auto));
+        let lm = smollm2_arc(WeightDtype::Auto);
         let engine =
             loraplex_runtime::start(lm.clone(), AdapterRegistry::new(), EngineConfig::default())
                 .unwrap();
@@ -100,16 +97,7 @@ fn state() -> AppState {
 }
 
 async fn post(body: Value) -> (StatusCode, String) {
-    let req = Request::builder()
-        .method("POST")
-        .uri("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let resp = app(state()).oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(bytes.to_vec()).unwrap())
+    post_text(&state(), "/v1/chat/completions", &body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,9 +126,7 @@ async fn http_replies_cut_inside_a_character_carry_no_replacement_character() {
     let (s, sse) = post(body(true)).await;
     assert_eq!(s, StatusCode::OK);
     assert!(sse.contains("[DONE]"), "{sse}");
-    let chunks: Vec<Value> = sse
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
+    let chunks: Vec<Value> = sse_data(&sse)
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
         .collect();
     let content: String = chunks

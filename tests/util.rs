@@ -1,8 +1,14 @@
 //! Paths to the golden references (`tests/golden/`, see its README) and the default model, and
-//! small readers for them.
+//! small readers for them; the HTTP round trip of tests that read a body as text (SSE).
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use loraplex_gateway::{app, AppState};
+use tower::ServiceExt;
 
 use loraplex_models::{
     KvCache, LoadOptions, LoadedModel, LogitsFor, LoraWeights, SeqInput, WeightDtype,
@@ -74,14 +80,42 @@ pub fn tiny() -> &'static LoadedModel {
 }
 
 pub fn smollm2(dtype: WeightDtype) -> &'static LoadedModel {
-    static F32: OnceLock<LoadedModel> = OnceLock::new();
-    static AUTO: OnceLock<LoadedModel> = OnceLock::new();
+    smollm2_cell(dtype)
+}
+
+/// The same shared instance, for engines and gateway states (which take an `Arc`).
+pub fn smollm2_arc(dtype: WeightDtype) -> Arc<LoadedModel> {
+    smollm2_cell(dtype).clone()
+}
+
+fn smollm2_cell(dtype: WeightDtype) -> &'static Arc<LoadedModel> {
+    static F32: OnceLock<Arc<LoadedModel>> = OnceLock::new();
+    static AUTO: OnceLock<Arc<LoadedModel>> = OnceLock::new();
     let cell = match dtype {
         WeightDtype::F32 => &F32,
         WeightDtype::Auto => &AUTO,
         other => panic!("no shared instance for {other:?}"),
     };
-    cell.get_or_init(|| load(smollm2_path().to_str().unwrap(), dtype))
+    cell.get_or_init(|| Arc::new(load(smollm2_path().to_str().unwrap(), dtype)))
+}
+
+/// POSTs a JSON body through `app(st).oneshot`; the status and the body as text.
+pub async fn post_text(st: &AppState, uri: &str, body: &Value) -> (StatusCode, String) {
+    let req = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = app(st.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+/// The `data:` payloads of an SSE body, in order (`[DONE]` included).
+pub fn sse_data(body: &str) -> impl Iterator<Item = &str> {
+    body.lines().filter_map(|l| l.strip_prefix("data: "))
 }
 
 pub fn ids(v: &Value) -> Vec<u32> {
