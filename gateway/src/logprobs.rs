@@ -1,8 +1,7 @@
 //! Logprobs in OpenAI's two shapes: chat's list of token objects, and the legacy endpoint's
 //! parallel arrays with character offsets.
 
-use std::collections::HashMap;
-
+use indexmap::IndexMap;
 use loraplex_models::Tokenizer;
 use loraplex_runtime::TokenLogprob;
 
@@ -102,7 +101,7 @@ impl<'a> Tokens<'a> {
                 .iter()
                 .take(self.top)
                 .map(|&(t, v)| (self.text(t), v))
-                .collect::<HashMap<_, _>>()
+                .collect::<IndexMap<_, _>>()
         }));
     }
 }

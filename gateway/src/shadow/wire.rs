@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -43,9 +44,10 @@ pub struct ScoreResult {
     pub tokens: Vec<String>,
     pub token_ids: Vec<u32>,
     pub token_logprobs: Vec<f32>,
-    /// Per token, the most likely alternatives (OpenAI's legacy shape), when asked for.
+    /// Per token, the most likely alternatives (OpenAI's legacy shape, most likely first), when
+    /// asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub top_logprobs: Option<Vec<HashMap<String, f32>>>,
+    pub top_logprobs: Option<Vec<IndexMap<String, f32>>>,
     #[serde(flatten)]
     pub summary: Summary,
 }
