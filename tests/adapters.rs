@@ -9,15 +9,18 @@ use loraplex_adapters::{
     LoadedAdapter, Recorded,
 };
 use loraplex_models::{
-    KvCache, LoadedModel, LogitsFor, LoraPrecision, LoraWeights, SeqInput, WeightDtype,
+    KernelChoice, KvCache, LoadedModel, LogitsFor, LoraPrecision, LoraWeights, SeqInput, Tier,
+    WeightDtype,
 };
 use loraplex_runtime::{argmax, GenRequest, GenerationParams};
 
 use crate::adapter_fixtures::{
     all_targets, merged_tiny, random_tiny_adapter, write_bad_tiny_adapter, BAD_CASES,
 };
+use crate::golden_tiny::batch_tolerance;
 use crate::util::{
-    golden, golden_json, ids, last_logits, max_abs_diff, read_npy_f32, smollm2, staggered, tiny,
+    golden, golden_json, ids, last_logits, max_abs_diff, read_npy_f32, smollm2, smollm2_on,
+    staggered, test_kernels, tiny, tiny_on,
 };
 
 fn load(lm: &LoadedModel, dir: &Path) -> LoadedAdapter {
@@ -25,12 +28,14 @@ fn load(lm: &LoadedModel, dir: &Path) -> LoadedAdapter {
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 
-fn tiny_adapter(name: &str) -> LoadedAdapter {
-    load(tiny(), &golden().join("tiny-adapters").join(name))
+fn tiny_adapter(lm: &LoadedModel, name: &str) -> LoadedAdapter {
+    load(lm, &golden().join("tiny-adapters").join(name))
 }
 
-#[test]
-fn tiny_adapters_match_peft_logits_and_greedy_ids() {
+test_kernels!(tiny_adapters_match_peft_logits_and_greedy_ids);
+
+fn tiny_adapters_match_peft_logits_and_greedy_ids(k: KernelChoice) {
+    let tiny = || tiny_on(k);
     let cases = golden_json("tiny_cases.json");
     let variants: Vec<String> = cases["variants"]
         .as_array()
@@ -41,7 +46,7 @@ fn tiny_adapters_match_peft_logits_and_greedy_ids() {
     let (shape, all) = read_npy_f32("tiny_last_logits.npy");
     let (n_cases, vocab) = (shape[1], shape[2]);
     for (v, name) in variants.iter().enumerate().skip(1) {
-        let a = tiny_adapter(name);
+        let a = tiny_adapter(tiny(), name);
         for (i, case) in cases["cases"].as_array().unwrap().iter().enumerate() {
             let prompt = ids(&case["input_ids"]);
             let got = last_logits(tiny(), &prompt, Some(&a.weights));
@@ -68,8 +73,10 @@ fn tiny_adapters_match_peft_logits_and_greedy_ids() {
     }
 }
 
-#[test]
-fn mixed_adapter_batch_equals_each_request_alone() {
+test_kernels!(mixed_adapter_batch_equals_each_request_alone);
+
+fn mixed_adapter_batch_equals_each_request_alone(k: KernelChoice) {
+    let tiny = || tiny_on(k);
     let cases = golden_json("tiny_cases.json");
     let batch = &cases["batch_case"];
     let names: Vec<&str> = batch["adapters"]
@@ -81,7 +88,7 @@ fn mixed_adapter_batch_equals_each_request_alone() {
     let loaded: HashMap<&str, LoadedAdapter> = names
         .iter()
         .filter(|n| **n != "base")
-        .map(|n| (*n, tiny_adapter(n)))
+        .map(|n| (*n, tiny_adapter(tiny(), n)))
         .collect();
     let adapters: Vec<Option<&LoraWeights>> = names
         .iter()
@@ -104,7 +111,7 @@ fn mixed_adapter_batch_equals_each_request_alone() {
             .map(|(a, b)| max_abs_diff(a, b))
             .fold(0.0, f32::max);
         assert!(
-            worst <= 1e-5,
+            worst <= batch_tolerance(k),
             "prompt {i} ({}): batched vs alone {worst}",
             names[i]
         );
@@ -140,14 +147,9 @@ fn half_precision_adapters_stay_within_f16_rounding_of_f32() {
     // other quantized weights (half the bytes a decode step streams); exact bases keep f32 so
     // the golden comparisons stay exact.
     assert_eq!(tiny().model.lora_precision(), LoraPrecision::F32);
-    let packed = loraplex_models::PackedQ8::supported();
     assert_eq!(
         smollm2(WeightDtype::Auto).model.lora_precision(),
-        if packed {
-            LoraPrecision::Q8
-        } else {
-            LoraPrecision::F16
-        }
+        LoraPrecision::Q8
     );
     assert_eq!(
         smollm2(WeightDtype::F32).model.lora_precision(),
@@ -168,11 +170,10 @@ fn half_precision_adapters_stay_within_f16_rounding_of_f32() {
         half.info.bytes * 2 == exact.info.bytes,
         "f16 holds half the bytes"
     );
-    // 8 bits where the CPU has the kernel (f16 otherwise): A as packed Q8_0 blocks, (s·B)ᵀ
-    // with one scale per rank row.
+    // 8 bits: A as packed Q8_0 blocks, (s·B)ᵀ with one scale per rank row.
     let q8 = at(LoraPrecision::Q8);
     assert!(
-        !packed || q8.info.bytes * 3 < exact.info.bytes,
+        q8.info.bytes * 3 < exact.info.bytes,
         "8-bit: ≈ 1/4 the bytes"
     );
     for case in golden_json("tiny_cases.json")["cases"].as_array().unwrap() {
@@ -197,14 +198,25 @@ fn half_precision_adapters_stay_within_f16_rounding_of_f32() {
 }
 
 #[test]
-fn quantized_rows_are_bit_identical_alone_and_in_any_batch() {
-    // With the VNNI kernel every row runs the same instructions whatever shares its step, so
-    // a request's output cannot depend on its neighbours (or on how many there are).
-    if !loraplex_models::PackedQ8::supported() {
-        eprintln!("no AVX-512 VNNI: rows are only equal within quantization error here");
-        return;
+fn quantized_rows_are_bit_identical_alone_and_in_any_batch_on_every_tier() {
+    // On every CPU tier each row runs the same operations whatever shares its step, so a
+    // request's output cannot depend on its neighbours (or on how many there are).
+    let tiers = Tier::available();
+    eprintln!("tiers: {tiers:?}");
+    let mut first: Option<Vec<Vec<f32>>> = None;
+    for tier in tiers {
+        let alone =
+            bit_identical_in_batches(smollm2_on(WeightDtype::Auto, KernelChoice::Tier(tier)));
+        // And every tier gives the same bits as the others.
+        match &first {
+            None => first = Some(alone),
+            Some(f) => assert!(f == &alone, "{tier} differs from the portable tier"),
+        }
     }
-    let lm = smollm2(WeightDtype::Auto);
+}
+
+/// Each prompt's last logits alone, after checking they equal its logits in one mixed batch.
+fn bit_identical_in_batches(lm: &LoadedModel) -> Vec<Vec<f32>> {
     let dir = golden().join("smollm2-adapters").join("rand-r8-qv");
     let adapter = load(lm, &dir);
     let prompts: Vec<Vec<u32>> = (0..5u32)
@@ -231,6 +243,7 @@ fn quantized_rows_are_bit_identical_alone_and_in_any_batch() {
             "prompt {i}: batched logits differ from alone"
         );
     }
+    alone
 }
 
 fn smollm2_case_ids() -> Vec<(Vec<u32>, serde_json::Value)> {
@@ -242,9 +255,10 @@ fn smollm2_case_ids() -> Vec<(Vec<u32>, serde_json::Value)> {
         .collect()
 }
 
-#[test]
-fn smollm2_adapter_on_gguf_f32_matches_peft() {
-    let lm = smollm2(WeightDtype::F32);
+test_kernels!(smollm2_adapter_on_gguf_f32_matches_peft);
+
+fn smollm2_adapter_on_gguf_f32_matches_peft(k: KernelChoice) {
+    let lm = smollm2_on(WeightDtype::F32, k);
     let a = load(lm, &golden().join("smollm2-adapters/rand-r8-qv"));
     assert_eq!((a.info.rank, a.info.modules), (8, 60));
     for (prompt, results) in smollm2_case_ids() {
@@ -282,9 +296,10 @@ fn smollm2_adapter_on_gguf_f32_matches_peft() {
     }
 }
 
-#[test]
-fn smollm2_adapter_on_quantized_path_agrees_when_teacher_forced() {
-    let lm = smollm2(WeightDtype::Auto);
+test_kernels!(smollm2_adapter_on_quantized_path_agrees_when_teacher_forced);
+
+fn smollm2_adapter_on_quantized_path_agrees_when_teacher_forced(k: KernelChoice) {
+    let lm = smollm2_on(WeightDtype::Auto, k);
     let a = load(lm, &golden().join("smollm2-adapters/rand-r8-qv"));
     let (mut agree, mut total, mut differs) = (0, 0, 0);
     for (prompt, results) in smollm2_case_ids() {
@@ -302,7 +317,7 @@ fn smollm2_adapter_on_quantized_path_agrees_when_teacher_forced() {
             differs += (scored[k].logprob.logprob != base[k].logprob.logprob) as usize;
         }
     }
-    eprintln!("adapter on the quantized path: teacher-forced agreement {agree}/{total}");
+    eprintln!("adapter on the quantized path ({k:?}): teacher-forced agreement {agree}/{total}");
     assert!(
         total >= 50 && agree as f64 >= 0.9 * total as f64,
         "{agree}/{total}"

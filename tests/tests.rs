@@ -20,6 +20,7 @@ mod golden_smollm2; // the real SmolLM2 GGUF against transformers' dequantized-f
 mod golden_tiny; // the tiny Llama against transformers' exact f32 logits, alone and batched
 mod hub; // hub ids through hf-hub's cache layout; offline mode stays offline
 mod load_errors; // broken model files give typed errors naming the file
+mod portable; // the binary under qemu-user as older CPUs (Haswell, no AVX): runs, picks their tier, same greedy ids
 mod routed; // requests on routes: arm headers, primaries unchanged by shadows, live scores equal the endpoint's, records, report, 409s
 mod shadow; // POST /v1/shadow/score against echo + logprobs, its refusals; the live ShadowQueue: same scores, failures and drops counted
 mod structured_http; // response_format, structured_outputs and guided_* over HTTP: every refusal, constrained answers that match; 405s

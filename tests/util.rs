@@ -1,8 +1,9 @@
 //! Paths to the golden references (`tests/golden/`, see its README) and the default model, and
 //! small readers for them; the HTTP round trip of tests that read a body as text (SSE).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -11,7 +12,7 @@ use loraplex_gateway::{app, AppState};
 use tower::ServiceExt;
 
 use loraplex_models::{
-    KvCache, LoadOptions, LoadedModel, LogitsFor, LoraWeights, SeqInput, WeightDtype,
+    KernelChoice, KvCache, LoadOptions, LoadedModel, LogitsFor, LoraWeights, SeqInput, WeightDtype,
 };
 use loraplex_runtime::argmax;
 use serde_json::Value;
@@ -44,14 +45,60 @@ pub fn smollm2_path() -> PathBuf {
 }
 
 pub fn load(spec: &str, dtype: WeightDtype) -> LoadedModel {
+    load_on(spec, dtype, KernelChoice::Auto)
+}
+
+pub fn load_on(spec: &str, dtype: WeightDtype, kernels: KernelChoice) -> LoadedModel {
     loraplex_models::load(
         spec,
         &LoadOptions {
             dtype,
+            kernels,
             ..Default::default()
         },
     )
-    .unwrap_or_else(|e| panic!("load {spec}: {e}"))
+    .unwrap_or_else(|e| panic!("load {spec} ({kernels:?}): {e}"))
+}
+
+/// The kernel sets the golden suites run on (see `test_kernels!`).
+pub mod kernels {
+    use loraplex_models::{KernelChoice, Tier};
+
+    /// The reference tier, on any CPU.
+    pub fn portable() -> KernelChoice {
+        KernelChoice::Tier(Tier::Portable)
+    }
+
+    /// The fastest tier this CPU runs.
+    pub fn detected() -> KernelChoice {
+        KernelChoice::Auto
+    }
+
+    /// candle's generic ops on the CPU: the path every GPU takes.
+    pub fn candle() -> KernelChoice {
+        KernelChoice::Candle
+    }
+}
+
+/// One shared instance per model, dtype and kernels, loaded on first use.
+fn shared(name: &str, dtype: WeightDtype, kernels: KernelChoice) -> &'static Arc<LoadedModel> {
+    type Cell = &'static OnceLock<Arc<LoadedModel>>;
+    static CELLS: OnceLock<Mutex<HashMap<String, Cell>>> = OnceLock::new();
+    let key = format!("{name}/{dtype:?}/{kernels:?}");
+    // The map's lock is held only to find the cell: loads of different models run in parallel.
+    let cell: Cell = *CELLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(key)
+        .or_insert_with(|| Box::leak(Box::default()));
+    cell.get_or_init(|| {
+        let spec = match name {
+            "tiny" => golden().join("tiny-llama"),
+            _ => smollm2_path(),
+        };
+        Arc::new(load_on(spec.to_str().unwrap(), dtype, kernels))
+    })
 }
 
 /// A fresh tiny model (for tests that start their own engine).
@@ -70,34 +117,46 @@ pub fn tiny_registry() -> loraplex_adapters::AdapterRegistry {
 }
 
 pub fn tiny() -> &'static LoadedModel {
-    static M: OnceLock<LoadedModel> = OnceLock::new();
-    M.get_or_init(|| {
-        load(
-            golden().join("tiny-llama").to_str().unwrap(),
-            WeightDtype::F32,
-        )
-    })
+    tiny_on(KernelChoice::Auto)
+}
+
+pub fn tiny_on(kernels: KernelChoice) -> &'static LoadedModel {
+    shared("tiny", WeightDtype::F32, kernels)
 }
 
 pub fn smollm2(dtype: WeightDtype) -> &'static LoadedModel {
-    smollm2_cell(dtype)
+    smollm2_on(dtype, KernelChoice::Auto)
 }
 
 /// The same shared instance, for engines and gateway states (which take an `Arc`).
 pub fn smollm2_arc(dtype: WeightDtype) -> Arc<LoadedModel> {
-    smollm2_cell(dtype).clone()
+    shared("smollm2", dtype, KernelChoice::Auto).clone()
 }
 
-fn smollm2_cell(dtype: WeightDtype) -> &'static Arc<LoadedModel> {
-    static F32: OnceLock<Arc<LoadedModel>> = OnceLock::new();
-    static AUTO: OnceLock<Arc<LoadedModel>> = OnceLock::new();
-    let cell = match dtype {
-        WeightDtype::F32 => &F32,
-        WeightDtype::Auto => &AUTO,
-        other => panic!("no shared instance for {other:?}"),
-    };
-    cell.get_or_init(|| Arc::new(load(smollm2_path().to_str().unwrap(), dtype)))
+pub fn smollm2_on(dtype: WeightDtype, kernels: KernelChoice) -> &'static LoadedModel {
+    shared("smollm2", dtype, kernels)
 }
+
+/// Runs `check(kernels)` as one test per kernel set — the portable tier, the tier this CPU
+/// runs best, and candle's generic ops (every GPU's path) on the CPU — in the spirit of
+/// candle's `test_device!`: `test_kernels!(check)` makes `check::portable`, `check::detected`
+/// and `check::candle`.
+macro_rules! test_kernels {
+    ($check:ident) => {
+        test_kernels!($check: portable, detected, candle);
+    };
+    ($check:ident: $($k:ident),+) => {
+        mod $check {
+            $(
+                #[test]
+                fn $k() {
+                    super::$check($crate::util::kernels::$k())
+                }
+            )+
+        }
+    };
+}
+pub(crate) use test_kernels;
 
 /// POSTs a JSON body through `app(st).oneshot`; the status and the body as text.
 pub async fn post_text(st: &AppState, uri: &str, body: &Value) -> (StatusCode, String) {

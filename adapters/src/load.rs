@@ -7,7 +7,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 
-use loraplex_models::{LlamaConfig, LoraDelta, LoraPrecision, LoraWeights, Proj, RopeLayout};
+use loraplex_models::{
+    Kernels, LlamaConfig, LoraDelta, LoraPrecision, LoraTarget, LoraWeights, Proj, RopeLayout,
+};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -29,6 +31,8 @@ pub struct BaseModel {
     pub device: Device,
     /// How the CPU holds the deltas (the model's choice, see `Llama::lora_precision`).
     pub precision: LoraPrecision,
+    /// What runs the model: the CPU wing holds deltas on the host, candle's ops as tensors.
+    pub kernels: Kernels,
 }
 
 impl BaseModel {
@@ -39,6 +43,7 @@ impl BaseModel {
             dtype: lm.model.dtype(),
             device: lm.model.device().clone(),
             precision: lm.model.lora_precision(),
+            kernels: lm.model.kernels(),
         }
     }
 }
@@ -528,9 +533,12 @@ fn build(
                 &b,
                 (out, rank, inp),
                 scale,
-                base.dtype,
-                base.precision,
-                &base.device,
+                LoraTarget {
+                    kernels: base.kernels,
+                    dtype: base.dtype,
+                    precision: base.precision,
+                    device: &base.device,
+                },
             )?;
             Ok((key, delta, rank, digests))
         })

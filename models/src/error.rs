@@ -54,6 +54,9 @@ pub enum ModelError {
     #[error("unsupported device {0:?} (expected cpu, cuda[:N] or metal)")]
     Device(String),
 
+    #[error("CPU kernels: {0}")]
+    CpuKernels(String),
+
     #[error("invalid batch: {0}")]
     InvalidBatch(String),
 

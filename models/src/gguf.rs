@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::{LlamaConfig, RopeLayout, RopeScaling, SUPPORTED_ARCHS};
 use crate::error::{ModelError, Result};
+use crate::kernels::Kernels;
 use crate::layers::{Embedding, WeightMatrix};
 use crate::progress::Progress;
 use crate::weights::{Holding, Naming, Proj, WeightDtype, WeightReader};
@@ -166,6 +167,7 @@ pub(crate) struct GgufReader {
     file: GgufFile,
     holding: Holding,
     device: Device,
+    kernels: Kernels,
     progress: Progress,
     /// The token embedding, kept for a tied output projection.
     embed_q: Option<Arc<QTensor>>,
@@ -174,11 +176,12 @@ pub(crate) struct GgufReader {
 }
 
 impl GgufReader {
-    pub fn new(file: GgufFile, dtype: WeightDtype, device: &Device) -> Self {
+    pub fn new(file: GgufFile, dtype: WeightDtype, device: &Device, kernels: Kernels) -> Self {
         let progress = Progress::bytes(file.tensor_bytes(), "loading weights");
         Self {
-            holding: dtype.resolve(true, DType::F32, device),
+            holding: dtype.resolve(true, DType::F32, device, kernels),
             device: device.clone(),
+            kernels,
             progress,
             file,
             embed_q: None,
@@ -234,6 +237,10 @@ impl WeightReader for GgufReader {
 
     fn device(&self) -> &Device {
         &self.device
+    }
+
+    fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     fn activation_dtype(&self) -> DType {

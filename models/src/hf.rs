@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value as Json;
 
 use crate::error::{ModelError, Result};
+use crate::kernels::Kernels;
 use crate::layers::{Embedding, WeightMatrix};
 use crate::progress::Progress;
 use crate::tokenizer::SpecialTokens;
@@ -49,6 +50,7 @@ pub(crate) struct SafetensorsReader {
     index: HashMap<String, usize>,
     holding: Holding,
     device: Device,
+    kernels: Kernels,
     progress: Progress,
     embed: Option<Tensor>,
 }
@@ -59,6 +61,7 @@ impl SafetensorsReader {
         file_dtype: DType,
         dtype: WeightDtype,
         device: &Device,
+        kernels: Kernels,
     ) -> Result<Self> {
         let mut files = Vec::new();
         let mut index = HashMap::new();
@@ -81,8 +84,9 @@ impl SafetensorsReader {
         Ok(Self {
             files,
             index,
-            holding: dtype.resolve(false, file_dtype, device),
+            holding: dtype.resolve(false, file_dtype, device, kernels),
             device: device.clone(),
+            kernels,
             progress: Progress::bytes(total, "loading weights"),
             embed: None,
         })
@@ -126,6 +130,10 @@ impl WeightReader for SafetensorsReader {
 
     fn device(&self) -> &Device {
         &self.device
+    }
+
+    fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     fn activation_dtype(&self) -> DType {

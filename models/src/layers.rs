@@ -6,34 +6,30 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::config::{LlamaConfig, RopeLayout};
+use crate::cpu::PackedQ8;
 use crate::error::Result;
+use crate::kernels::Kernels;
 use crate::lora::LoraGroups;
 use crate::matmul::dense_matmul;
 use crate::names::Proj;
-use crate::q8_packed::PackedQ8;
-
-/// Below this many rows a step is bandwidth-bound (decode) and the compact quantized weights win;
-/// at or above it the step is compute-bound (prefill, large batches) and a dense GEMM wins.
-pub const DENSE_MIN_ROWS: usize = 8;
 
 /// How one weight matrix is held in memory.
 #[derive(Debug, Clone)]
 pub enum WeightMatrix {
-    /// ggml-quantized blocks, multiplied with 8-bit activations.
+    /// ggml-quantized blocks for candle's quantized matmul (candle's kernels; on the CPU wing,
+    /// only shapes the packed form does not tile).
     Quantized(Arc<QTensor>),
     /// A plain `[out, in]` matrix in the activation dtype.
     Dense(Tensor),
-    /// Both forms: the quantized one for few rows, the dense one for many (see [`DENSE_MIN_ROWS`]).
-    Dual { q: Arc<QTensor>, dense: Tensor },
-    /// Q8_0 blocks packed for the VNNI kernel (CPUs that have it): it serves every row count,
-    /// prefill included, so neither candle's blocks nor a dense copy are kept beside it.
+    /// 8-bit packed for the CPU wing: it serves every row count, prefill included, so neither
+    /// candle's blocks nor a dense copy are kept beside it.
     Packed(Arc<PackedQ8>),
 }
 
 impl WeightMatrix {
     pub fn dims(&self) -> (usize, usize) {
         let s = match self {
-            WeightMatrix::Quantized(q) | WeightMatrix::Dual { q, .. } => q.shape().dims().to_vec(),
+            WeightMatrix::Quantized(q) => q.shape().dims().to_vec(),
             WeightMatrix::Dense(t) => t.dims().to_vec(),
             WeightMatrix::Packed(p) => return p.dims(),
         };
@@ -41,11 +37,9 @@ impl WeightMatrix {
     }
 
     pub fn size_in_bytes(&self) -> usize {
-        let dense = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
         match self {
             WeightMatrix::Quantized(q) => q.storage_size_in_bytes(),
-            WeightMatrix::Dense(t) => dense(t),
-            WeightMatrix::Dual { q, dense: t } => q.storage_size_in_bytes() + dense(t),
+            WeightMatrix::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
             WeightMatrix::Packed(p) => p.size_in_bytes(),
         }
     }
@@ -54,7 +48,7 @@ impl WeightMatrix {
     pub fn to_dense(&self, device: &Device) -> Result<Tensor> {
         Ok(match self {
             WeightMatrix::Quantized(q) => q.dequantize(device)?,
-            WeightMatrix::Dense(t) | WeightMatrix::Dual { dense: t, .. } => t.clone(),
+            WeightMatrix::Dense(t) => t.clone(),
             WeightMatrix::Packed(p) => p.to_dense(device)?,
         })
     }
@@ -72,9 +66,7 @@ pub struct Linear {
 impl Linear {
     pub fn new(weight: WeightMatrix) -> Result<Self> {
         let qmm = match &weight {
-            WeightMatrix::Quantized(q) | WeightMatrix::Dual { q, .. } => {
-                Some(QMatMul::from_arc(q.clone())?)
-            }
+            WeightMatrix::Quantized(q) => Some(QMatMul::from_arc(q.clone())?),
             WeightMatrix::Dense(_) | WeightMatrix::Packed(_) => None,
         };
         Ok(Self { weight, qmm })
@@ -84,44 +76,24 @@ impl Linear {
         &self.weight
     }
 
-    /// `x`: `[rows, in]` → `[rows, out]`, plus each row's LoRA delta for `(layer, proj)`. With
-    /// packed weights the deltas are computed inside the product's own parallel pass, saving a
-    /// thread-pool round trip per projection.
-    pub(crate) fn forward_lora(
-        &self,
-        x: &Tensor,
-        lora: &LoraGroups<'_>,
-        layer: usize,
-        proj: Proj,
-    ) -> Result<Tensor> {
-        if lora.is_empty() {
-            return self.forward(x);
-        }
-        if let WeightMatrix::Packed(p) = &self.weight {
-            if let Some(rows) = lora.host_rows(layer, proj, x.dim(0)?) {
-                return p.forward_with_lora(x, &rows);
-            }
-        }
-        lora.apply(layer, proj, x, self.forward(x)?)
-    }
-
-    /// [`Linear::forward_lora`] of several projections sharing the input `x` (q, k, v; gate,
-    /// up). When all are packed they run in one parallel pass (see `PackedQ8::forward_many`).
-    pub(crate) fn forward_lora_many(
+    /// The projections `lins` sharing the input `x` (q, k, v; gate, up; or one), each plus its
+    /// rows' LoRA deltas: the one place a projection runs. On the CPU wing, packed matrices run
+    /// in one parallel pass with their deltas inside it (see `PackedQ8::forward_many`).
+    pub(crate) fn project(
         lins: &[(&Linear, Proj)],
         x: &Tensor,
         lora: &LoraGroups<'_>,
         layer: usize,
     ) -> Result<Vec<Tensor>> {
-        let rows = x.dim(0)?;
-        let packed: Option<Vec<&PackedQ8>> = lins
-            .iter()
-            .map(|(l, _)| match &l.weight {
-                WeightMatrix::Packed(p) => Some(p.as_ref()),
-                _ => None,
-            })
-            .collect();
-        if let Some(mats) = packed {
+        if let Kernels::Cpu(_) = lora.kernels() {
+            let packed: Option<Vec<&PackedQ8>> = lins
+                .iter()
+                .map(|(l, _)| match &l.weight {
+                    WeightMatrix::Packed(p) => Some(p.as_ref()),
+                    _ => None,
+                })
+                .collect();
+            let rows = x.dim(0)?;
             let deltas: Option<Vec<Vec<_>>> = lins
                 .iter()
                 .map(|&(_, p)| {
@@ -132,29 +104,27 @@ impl Linear {
                     }
                 })
                 .collect();
-            if let Some(deltas) = deltas {
+            if let (Some(mats), Some(deltas)) = (packed, deltas) {
                 let deltas: Vec<&[_]> = deltas.iter().map(Vec::as_slice).collect();
                 return PackedQ8::forward_many(&mats, x, &deltas);
             }
         }
         lins.iter()
-            .map(|&(l, p)| l.forward_lora(x, lora, layer, p))
+            .map(|&(l, p)| lora.apply(layer, p, x, l.forward(x, lora.kernels())?))
             .collect()
     }
 
     /// `x`: `[rows, in]` → `[rows, out]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let rows = x.dim(0)?;
-        let y = match (&self.weight, &self.qmm) {
-            (WeightMatrix::Dual { dense, .. }, _) if rows >= DENSE_MIN_ROWS => {
-                dense_matmul(x, dense)?
+    pub fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<Tensor> {
+        match (&self.weight, &self.qmm, kernels) {
+            (WeightMatrix::Dense(w), _, Kernels::Cpu(_)) => dense_matmul(x, w),
+            (WeightMatrix::Dense(w), _, Kernels::Candle) => crate::candle_ops::matmul(x, w),
+            (WeightMatrix::Packed(p), _, _) => p.forward(x),
+            (WeightMatrix::Quantized(_), Some(q), _) => Ok(q.forward(&x.contiguous()?)?),
+            (WeightMatrix::Quantized(q), None, _) => {
+                Ok(QMatMul::from_arc(q.clone())?.forward(&x.contiguous()?)?)
             }
-            (WeightMatrix::Dense(w), _) => dense_matmul(x, w)?,
-            (WeightMatrix::Packed(p), _) => p.forward(x)?,
-            (_, Some(q)) => q.forward(&x.contiguous()?)?,
-            (_, None) => unreachable!("quantized weights always have a QMatMul"),
-        };
-        Ok(y)
+        }
     }
 }
 
@@ -242,13 +212,17 @@ impl Mlp {
     pub fn forward(
         &self,
         x: &Tensor,
+        kernels: Kernels,
         project: impl Fn(&[(&Linear, Proj)], &Tensor) -> Result<Vec<Tensor>>,
     ) -> Result<Tensor> {
         let [gate, up]: [Tensor; 2] =
             project(&[(&self.gate, Proj::Gate), (&self.up, Proj::Up)], x)?
                 .try_into()
                 .expect("one output per projection");
-        let h = crate::elementwise::silu_mul(&gate, &up)?;
+        let h = match kernels {
+            Kernels::Cpu(caps) => crate::cpu::silu_mul(caps, &gate, &up)?,
+            Kernels::Candle => crate::candle_ops::silu_mul(&gate, &up)?,
+        };
         let [down]: [Tensor; 1] = project(&[(&self.down, Proj::Down)], &h)?
             .try_into()
             .expect("one output per projection");
@@ -271,8 +245,4 @@ impl Embedding {
         };
         Ok(x.to_dtype(dtype)?)
     }
-}
-
-pub(crate) fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    Ok(candle_nn::ops::softmax_last_dim(x)?)
 }

@@ -1,25 +1,22 @@
 //! Loraplex models: architectures, weight loading (GGUF, safetensors, hub), tokenizer and chat
 //! template. Synchronous and free of any async runtime: `models` never depends on tokio.
 
-mod attention_cpu;
+mod candle_ops;
 mod chat;
 mod chat_tools;
 mod config;
-mod elementwise;
+mod cpu;
 mod error;
 mod gguf;
 mod hf;
-mod host_kernels;
+mod kernels;
 mod kv;
 mod layers;
 mod llama;
 mod lora;
-mod lora_q8;
 mod matmul;
 mod names;
 mod progress;
-mod q8_block;
-mod q8_packed;
 mod source;
 mod token_bytes;
 mod tokenizer;
@@ -31,12 +28,13 @@ pub use candle_core::{DType, Device, Tensor};
 pub use chat::{ChatMessage, ChatTemplate, ToolCall};
 pub use chat_tools::{json_text, tool_call_text, TOOL_CALL_CLOSE, TOOL_CALL_OPEN};
 pub use config::{HfConfig, LlamaConfig, RopeLayout, RopeScaling};
+pub use cpu::{Caps, LoraPrecision, PackedQ8, Tier};
 pub use error::{ModelError, Result};
+pub use kernels::{KernelChoice, Kernels};
 pub use kv::KvCache;
-pub use layers::{Linear, WeightMatrix, DENSE_MIN_ROWS};
+pub use layers::{Linear, WeightMatrix};
 pub use llama::{Llama, LogitsFor, SeqInput};
-pub use lora::{LoraDelta, LoraPrecision, LoraWeights};
-pub use q8_packed::PackedQ8;
+pub use lora::{LoraDelta, LoraTarget, LoraWeights};
 pub use source::{fetch_files, resolve, HubOptions, HubRef, ModelFiles};
 pub use token_bytes::{complete_utf8, incomplete_tail};
 pub use tokenizer::{IncrementalDecoder, SpecialTokens, Tokenizer};
@@ -47,6 +45,8 @@ pub use weights::{Naming, Proj, WeightDtype};
 pub struct LoadOptions {
     pub dtype: WeightDtype,
     pub device: Device,
+    /// `--cpu-kernels`: the CPU tier, or candle's generic ops.
+    pub kernels: KernelChoice,
     pub hub: HubOptions,
 }
 
@@ -55,6 +55,7 @@ impl Default for LoadOptions {
         Self {
             dtype: WeightDtype::Auto,
             device: Device::Cpu,
+            kernels: KernelChoice::Auto,
             hub: HubOptions::default(),
         }
     }
@@ -123,7 +124,8 @@ fn load_gguf(path: PathBuf, files: ModelFiles, opts: &LoadOptions) -> Result<Loa
             )
         })
         .transpose()?;
-    let mut reader = gguf::GgufReader::new(file, opts.dtype, &opts.device);
+    let kernels = opts.kernels.resolve(&opts.device)?;
+    let mut reader = gguf::GgufReader::new(file, opts.dtype, &opts.device, kernels);
     let model = Llama::load(cfg, &mut reader)?;
     Ok(LoadedModel {
         model,
@@ -160,7 +162,9 @@ fn load_hf_dir(dir: PathBuf, files: ModelFiles, opts: &LoadOptions) -> Result<Lo
         .transpose()?;
     let weights = hf::weight_files(&dir)?;
     let file_dtype = hf::file_dtype(hf_cfg.stored_dtype());
-    let mut reader = hf::SafetensorsReader::open(&weights, file_dtype, opts.dtype, &opts.device)?;
+    let kernels = opts.kernels.resolve(&opts.device)?;
+    let mut reader =
+        hf::SafetensorsReader::open(&weights, file_dtype, opts.dtype, &opts.device, kernels)?;
     let model = Llama::load(cfg, &mut reader)?;
     Ok(LoadedModel {
         model,

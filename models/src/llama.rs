@@ -7,12 +7,14 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::attention_cpu::{decode_attention, DecodeJob};
+use crate::candle_ops::{attention, causal_mask};
 use crate::config::LlamaConfig;
+use crate::cpu::{decode_attention, DecodeJob};
 use crate::error::{ModelError, Result};
+use crate::kernels::Kernels;
 use crate::kv::KvCache;
-use crate::layers::{softmax_last_dim, Embedding, Linear, Mlp, RmsNorm, Rotary, WeightMatrix};
-use crate::lora::{LoraGroups, LoraWeights};
+use crate::layers::{Embedding, Linear, Mlp, RmsNorm, Rotary, WeightMatrix};
+use crate::lora::{LoraGroups, LoraTarget, LoraWeights};
 use crate::weights::{Proj, WeightReader};
 
 /// Which positions of a sequence need logits.
@@ -70,6 +72,7 @@ pub struct Llama {
     rotary: Rotary,
     dtype: DType,
     device: Device,
+    kernels: Kernels,
 }
 
 impl Llama {
@@ -101,6 +104,7 @@ impl Llama {
         let lm_head = Linear::new(r.lm_head(cfg.tie_word_embeddings, (cfg.vocab_size, h))?)?;
         let dtype = r.activation_dtype();
         let device = r.device().clone();
+        let kernels = r.kernels();
         let rotary = Rotary::new(&cfg, dtype, &device)?;
         Ok(Self {
             cfg,
@@ -111,6 +115,7 @@ impl Llama {
             rotary,
             dtype,
             device,
+            kernels,
         })
     }
 
@@ -127,25 +132,37 @@ impl Llama {
         self.dtype
     }
 
-    /// How adapters for this model are best held: beside weights run through the 8-bit packed
-    /// kernel, in 8 bits (a step with distinct adapters is bound by streaming them; a layer the
-    /// kernel does not run quantizes its rows for the delta itself); beside other
-    /// quantized weights, in f16 (their error dwarfs f16 rounding of a low-rank delta); in f32
-    /// when the base is exact.
+    /// What runs this model: the CPU wing's tier, or candle's ops.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
+    /// How adapters for this model are best held: beside packed 8-bit weights, in 8 bits (a
+    /// step with distinct adapters is bound by streaming them; a layer the packed kernel does
+    /// not run quantizes its rows for the delta itself); beside other quantized weights, in f16
+    /// (their error dwarfs f16 rounding of a low-rank delta); in f32 when the base is exact.
     pub fn lora_precision(&self) -> crate::LoraPrecision {
         use crate::LoraPrecision::*;
-        if !(self.device.is_cpu() && self.dtype == DType::F32) {
+        if self.kernels.cpu().is_none() || self.dtype != DType::F32 {
             return F32;
         }
         let weights = || self.blocks.iter().map(|b| b.q.weight());
         if weights().any(|w| matches!(w, WeightMatrix::Packed(_))) {
             Q8
-        } else if weights()
-            .any(|w| matches!(w, WeightMatrix::Quantized(_) | WeightMatrix::Dual { .. }))
-        {
+        } else if weights().any(|w| matches!(w, WeightMatrix::Quantized(_))) {
             F16
         } else {
             F32
+        }
+    }
+
+    /// Where and how adapter deltas for this model are held.
+    pub fn lora_target(&self) -> LoraTarget<'_> {
+        LoraTarget {
+            kernels: self.kernels,
+            dtype: self.dtype,
+            precision: self.lora_precision(),
+            device: &self.device,
         }
     }
 
@@ -229,15 +246,26 @@ impl Llama {
         let positions = Tensor::from_vec(positions, total, &self.device)?;
         let (cos, sin) = self.rotary.tables(&positions)?;
         let per_seq: Vec<_> = inputs.iter().map(|i| (i.adapter, i.tokens.len())).collect();
-        let lora = LoraGroups::new(&per_seq, &self.device)?;
+        let lora = LoraGroups::new(&per_seq, self.kernels, &self.device)?;
+        // Which rows attend by the CPU wing's decode pass; the others' masks, once per step.
+        let host_decode = self.kernels.cpu().filter(|_| self.dtype == DType::F32);
+        let masks: Vec<Option<Tensor>> = inputs
+            .iter()
+            .zip(caches.iter())
+            .map(|(inp, cache)| {
+                let t = inp.tokens.len();
+                (t > 1)
+                    .then(|| causal_mask(t, cache.len(), self.dtype, &self.device))
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
 
         let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
-        let cpu_f32 = self.device.is_cpu() && self.dtype == DType::F32;
         let mut x = self.embed.forward(&ids, self.dtype)?;
         for (l, b) in self.blocks.iter().enumerate() {
             let h = b.attn_norm.forward(&x)?;
             let qkv = [(&b.q, Proj::Q), (&b.k, Proj::K), (&b.v, Proj::V)];
-            let [q, k, v]: [Tensor; 3] = Linear::forward_lora_many(&qkv, &h, &lora, l)?
+            let [q, k, v]: [Tensor; 3] = Linear::project(&qkv, &h, &lora, l)?
                 .try_into()
                 .expect("one output per projection");
             let q = self
@@ -252,11 +280,10 @@ impl Llama {
             let mut off = 0;
             for (i, (inp, cache)) in inputs.iter().zip(caches.iter_mut()).enumerate() {
                 let t = inp.tokens.len();
-                let start = cache.len();
                 let ki = k.narrow(0, off, t)?.transpose(0, 1)?;
                 let vi = v.narrow(0, off, t)?.transpose(0, 1)?;
                 let (k_all, v_all) = cache.append(l, &ki, &vi)?;
-                if t == 1 && cpu_f32 {
+                if t == 1 && host_decode.is_some() {
                     decodes.push((
                         i,
                         DecodeJob {
@@ -267,15 +294,15 @@ impl Llama {
                     ));
                 } else {
                     let qi = q.narrow(0, off, t)?.transpose(0, 1)?.contiguous()?;
-                    outs[i] = Some(self.attention(&qi, &k_all, &v_all, start)?);
+                    outs[i] = Some(attention(&qi, &k_all, &v_all, masks[i].as_ref())?);
                 }
                 off += t;
             }
-            if !decodes.is_empty() {
+            if let (false, Some(caps)) = (decodes.is_empty(), host_decode) {
                 let (idx, jobs): (Vec<usize>, Vec<DecodeJob>) = decodes.into_iter().unzip();
                 for (i, o) in idx
                     .into_iter()
-                    .zip(decode_attention(&q, &jobs, nh, nkv, hd)?)
+                    .zip(decode_attention(caps, &q, &jobs, nh, nkv, hd)?)
                 {
                     outs[i] = Some(o);
                 }
@@ -289,53 +316,21 @@ impl Llama {
             } else {
                 Tensor::cat(&outs, 0)?
             };
-            x = (x + b.o.forward_lora(&attn, &lora, l, Proj::O)?)?;
-            let m = b.mlp.forward(&b.mlp_norm.forward(&x)?, |lins, x| {
-                Linear::forward_lora_many(lins, x, &lora, l)
-            })?;
+            let [o]: [Tensor; 1] = Linear::project(&[(&b.o, Proj::O)], &attn, &lora, l)?
+                .try_into()
+                .expect("one output per projection");
+            x = (x + o)?;
+            let m = b
+                .mlp
+                .forward(&b.mlp_norm.forward(&x)?, self.kernels, |lins, x| {
+                    Linear::project(lins, x, &lora, l)
+                })?;
             x = (x + m)?;
         }
         for (inp, cache) in inputs.iter().zip(caches.iter_mut()) {
             cache.commit(inp.tokens.len());
         }
         self.logits(&x, inputs)
-    }
-
-    /// Causal attention of one sequence: `q` `[nh, t, hd]` at positions `start..start+t` against
-    /// the cached `k`,`v` `[nkv, start+t, hd]`. Query heads sharing a KV head are folded into the
-    /// row dimension so GQA needs no copy of K/V.
-    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<Tensor> {
-        let (nh, t, hd) = q.dims3()?;
-        let nkv = k.dim(0)?;
-        let len = k.dim(1)?;
-        let groups = nh / nkv;
-        let q = q.reshape((nkv, groups * t, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
-        if t > 1 {
-            let mask: Vec<f32> = (0..t)
-                .flat_map(|i| {
-                    (0..len).map(move |j| {
-                        if j > start + i {
-                            f32::NEG_INFINITY
-                        } else {
-                            0.0
-                        }
-                    })
-                })
-                .collect();
-            let mask = Tensor::from_vec(mask, (t, len), &self.device)?.to_dtype(scores.dtype())?;
-            scores = scores
-                .reshape((nkv, groups, t, len))?
-                .broadcast_add(&mask)?
-                .reshape((nkv, groups * t, len))?;
-        }
-        let probs = softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v.contiguous()?)?; // [nkv, groups*t, hd]
-        Ok(out
-            .reshape((nh, t, hd))?
-            .transpose(0, 1)?
-            .reshape((t, nh * hd))?)
     }
 
     fn logits(&self, x: &Tensor, inputs: &[SeqInput<'_>]) -> Result<Vec<Option<Tensor>>> {
@@ -359,7 +354,10 @@ impl Llama {
         let n = rows.len();
         let idx = Tensor::from_vec(rows, n, &self.device)?;
         let h = self.norm.forward(&x.index_select(&idx, 0)?)?;
-        let logits = self.lm_head.forward(&h)?.to_dtype(DType::F32)?;
+        let logits = self
+            .lm_head
+            .forward(&h, self.kernels)?
+            .to_dtype(DType::F32)?;
         spans
             .into_iter()
             .map(|s| {

@@ -1,32 +1,25 @@
 //! LoRA deltas in the form the forward pass consumes: `y += (x·Aᵀ)·(s·B)ᵀ` for the rows of one
 //! adapter. Parsing and validating PEFT files lives in the `adapters` crate; this is only the
-//! arithmetic, so that `layers::Linear` stays the single place where projections happen.
+//! arithmetic, so that `layers` stays the single place where projections happen.
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
+use crate::cpu::{HostDelta, LoraPrecision};
 use crate::error::{ModelError, Result};
-use crate::host_kernels::{scratch, HostMat};
-use crate::lora_q8::Q8Delta;
-use crate::matmul::dense_matmul;
+use crate::kernels::Kernels;
 use crate::names::Proj;
-use crate::q8_block::{quantize_rows, QuantRow};
 
-/// How the CPU holds adapter weights in f32 activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LoraPrecision {
-    /// Exact: what reference comparisons against PEFT need.
-    #[default]
-    F32,
-    /// Half the bytes per decode step (see `host_kernels`); its rounding (2^-11 relative, on a
-    /// delta that is itself small next to the base output) is far below the error of quantized
-    /// base weights, so quantized bases use it.
-    F16,
-    /// 8 bits (see `lora_q8`): half f16's bytes again, for bases whose own weights run through
-    /// the 8-bit packed kernel. Falls back to f16 for shapes that kernel does not tile and for
-    /// ranks so small that padding `A` to 16 rows would take more bytes than f16.
-    Q8,
+/// Where and how an adapter's deltas are held: the model's choice (see `Llama::lora_target`).
+#[derive(Debug, Clone, Copy)]
+pub struct LoraTarget<'a> {
+    pub kernels: Kernels,
+    /// The model's activation dtype.
+    pub dtype: DType,
+    /// How the CPU wing holds them, when it runs the model.
+    pub precision: LoraPrecision,
+    pub device: &'a Device,
 }
 
 /// One adapted projection, with the scaling folded into `B`.
@@ -40,87 +33,50 @@ pub struct LoraDelta {
 
 #[derive(Debug, Clone)]
 enum Store {
-    /// f32 activations on the CPU: plain rows for the fused per-row kernel. `a` is `[r, in]`,
-    /// `sbt` is `(scale·B)ᵀ` `[r, out]`, so both passes read memory in order.
-    Host { a: HostMat, sbt: HostMat },
-    /// 8-bit on the CPU, beside a packed 8-bit base.
-    Q8(Q8Delta),
-    /// Other devices and dtypes: tensors for two matmuls.
+    /// The CPU wing, f32 activations: added by the packed pass or a fused per-row pass.
+    Host(HostDelta),
+    /// candle's kernels (other devices, other dtypes): tensors for two matmuls.
     Device { a: Tensor, sb: Tensor },
 }
 
 impl LoraDelta {
-    /// `a`: `[r, in]`, `b`: `[out, r]` (PEFT layout), `y = Wx + scale·B(Ax)`.
-    pub fn new(a: &Tensor, b: &Tensor, scale: f64, dtype: DType) -> Result<Self> {
-        let (r, inp) = a.dims2()?;
-        let (out, rb) = b.dims2()?;
-        if r != rb {
-            return Err(ModelError::InvalidBatch(format!(
-                "lora_A rank {r} != lora_B rank {rb}"
-            )));
-        }
-        let sb = (b.to_dtype(DType::F64)? * scale)?
-            .to_dtype(dtype)?
-            .contiguous()?;
-        let a = a.to_dtype(dtype)?.contiguous()?;
-        let store = if a.device().is_cpu() && dtype == DType::F32 {
-            Store::Host {
-                a: HostMat::F32(a.flatten_all()?.to_vec1()?),
-                sbt: HostMat::F32(sb.t()?.contiguous()?.flatten_all()?.to_vec1()?),
-            }
-        } else {
-            Store::Device { a, sb }
-        };
-        Ok(Self { r, inp, out, store })
-    }
-
-    /// From host buffers: `a` `[r, in]` and `b` `[out, r]` row-major (`dims` = (out, r, in)).
-    /// Borrowed, so that the loader can hand over tensors straight from the mapped file; each
-    /// store copies or converts only what it keeps.
+    /// From host buffers: `a` `[r, in]` and `b` `[out, r]` row-major (PEFT's layout, `dims` =
+    /// (out, r, in)), `y = Wx + scale·B(Ax)`. Borrowed, so that the loader can hand over
+    /// tensors straight from the mapped file; each store copies or converts only what it keeps.
     pub fn from_host(
         a: &[f32],
         b: &[f32],
         (out, r, inp): (usize, usize, usize),
         scale: f64,
-        dtype: DType,
-        precision: LoraPrecision,
-        device: &candle_core::Device,
+        target: LoraTarget<'_>,
     ) -> Result<Self> {
         if a.len() != r * inp || b.len() != out * r {
             return Err(ModelError::InvalidBatch(format!(
                 "LoRA buffers do not match [{r}, {inp}] and [{out}, {r}]"
             )));
         }
-        if !(device.is_cpu() && dtype == DType::F32) {
-            let a = Tensor::from_slice(a, (r, inp), device)?;
-            let b = Tensor::from_slice(b, (out, r), device)?;
-            return Self::new(&a, &b, scale, dtype);
-        }
-        let (a, sbt) = match precision {
-            LoraPrecision::Q8 if Q8Delta::fits(out, r, inp) => {
-                let store = Store::Q8(Q8Delta::new(a, b, (out, r, inp), scale as f32));
-                return Ok(Self { r, inp, out, store });
-            }
-            LoraPrecision::F32 => {
-                let mut sbt = vec![0f32; r * out];
-                for o in 0..out {
-                    for k in 0..r {
-                        sbt[k * out + o] = (b[o * r + k] as f64 * scale) as f32;
-                    }
+        let store = match target.kernels {
+            Kernels::Cpu(caps) if target.dtype == DType::F32 => Store::Host(HostDelta::new(
+                caps,
+                a,
+                b,
+                (out, r, inp),
+                scale,
+                target.precision,
+            )),
+            _ => {
+                let a = Tensor::from_slice(a, (r, inp), target.device)?;
+                let b = Tensor::from_slice(b, (out, r), target.device)?;
+                let sb = (b.to_dtype(DType::F64)? * scale)?
+                    .to_dtype(target.dtype)?
+                    .contiguous()?;
+                Store::Device {
+                    a: a.to_dtype(target.dtype)?.contiguous()?,
+                    sb,
                 }
-                (HostMat::F32(a.to_vec()), HostMat::F32(sbt))
             }
-            LoraPrecision::F16 | LoraPrecision::Q8 => (
-                HostMat::f16_from(a),
-                HostMat::f16_scaled_transposed(b, out, r, scale as f32),
-            ),
         };
-        Ok(Self {
-            r,
-            inp,
-            out,
-            store: Store::Host { a, sbt },
-        })
+        Ok(Self { r, inp, out, store })
     }
 
     pub fn rank(&self) -> usize {
@@ -128,24 +84,17 @@ impl LoraDelta {
     }
 
     pub fn size_in_bytes(&self) -> usize {
-        let elems = self.r * (self.inp + self.out);
         match &self.store {
-            Store::Host { a, .. } => elems * a.elem_bytes(),
-            Store::Q8(q) => q.size_in_bytes(),
-            Store::Device { a, .. } => elems * a.dtype().size_in_bytes(),
+            Store::Host(h) => h.size_in_bytes(),
+            Store::Device { a, .. } => self.r * (self.inp + self.out) * a.dtype().size_in_bytes(),
         }
     }
 
-    fn tensors(&self, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    /// `A` `[r, in]` and `s·B` `[out, r]` as tensors on `device`.
+    fn tensors(&self, device: &Device) -> Result<(Tensor, Tensor)> {
         Ok(match &self.store {
-            Store::Host { a, sbt } => (
-                Tensor::from_vec(a.to_f32(), (self.r, self.inp), device)?,
-                Tensor::from_vec(sbt.to_f32(), (self.r, self.out), device)?
-                    .t()?
-                    .contiguous()?,
-            ),
-            Store::Q8(q) => {
-                let (a, sbt) = q.to_f32();
+            Store::Host(h) => {
+                let (a, sbt) = h.to_f32();
                 (
                     Tensor::from_vec(a, (self.r, self.inp), device)?,
                     Tensor::from_vec(sbt, (self.r, self.out), device)?
@@ -157,71 +106,18 @@ impl LoraDelta {
         })
     }
 
-    /// `x`: `[rows, in]` → the delta `[rows, out]`.
-    pub fn delta(&self, x: &Tensor) -> Result<Tensor> {
-        let (a, sb) = self.tensors(x.device())?;
-        dense_matmul(&dense_matmul(x, &a)?, &sb)
-    }
-
     /// `s·B·A` as `[out, in]`: the dense update merging would add to the base weight.
     pub fn merged_update(&self) -> Result<Tensor> {
-        let (a, sb) = self.tensors(&candle_core::Device::Cpu)?;
+        let (a, sb) = self.tensors(&Device::Cpu)?;
         Ok(sb.matmul(&a)?)
     }
 
-    /// Adds this delta to `n` consecutive rows: `out += sBᵀ·(A·x)` (`x`: `n × in`, `out`:
-    /// `n × out`). Each row's result depends on that row alone. `q`: the rows already
-    /// quantized by the packed base product, if they were.
-    pub(crate) fn add_rows(
-        &self,
-        x: &[f32],
-        q: Option<QuantRow<'_>>,
-        n: usize,
-        out: &mut [f32],
-    ) -> bool {
-        let (a, sbt) = match &self.store {
-            Store::Host { a, sbt } => (a, sbt),
-            Store::Q8(d) => return self.quantized(x, q, n, |q| d.add_rows(q, n, out)),
-            Store::Device { .. } => return false,
-        };
-        // Any rank the loader accepted (`--max-lora-rank` has no ceiling of its own): on the
-        // stack up to 512, past it on the heap.
-        let (mut stack, mut heap) = ([0f32; 512], Vec::new());
-        let tmp = scratch(&mut stack, &mut heap, self.r);
-        for (x, out) in x.chunks_exact(self.inp).zip(out.chunks_exact_mut(self.out)) {
-            a.dot_rows(x, tmp);
-            for (k, &t) in tmp.iter().enumerate() {
-                sbt.axpy_row(k, t, out);
-            }
+    /// The host form, when the CPU wing holds this delta.
+    pub(crate) fn host(&self) -> Option<&HostDelta> {
+        match &self.store {
+            Store::Host(h) => Some(h),
+            Store::Device { .. } => None,
         }
-        true
-    }
-
-    /// `f` on `n` rows of activations in 8 bits: `q` when the packed base product already
-    /// quantized them, else `x` quantized here.
-    fn quantized<R>(
-        &self,
-        x: &[f32],
-        q: Option<QuantRow<'_>>,
-        n: usize,
-        f: impl FnOnce(QuantRow<'_>) -> R,
-    ) -> R {
-        match q {
-            Some(q) => f(q),
-            None => {
-                let (xq, dx) = quantize_rows(x, n, self.inp);
-                f(QuantRow { xq: &xq, dx: &dx })
-            }
-        }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn is_q8(&self) -> bool {
-        matches!(self.store, Store::Q8(_))
-    }
-
-    fn is_host(&self) -> bool {
-        matches!(self.store, Store::Host { .. } | Store::Q8(_))
     }
 }
 
@@ -291,6 +187,7 @@ impl LoraWeights {
 /// The rows of one forward pass grouped by adapter (as Punica's SGMV groups them): each adapter's
 /// delta is computed once over its own rows and added to those rows only.
 pub(crate) struct LoraGroups<'a> {
+    kernels: Kernels,
     groups: Vec<Group<'a>>,
 }
 
@@ -307,7 +204,8 @@ impl<'a> LoraGroups<'a> {
     /// `per_seq[i]`: the adapter of sequence `i` and its row count.
     pub fn new(
         per_seq: &[(Option<&'a LoraWeights>, usize)],
-        device: &candle_core::Device,
+        kernels: Kernels,
+        device: &Device,
     ) -> Result<Self> {
         let total: usize = per_seq.iter().map(|(_, n)| n).sum();
         let mut order: Vec<(&'a LoraWeights, Vec<u32>)> = Vec::new();
@@ -335,36 +233,39 @@ impl<'a> LoraGroups<'a> {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(Self { groups })
+        Ok(Self { kernels, groups })
     }
 
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
     }
 
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+
     /// Each row's delta for `(layer, proj)` when every one present is held on the host (the
-    /// fused CPU path can add them); `None` otherwise.
+    /// CPU wing's passes add them); `None` otherwise.
     pub(crate) fn host_rows(
         &self,
         layer: usize,
         proj: Proj,
         rows: usize,
-    ) -> Option<Vec<Option<&'a LoraDelta>>> {
+    ) -> Option<Vec<Option<&'a HostDelta>>> {
         let mut per_row = vec![None; rows];
         for g in &self.groups {
             if let Some(d) = g.weights.get(layer, proj) {
-                if !d.is_host() {
-                    return None;
-                }
+                let h = d.host()?;
                 for &r in &g.row_ids {
-                    *per_row.get_mut(r as usize)? = Some(d);
+                    *per_row.get_mut(r as usize)? = Some(h);
                 }
             }
         }
         Some(per_row)
     }
 
-    /// Adds each adapter's delta for `(layer, proj)` to its rows of `y = base(x)`.
+    /// Adds each adapter's delta for `(layer, proj)` to its rows of `y = base(x)`: on the CPU
+    /// wing in one fused pass over the rows, else by candle's ops per adapter.
     pub fn apply(&self, layer: usize, proj: Proj, x: &Tensor, y: Tensor) -> Result<Tensor> {
         let deltas: Vec<(&Group<'a>, &LoraDelta)> = self
             .groups
@@ -374,26 +275,22 @@ impl<'a> LoraGroups<'a> {
         if deltas.is_empty() {
             return Ok(y);
         }
-        if x.dtype() == DType::F32 && x.device().is_cpu() {
+        if let (Kernels::Cpu(_), DType::F32) = (self.kernels, x.dtype()) {
             if let Some(per_row) = self.host_rows(layer, proj, x.dim(0)?) {
                 return Self::apply_host(&per_row, x, y);
             }
         }
         let mut y = y;
         for (g, d) in deltas {
-            if g.all {
-                y = (y + d.delta(x)?)?;
-            } else {
-                let delta = d.delta(&x.index_select(&g.rows, 0)?)?;
-                y = y.index_add(&g.rows, &delta, 0)?;
-            }
+            let (a, sb) = d.tensors(x.device())?;
+            y = crate::candle_ops::add_lora(y, x, (!g.all).then_some(&g.rows), &a, &sb)?;
         }
         Ok(y)
     }
 
     /// CPU: one fused pass over the rows (a BGMV), instead of a handful of tensor ops per
     /// adapter and projection, whose fixed costs dominate the tiny low-rank products.
-    fn apply_host(per_row: &[Option<&LoraDelta>], x: &Tensor, y: Tensor) -> Result<Tensor> {
+    fn apply_host(per_row: &[Option<&HostDelta>], x: &Tensor, y: Tensor) -> Result<Tensor> {
         use rayon::prelude::*;
         let (rows, inp) = x.dims2()?;
         let out = y.dim(1)?;
@@ -413,26 +310,5 @@ impl<'a> LoraGroups<'a> {
             return Err(crate::error::host_delta_failed());
         }
         Ok(Tensor::from_vec(ys, (rows, out), x.device())?)
-    }
-}
-
-impl crate::q8_packed::RowDelta for LoraDelta {
-    /// [`LoraDelta::add_rows`] into a fresh buffer: `out = sBᵀ·(A·x)`, every value written,
-    /// equal bit for bit to adding to zeros. The 8-bit form writes without reading; the others
-    /// zero `out` first.
-    fn write_rows(
-        &self,
-        x: &[f32],
-        q: Option<QuantRow<'_>>,
-        n: usize,
-        out: &mut [std::mem::MaybeUninit<f32>],
-    ) -> bool {
-        if let Store::Q8(d) = &self.store {
-            return self.quantized(x, q, n, |q| d.write_rows(q, n, out));
-        }
-        out.fill(std::mem::MaybeUninit::new(0.0));
-        // SAFETY: every value was just initialized; MaybeUninit<f32> has f32's layout.
-        let out = unsafe { &mut *(out as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
-        self.add_rows(x, q, n, out)
     }
 }

@@ -6,15 +6,16 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
+use crate::cpu::{Caps, PackedQ8};
 use crate::error::Result;
+use crate::kernels::Kernels;
 use crate::layers::{Embedding, WeightMatrix};
 pub use crate::names::{Naming, Proj};
-use crate::q8_packed::PackedQ8;
 
 /// How weights are held in memory (`--dtype`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightDtype {
-    /// The fastest form for this device and file (see [`WeightDtype::resolve`]).
+    /// The fastest form for these kernels and this file (see [`WeightDtype::resolve`]).
     #[default]
     Auto,
     F32,
@@ -41,35 +42,43 @@ impl FromStr for WeightDtype {
     }
 }
 
-/// What a weight matrix becomes in memory, once `Auto` has been decided for a device.
+/// What a weight matrix becomes in memory, once `Auto` has been decided for the kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Holding {
     /// Float matrix in this dtype (activations run in it too).
     Dense(DType),
-    /// Quantized blocks; a ggml type that lacks a fast CPU kernel is re-quantized to `Q8_0`.
-    Quantized,
-    /// Quantized blocks for decode plus a dense f32 copy for prefill (CPU `auto`).
-    Dual,
+    /// ggml blocks for candle's quantized matmul: the file's own (`auto`), or Q8_0 (`q8_0`).
+    Quantized { requantize: bool },
+    /// 8-bit packed for the CPU wing's kernels (shapes that do not tile keep the file's blocks).
+    Packed(Caps),
 }
 
 impl WeightDtype {
-    /// CPU quantized kernels do not get cheaper per row with batching while f32 GEMM does, so on CPU
-    /// `auto` keeps both forms of a quantized file; GPUs keep the quantized blocks only.
+    /// On the CPU wing `auto` packs a quantized file in 8 bits, whatever its ggml type (K-quants
+    /// included): that kernel serves every row count, so neither candle's blocks nor a dense
+    /// copy are kept. candle's kernels hold the file's blocks as they are (no CPU rule applies
+    /// to a GPU load), and float files stay float.
     pub(crate) fn resolve(
         self,
         file_is_quantized: bool,
         file_dtype: DType,
         device: &Device,
+        kernels: Kernels,
     ) -> Holding {
-        match self {
-            WeightDtype::F32 => Holding::Dense(DType::F32),
-            WeightDtype::F16 => Holding::Dense(DType::F16),
-            WeightDtype::Bf16 => Holding::Dense(DType::BF16),
-            WeightDtype::Q8_0 => Holding::Quantized,
-            WeightDtype::Auto if file_is_quantized && device.is_cpu() => Holding::Dual,
-            WeightDtype::Auto if file_is_quantized => Holding::Quantized,
-            WeightDtype::Auto if device.is_cpu() => Holding::Dense(DType::F32),
-            WeightDtype::Auto => Holding::Dense(file_dtype),
+        match (self, kernels) {
+            (WeightDtype::F32, _) => Holding::Dense(DType::F32),
+            (WeightDtype::F16, _) => Holding::Dense(DType::F16),
+            (WeightDtype::Bf16, _) => Holding::Dense(DType::BF16),
+            (WeightDtype::Q8_0 | WeightDtype::Auto, Kernels::Cpu(caps)) if file_is_quantized => {
+                Holding::Packed(caps)
+            }
+            (WeightDtype::Q8_0, Kernels::Cpu(caps)) => Holding::Packed(caps),
+            (WeightDtype::Q8_0, Kernels::Candle) => Holding::Quantized { requantize: true },
+            (WeightDtype::Auto, Kernels::Candle) if file_is_quantized => {
+                Holding::Quantized { requantize: false }
+            }
+            (WeightDtype::Auto, _) if device.is_cpu() => Holding::Dense(DType::F32),
+            (WeightDtype::Auto, _) => Holding::Dense(file_dtype),
         }
     }
 }
@@ -78,48 +87,41 @@ impl Holding {
     pub(crate) fn activation_dtype(self) -> DType {
         match self {
             Holding::Dense(dt) => dt,
-            Holding::Quantized | Holding::Dual => DType::F32,
+            Holding::Quantized { .. } | Holding::Packed(_) => DType::F32,
         }
     }
 
-    /// Turns a loaded tensor into the held form. Quantized types without a fast CPU kernel
-    /// (everything but Q8_0 and the K-quants) are re-quantized to Q8_0.
+    /// Turns a loaded tensor into the held form.
     pub(crate) fn matrix_from_q(self, q: QTensor, device: &Device) -> Result<WeightMatrix> {
         Ok(match self {
             Holding::Dense(dt) => WeightMatrix::Dense(q.dequantize(device)?.to_dtype(dt)?),
-            Holding::Quantized => quantized(Arc::new(fast_quant(q, device)?))?,
-            Holding::Dual => {
-                let dense = q.dequantize(device)?;
-                // Decided before re-quantizing: packed weights come from `dense`, and the Q8_0
-                // blocks would only be thrown away.
-                match packed(q.dtype(), device, &dense)? {
-                    Some(p) => p,
-                    None => WeightMatrix::Dual {
-                        q: Arc::new(fast_quant(q, device)?),
-                        dense,
-                    },
-                }
+            Holding::Quantized { requantize } => {
+                let q = if requantize && q.dtype() != GgmlDType::Q8_0 {
+                    QTensor::quantize(&q.dequantize(device)?, GgmlDType::Q8_0)?
+                } else {
+                    q
+                };
+                WeightMatrix::Quantized(Arc::new(q))
             }
+            Holding::Packed(caps) => match packed(caps, &q.dequantize(device)?)? {
+                Some(p) => p,
+                None => WeightMatrix::Quantized(Arc::new(q)),
+            },
         })
     }
 
     pub(crate) fn matrix_from_dense(self, t: Tensor) -> Result<WeightMatrix> {
         Ok(match self {
             Holding::Dense(dt) => WeightMatrix::Dense(t.to_dtype(dt)?),
-            Holding::Quantized | Holding::Dual => {
+            Holding::Quantized { .. } | Holding::Packed(_) => {
                 let t32 = t.to_dtype(DType::F32)?;
-                if self == Holding::Dual {
-                    // As in `matrix_from_q`: packed from `t32`, no Q8_0 blocks to throw away.
-                    if let Some(p) = packed(GgmlDType::Q8_0, t32.device(), &t32)? {
+                if let Holding::Packed(caps) = self {
+                    if let Some(p) = packed(caps, &t32)? {
                         return Ok(p);
                     }
                 }
                 match QTensor::quantize(&t32, GgmlDType::Q8_0) {
-                    Ok(q) if self == Holding::Dual => WeightMatrix::Dual {
-                        q: Arc::new(q),
-                        dense: t32,
-                    },
-                    Ok(q) => quantized(Arc::new(q))?,
+                    Ok(q) => WeightMatrix::Quantized(Arc::new(q)),
                     // Row length not a multiple of the block size: stay dense.
                     Err(_) => WeightMatrix::Dense(t32),
                 }
@@ -130,84 +132,38 @@ impl Holding {
     pub(crate) fn embedding_from_q(self, q: Arc<QTensor>, device: &Device) -> Result<Embedding> {
         Ok(match self {
             Holding::Dense(dt) => Embedding::Dense(q.dequantize(device)?.to_dtype(dt)?),
-            Holding::Quantized | Holding::Dual => Embedding::Quantized(q),
+            Holding::Quantized { .. } | Holding::Packed(_) => Embedding::Quantized(q),
         })
     }
-}
 
-impl Holding {
-    /// A matrix over blocks that the embedding also holds (tied output projection): shared when
-    /// they stay quantized in a fast format, converted otherwise.
+    /// A matrix over blocks that the embedding also holds (tied output projection): shared
+    /// while they stay as the file's blocks, converted otherwise.
     pub(crate) fn shared_matrix(self, q: Arc<QTensor>, device: &Device) -> Result<WeightMatrix> {
-        let fast = has_fast_kernel(q.dtype());
-        Ok(match self {
-            Holding::Dense(dt) => WeightMatrix::Dense(q.dequantize(device)?.to_dtype(dt)?),
-            Holding::Quantized if fast => quantized(q)?,
-            Holding::Dual if fast => dual(q.clone(), q.dequantize(device)?)?,
-            Holding::Quantized | Holding::Dual => {
-                let dense = q.dequantize(device)?;
-                self.matrix_from_dense(dense)?
+        match self {
+            Holding::Quantized { requantize } if !requantize || q.dtype() == GgmlDType::Q8_0 => {
+                Ok(WeightMatrix::Quantized(q))
             }
-        })
-    }
-}
-
-/// Both forms, unless the packed VNNI kernel will serve every row count of these Q8_0 blocks
-/// faster than the f32 GEMM (measured here: prefill and decode alike), in which case only the
-/// packed form is kept (the dense copy is 4× the blocks' memory).
-fn dual(q: Arc<QTensor>, dense: Tensor) -> Result<WeightMatrix> {
-    Ok(match packed(q.dtype(), &q.device(), &dense)? {
-        Some(p) => p,
-        None => WeightMatrix::Dual { q, dense },
-    })
-}
-
-/// Quantized blocks, packed for the VNNI kernel where it applies.
-fn quantized(q: Arc<QTensor>) -> Result<WeightMatrix> {
-    if packs(q.dtype(), &q.device()) {
-        if let Some(p) = packed(q.dtype(), &q.device(), &q.dequantize(&Device::Cpu)?)? {
-            return Ok(p);
+            Holding::Packed(caps) => Ok(match packed(caps, &q.dequantize(device)?)? {
+                Some(p) => p,
+                None => WeightMatrix::Quantized(q),
+            }),
+            _ => self.matrix_from_dense(q.dequantize(device)?),
         }
     }
-    Ok(WeightMatrix::Quantized(q))
 }
 
-/// Whether blocks of type `dt` end up as Q8_0 (as they are, or re-quantized by [`fast_quant`])
-/// on a CPU that runs the packed kernel.
-fn packs(dt: GgmlDType, device: &Device) -> bool {
-    (dt == GgmlDType::Q8_0 || !has_fast_kernel(dt)) && device.is_cpu() && PackedQ8::supported()
-}
-
-/// `dense` (the values of blocks of type `dt`) packed, when [`packs`] holds and the shape tiles.
-fn packed(dt: GgmlDType, device: &Device, dense: &Tensor) -> Result<Option<WeightMatrix>> {
-    if !packs(dt, device) {
-        return Ok(None);
-    }
+/// `dense` packed in 8 bits, when its shape tiles.
+fn packed(caps: Caps, dense: &Tensor) -> Result<Option<WeightMatrix>> {
     let (out, inp) = dense.dims2()?;
     let values: Vec<f32> = dense.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    Ok(PackedQ8::from_dense(&values, out, inp).map(|p| WeightMatrix::Packed(Arc::new(p))))
-}
-
-fn has_fast_kernel(dt: GgmlDType) -> bool {
-    use GgmlDType as G;
-    matches!(
-        dt,
-        G::Q8_0 | G::Q2K | G::Q3K | G::Q4K | G::Q5K | G::Q6K | G::Q8K
-    )
-}
-
-fn fast_quant(q: QTensor, device: &Device) -> Result<QTensor> {
-    if has_fast_kernel(q.dtype()) {
-        return Ok(q);
-    }
-    let dense = q.dequantize(device)?;
-    Ok(QTensor::quantize(&dense, GgmlDType::Q8_0)?)
+    Ok(PackedQ8::from_dense(caps, &values, out, inp).map(|p| WeightMatrix::Packed(Arc::new(p))))
 }
 
 /// What the model builder needs from a weight file, whatever its format.
 pub(crate) trait WeightReader {
     fn naming(&self) -> Naming;
     fn device(&self) -> &Device;
+    fn kernels(&self) -> Kernels;
     fn activation_dtype(&self) -> DType;
     /// A `[out, in]` matrix, checked against `shape`.
     fn matrix(&mut self, name: String, shape: (usize, usize)) -> Result<WeightMatrix>;

@@ -9,7 +9,7 @@ pub mod serve;
 use std::path::PathBuf;
 
 use clap::Args;
-use loraplex_models::{HubOptions, LoadOptions, WeightDtype};
+use loraplex_models::{HubOptions, KernelChoice, LoadOptions, WeightDtype};
 
 /// Which model to load and how.
 #[derive(Args, Debug, Clone)]
@@ -22,6 +22,10 @@ pub struct ModelArgs {
     /// cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// The CPU kernels: auto (the fastest this CPU runs), portable, avx2, avxvnni, avx512, or
+    /// candle (candle's generic ops, the path every GPU takes).
+    #[arg(long, default_value = "auto")]
+    pub cpu_kernels: KernelChoice,
 }
 
 impl ModelArgs {
@@ -29,6 +33,7 @@ impl ModelArgs {
         Ok(LoadOptions {
             dtype: self.dtype,
             device: loraplex_models::parse_device(&self.device)?,
+            kernels: self.cpu_kernels,
             hub,
         })
     }

@@ -12,7 +12,7 @@ use loraplex_gateway::experiments::{read_routes_file, RouteTable, SystemClock};
 use loraplex_gateway::records::{Recorder, RecorderConfig};
 use loraplex_gateway::shadow::ShadowConfig;
 use loraplex_gateway::{AppState, GatewayConfig};
-use loraplex_models::{HubOptions, WeightDtype};
+use loraplex_models::{HubOptions, KernelChoice, WeightDtype};
 use loraplex_runtime::{EngineConfig, SchedulerConfig};
 
 pub const DEFAULT_MODEL: &str = "weights/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -26,6 +26,10 @@ pub struct ServeArgs {
     pub dtype: WeightDtype,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// The CPU kernels: auto (the fastest this CPU runs), portable, avx2, avxvnni, avx512, or
+    /// candle (candle's generic ops, the path every GPU takes).
+    #[arg(long, default_value = "auto")]
+    pub cpu_kernels: KernelChoice,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// 0 picks a free port (printed at start-up).
@@ -123,6 +127,7 @@ pub fn run(args: ServeArgs, hub: HubOptions) -> anyhow::Result<()> {
     let opts = loraplex_models::LoadOptions {
         dtype: args.dtype,
         device: loraplex_models::parse_device(&args.device)?,
+        kernels: args.cpu_kernels,
         hub: hub.clone(),
     };
     let lm = Arc::new(

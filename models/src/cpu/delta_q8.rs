@@ -6,7 +6,7 @@
 //! for the adapters; 8 bits halve it.
 //!
 //! `A` is an ordinary [`PackedQ8`] (its rows padded to a tile of 16), so the down-projection
-//! reuses the activations the base product already quantized and the same `vpdpbusd` kernel.
+//! reuses the activations the base product already quantized and the same tile kernel.
 //! `(s·B)ᵀ` is stored in 8 bits with one scale per rank row, in tiles of 16 outputs × r laid
 //! out for `vpdpbusd` (4 ranks per 32-bit lane): the rank-r intermediate `h = A·x`, times the
 //! rank scales, is itself rounded to 8 bits (one scale per row), so the up-projection is 4
@@ -16,9 +16,10 @@
 //! Rounding: 8-bit activations, intermediate and weights as in Q8_0, on a delta that is itself
 //! small next to the base output — the base's own Q8_0 rounding is of the same order.
 
-use crate::host_kernels::scratch;
-use crate::q8_block::QuantRow;
-use crate::q8_packed::{PackedQ8, TILE};
+use super::block::QuantRow;
+use super::packed::PackedQ8;
+use super::slices::scratch;
+use super::{Caps, TILE};
 
 /// `r` rounded up to whole tiles: the rows `A` is packed with.
 fn padded(r: usize) -> usize {
@@ -58,26 +59,31 @@ pub(crate) struct Q8Delta {
 }
 
 impl Q8Delta {
-    /// Whether [`Q8Delta::new`] can hold a delta of this shape on this CPU, in fewer bytes
-    /// than f16 (`A`'s rows are padded to 16: at rank 4 the 8-bit form would be the larger).
+    /// Whether [`Q8Delta::new`] can hold a delta of this shape, in fewer bytes than f16 (`A`'s
+    /// rows are padded to 16: at rank 4 the 8-bit form would be the larger).
     pub(crate) fn fits(out: usize, r: usize, inp: usize) -> bool {
         let bytes = padded(r) * inp * 36 / 32 + quads(r) * (out + 4);
-        PackedQ8::supported()
-            && r > 0
+        r > 0
             && out.is_multiple_of(TILE)
             && PackedQ8::tiles_input(inp)
             && bytes < 2 * r * (inp + out)
     }
 
     /// `a` `[r, in]`, `b` `[out, r]` row-major; only when [`Q8Delta::fits`].
-    pub(crate) fn new(a: &[f32], b: &[f32], (out, r, inp): (usize, usize, usize), s: f32) -> Self {
+    pub(crate) fn new(
+        caps: Caps,
+        a: &[f32],
+        b: &[f32],
+        (out, r, inp): (usize, usize, usize),
+        s: f32,
+    ) -> Self {
         assert!(Self::fits(out, r, inp) && a.len() == r * inp && b.len() == out * r);
         let a = if padded(r) == r {
-            PackedQ8::from_dense(a, r, inp)
+            PackedQ8::from_dense(caps, a, r, inp)
         } else {
             let mut ap = a.to_vec();
             ap.resize(padded(r) * inp, 0.0);
-            PackedQ8::from_dense(&ap, padded(r), inp)
+            PackedQ8::from_dense(caps, &ap, padded(r), inp)
         }
         .expect("fits() checked the shape");
         let r4 = quads(r);
@@ -122,9 +128,7 @@ impl Q8Delta {
             .map(|&sc| if sc > 0.0 { s / sc } else { 0.0 })
             .collect();
         let mut sbt = vec![0u8; out * r4];
-        // SAFETY: AVX-512 present wherever `fits` holds; `b` is `[out, r4]` with `out % 16 == 0`
-        // and `r4 % 4 == 0`.
-        unsafe { x86::quantize_transposed(b, &ids, &mut sbt) };
+        caps.quantize_transposed(b, &ids, &mut sbt);
         Self {
             r,
             out,
@@ -132,6 +136,15 @@ impl Q8Delta {
             sbt,
             scale,
         }
+    }
+
+    pub(crate) fn caps(&self) -> Caps {
+        self.a.caps()
+    }
+
+    /// The input width.
+    pub(crate) fn inp(&self) -> usize {
+        self.a.dims().1
     }
 
     pub(crate) fn size_in_bytes(&self) -> usize {
@@ -160,7 +173,7 @@ impl Q8Delta {
     }
 
     /// `out += (s·B)·(A·x)` for `n` (1 to 4) consecutive rows (`out`: `n × out`) whose
-    /// activations `q` were quantized by [`crate::q8_block::quantize_rows`]. The weights are
+    /// activations `q` were quantized by [`super::block::quantize_rows`]. The weights are
     /// loaded once for all `n`; each row's result is the same as alone.
     pub(crate) fn add_rows(&self, q: QuantRow<'_>, n: usize, out: &mut [f32]) -> bool {
         // SAFETY: `out` is `len` initialized values.
@@ -216,180 +229,20 @@ impl Q8Delta {
             // The weights are stored +128: Σ_k (w+128)·u = Σ_k w·u + 128·Σ_k u.
             corr[j] = 128 * uj.iter().map(|&v| v as i32).sum::<i32>();
         }
-        // SAFETY: a Q8Delta exists only where `fits` saw AVX-512 VNNI; `sbt` holds `out/16`
-        // tiles of `r4 × 16` bytes, `u` `n` rows of `r4`, `out` (the caller's) `n` rows of
-        // `self.out`.
+        // SAFETY: the table matches this CPU (`Caps`); `sbt` holds `out/16` tiles of `r4 × 16`
+        // bytes, `u` `n` rows of `r4`, `out` (the caller's) `n` rows of `self.out` (`len`).
         unsafe {
-            match n {
-                4 => x86::up_any::<4, ADD>(&self.sbt, u, r4, &corr, &du, out, len),
-                3 => x86::up_any::<3, ADD>(&self.sbt, u, r4, &corr, &du, out, len),
-                2 => x86::up_any::<2, ADD>(&self.sbt, u, r4, &corr, &du, out, len),
-                _ => x86::up_any::<1, ADD>(&self.sbt, u, r4, &corr, &du, out, len),
-            }
+            (self.caps().table().up)(n, ADD, &self.sbt, u, r4, &corr, &du, out, len);
         }
         true
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-mod x86 {
-    pub(super) unsafe fn quantize_transposed(_: &[f32], _: &[f32], _: &mut [u8]) {
-        unreachable!("Q8Delta::fits is false off x86_64")
-    }
-
-    pub(super) unsafe fn up_any<const N: usize, const ADD: bool>(
-        _: &[u8],
-        _: &[i8],
-        _: usize,
-        _: &[i32; 4],
-        _: &[f32; 4],
-        _: *mut f32,
-        _: usize,
-    ) {
-        unreachable!("Q8Delta::fits is false off x86_64")
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    use super::TILE;
-
-    /// `q[t][g][lane][i] = round(b[t·16 + lane][4g + i] · ids[4g + i]) + 128` (ties to even,
-    /// ±127), for `b` `[out, r4]` row-major with `r4 = ids.len()` a multiple of 4. Each row of
-    /// `b` is read in order, 16 ranks at a time, and each group of 4 stored to its lane (the
-    /// gathers across rows this replaced were a tenth of a cold load).
-    #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn quantize_transposed(b: &[f32], ids: &[f32], q: &mut [u8]) {
-        let r4 = ids.len();
-        let rows = b.len() / r4.max(1);
-        assert!(
-            r4.is_multiple_of(4)
-                && b.len() == rows * r4
-                && rows.is_multiple_of(TILE)
-                && q.len() >= rows * r4
-        );
-        let off = _mm512_set1_epi32(128);
-        for o in 0..rows {
-            let (t, lane) = (o / TILE, o % TILE);
-            let src = b.as_ptr().add(o * r4);
-            for c in (0..r4).step_by(16) {
-                let n = (r4 - c).min(16);
-                let mask = crate::host_kernels::lanes(n);
-                let v = _mm512_maskz_loadu_ps(mask, src.add(c));
-                let id = _mm512_maskz_loadu_ps(mask, ids.as_ptr().add(c));
-                let v = crate::q8_block::x86::round(_mm512_mul_ps(v, id));
-                // 1..=255 after the offset: truncating to bytes is exact.
-                let bytes: [u32; 4] =
-                    std::mem::transmute(_mm512_cvtepi32_epi8(_mm512_add_epi32(v, off)));
-                for (j, four) in bytes.iter().take(n / 4).enumerate() {
-                    let g = c / 4 + j;
-                    let dst = q.as_mut_ptr().add(((t * r4 / 4 + g) * TILE + lane) * 4);
-                    (dst as *mut u32).write_unaligned(*four);
-                }
-            }
-        }
-    }
-
-    /// `up::<N, G>` with `G` the lanes of 4 ranks where it is 2 or 4 (ranks 8 and 16), so that
-    /// each row's intermediate is broadcast once per call and held in registers; other ranks
-    /// take `G = 0`, which reads the lane count at run time and broadcasts per tile.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn up_any<const N: usize, const ADD: bool>(
-        q: &[u8],
-        u: &[i8],
-        r4: usize,
-        corr: &[i32; 4],
-        du: &[f32; 4],
-        out: *mut f32,
-        len: usize,
-    ) {
-        match r4 / 4 {
-            4 => up::<N, 4, ADD>(q, u, r4, corr, du, out, len),
-            2 => up::<N, 2, ADD>(q, u, r4, corr, du, out, len),
-            _ => up::<N, 0, ADD>(q, u, r4, corr, du, out, len),
-        }
-    }
-
-    /// For each of `N` rows `j` (`out` rows of `len/N`):
-    /// `out[t·16 + lane] += du[j] · (Σ_k u[j][k] · q[t][k][lane] − corr[j])`, `k < r4` (with
-    /// `ADD`; else `=`, as added to `+0.0`, reading nothing from `out`): the
-    /// sums are exact integers, so a row's result is the same whatever rows share the call.
-    /// Each output is stored once (and, with `ADD`, loaded once), each weight loaded once for
-    /// all rows. `G`: see
-    /// [`up_any`] (`G > 0` requires `r4 == 4·G`).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn up<const N: usize, const G: usize, const ADD: bool>(
-        q: &[u8],
-        u: &[i8],
-        r4: usize,
-        corr: &[i32; 4],
-        du: &[f32; 4],
-        op: *mut f32,
-        len: usize,
-    ) {
-        let width = len / N;
-        let tiles = width / TILE;
-        let groups = if G > 0 { G } else { r4 / 4 };
-        debug_assert!(len == N * tiles * TILE && q.len() >= tiles * r4 * TILE);
-        debug_assert!(N <= 4 && u.len() >= N * r4 && (G == 0 || r4 == 4 * G));
-        let up = u.as_ptr();
-        let bcast = |j: usize, g: usize| {
-            _mm512_set1_epi32((up.add(j * r4 + 4 * g) as *const i32).read_unaligned())
-        };
-        let mut held = [[_mm512_setzero_si512(); G]; N];
-        for (j, row) in held.iter_mut().enumerate() {
-            for (g, v) in row.iter_mut().enumerate() {
-                *v = bcast(j, g);
-            }
-        }
-        let ub = |j: usize, g: usize| if G > 0 { held[j][g] } else { bcast(j, g) };
-        let (corr, du) = (
-            corr.map(|c| _mm512_set1_epi32(-c)),
-            du.map(|d| _mm512_set1_ps(d)),
-        );
-        for t in 0..tiles {
-            let w = q.as_ptr().add(t * r4 * TILE);
-            let load = |g: usize| _mm512_loadu_si512(w.add(g * 4 * TILE) as *const _);
-            // Two chains per row, so a lone row is not bound by dependent `vpdpbusd`s.
-            let mut s0: [__m512i; N] = std::array::from_fn(|j| corr[j]);
-            let mut s1 = [_mm512_setzero_si512(); N];
-            let mut g = 0;
-            while g + 2 <= groups {
-                let (w0, w1) = (load(g), load(g + 1));
-                for j in 0..N {
-                    s0[j] = _mm512_dpbusd_epi32(s0[j], w0, ub(j, g));
-                    s1[j] = _mm512_dpbusd_epi32(s1[j], w1, ub(j, g + 1));
-                }
-                g += 2;
-            }
-            if g < groups {
-                let w0 = load(g);
-                for (j, s) in s0.iter_mut().enumerate() {
-                    *s = _mm512_dpbusd_epi32(*s, w0, ub(j, g));
-                }
-            }
-            for j in 0..N {
-                let o = op.add(j * width + t * TILE);
-                let s = _mm512_cvtepi32_ps(_mm512_add_epi32(s0[j], s1[j]));
-                let v = if ADD {
-                    _mm512_fmadd_ps(s, du[j], _mm512_loadu_ps(o))
-                } else {
-                    // One rounding either way; `+ 0.0` turns a -0.0 product into +0.0 as
-                    // `fma(s, du, 0.0)` does, so writing equals adding to zeros bit for bit.
-                    _mm512_add_ps(_mm512_mul_ps(s, du[j]), _mm512_setzero_ps())
-                };
-                _mm512_storeu_ps(o, v);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::block::quantize_rows;
+    use super::super::Tier;
     use super::*;
-    use crate::q8_block::quantize_rows;
 
     fn val(i: usize, salt: usize) -> f32 {
         (((i * 2654435761 + salt) % 2001) as f32 / 1000.0) - 1.0
@@ -397,9 +250,6 @@ mod tests {
 
     #[test]
     fn eight_bits_only_where_smaller_than_f16() {
-        if !PackedQ8::supported() {
-            return;
-        }
         assert!(Q8Delta::fits(48, 12, 64) && !Q8Delta::fits(49, 12, 64));
         assert!(!Q8Delta::fits(48, 12, 65) && !Q8Delta::fits(48, 0, 64));
         // Rank 4 pads `A` to 16 rows: more bytes than f16.
@@ -407,11 +257,7 @@ mod tests {
     }
 
     #[test]
-    fn eight_bit_delta_is_close_to_the_f32_one() {
-        if !PackedQ8::supported() {
-            eprintln!("no AVX-512 VNNI: adapters stay in f16 on this CPU");
-            return;
-        }
+    fn eight_bit_delta_is_close_to_the_f32_one_on_every_tier() {
         // Ranks 16 and 8 take the fixed-rank kernel; rank 12 pads `A`; rank 10 pads the ranks
         // to whole lanes too; rank 20 is a whole 16-rank chunk of `B` plus a tail; rank 80 with
         // runs of 4 takes the heap scratch; a negative scale.
@@ -423,19 +269,21 @@ mod tests {
             (20, 0.75),
             (80, -2.0),
         ] {
-            check(48, r, 64, s);
+            for tier in Tier::available() {
+                check(Caps::new(tier).unwrap(), 48, r, 64, s);
+            }
         }
     }
 
-    fn check(out: usize, r: usize, inp: usize, s: f32) {
+    fn check(caps: Caps, out: usize, r: usize, inp: usize, s: f32) {
         let a: Vec<f32> = (0..r * inp).map(|i| val(i, 1)).collect();
         let mut b: Vec<f32> = (0..out * r).map(|i| val(i, 7)).collect();
         for o in 0..out {
             b[o * r + 1] = 0.0; // an all-zero rank row: scale 0
         }
         let x: Vec<f32> = (0..inp).map(|i| val(i, 3)).collect();
-        let d = Q8Delta::new(&a, &b, (out, r, inp), s);
-        let (xq, dx) = quantize_rows(&x, 1, inp);
+        let d = Q8Delta::new(caps, &a, &b, (out, r, inp), s);
+        let (xq, dx) = quantize_rows(caps, &x, 1, inp);
         let mut got = vec![1f32; out];
         assert!(d.add_rows(QuantRow { xq: &xq, dx: &dx }, 1, &mut got));
         let h: Vec<f32> = (0..r)
@@ -499,7 +347,7 @@ mod tests {
                     }
                 })
                 .collect();
-            let (xq, dx) = quantize_rows(&xs, n, inp);
+            let (xq, dx) = quantize_rows(caps, &xs, n, inp);
             let q = QuantRow { xq: &xq, dx: &dx };
             let mut added = vec![0f32; n * out];
             assert!(d.add_rows(q, n, &mut added));
@@ -513,11 +361,11 @@ mod tests {
         // Rows run together give each row's result alone, bit for bit.
         for n in 2..=4 {
             let xs: Vec<f32> = (0..n * inp).map(|i| val(i, 11)).collect();
-            let (xq, dx) = quantize_rows(&xs, n, inp);
+            let (xq, dx) = quantize_rows(caps, &xs, n, inp);
             let mut together = vec![0.5f32; n * out];
             assert!(d.add_rows(QuantRow { xq: &xq, dx: &dx }, n, &mut together));
             for j in 0..n {
-                let (xq, dx) = quantize_rows(&xs[j * inp..(j + 1) * inp], 1, inp);
+                let (xq, dx) = quantize_rows(caps, &xs[j * inp..(j + 1) * inp], 1, inp);
                 let mut alone = vec![0.5f32; out];
                 assert!(d.add_rows(QuantRow { xq: &xq, dx: &dx }, 1, &mut alone));
                 assert_eq!(alone, together[j * out..(j + 1) * out], "row {j} of {n}");

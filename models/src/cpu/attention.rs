@@ -6,9 +6,9 @@
 use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::elementwise::exp_shifted;
+use super::slices::{dot, f32_values, scratch};
+use super::Caps;
 use crate::error::{ModelError, Result};
-use crate::host_kernels::{dot, scratch};
 
 /// One decoding sequence: the row of its query in `q`, and its cache views `[nkv, len, hd]`.
 pub(crate) struct DecodeJob {
@@ -48,13 +48,14 @@ fn view<'a>(s: &'a Storage, l: &candle_core::Layout) -> Result<View<'a>> {
 
 /// `q`: `[rows, nh, hd]` (all rows of the step); returns one `[1, nh·hd]` output per job.
 pub(crate) fn decode_attention(
+    caps: Caps,
     q: &Tensor,
     jobs: &[DecodeJob],
     nh: usize,
     nkv: usize,
     hd: usize,
 ) -> Result<Vec<Tensor>> {
-    let qv = crate::host_kernels::f32_values(q)?;
+    let qv = f32_values(q)?;
     let guards: Vec<_> = jobs
         .iter()
         .map(|j| (j.k.storage_and_layout(), j.v.storage_and_layout()))
@@ -91,7 +92,7 @@ pub(crate) fn decode_attention(
             }
             for w in scores.chunks_exact_mut(len) {
                 let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum = exp_shifted(w, max);
+                let sum = caps.exp_shifted(w, max);
                 for p in w.iter_mut() {
                     *p /= sum;
                 }
@@ -177,7 +178,7 @@ mod tests {
                 }
             })
             .collect();
-        let got = decode_attention(&qt, &jobs, nh, nkv, hd).unwrap();
+        let got = decode_attention(Caps::detect(), &qt, &jobs, nh, nkv, hd).unwrap();
         for (s, (out, len)) in got.iter().zip(lens).enumerate() {
             let out: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
             let (k, v) = &caches[s];

@@ -1,59 +1,19 @@
-//! 8-bit weight × 8-bit activation products for decode-sized batches, with AVX-512 VNNI.
+//! One parallel pass for the products of packed matrices sharing an input, with each row's
+//! LoRA delta computed by the same tasks.
 //!
-//! Why: at 8-64 rows a step was dominated by the dense f32 GEMM, which streams 540 MB of f32
-//! weights per step and runs 8 multiply-adds per instruction; candle's Q8_0 kernel reads the
-//! compact weights but once per row. Here the weights are 8-bit (Q8_0's blocks of 32 with one
-//! scale each), packed so that one `vpdpbusd` does 64 multiply-adds for 16 outputs, and each
-//! weight block is loaded once per group of rows (up to 16 in decode-sized batches, 4 in
-//! prefills; see `Job::tiles`).
-//!
-//! Layout, per tile of 16 outputs and block of 32 inputs: 8 groups × 16 outputs × 4 inputs of
-//! `i8` (512 bytes), in a stream of its own the 16 f16 block scales, and in a third the 16 sums
-//! `Σw` (i16) whose `-128·Σw` undoes the +128 offset making activations unsigned (`vpdpbusd`
-//! multiplies unsigned by signed bytes): 36 bytes per 32 weights, near Q8_0's 34, since a
-//! single-stream decode step is bound by streaming them.
-//!
-//! Each row is computed by the same instruction sequence whatever the batch holds, so a
-//! sequence's logits do not depend on what it was batched with.
+//! Why: a decode step otherwise pays a thread-pool wake-up and a sleep per projection, and
+//! the adapters' rows (bound by memory) overlap with the tiles (bound by arithmetic) only when
+//! they share tasks.
 
 use candle_core::{Device, Tensor};
-use half::f16;
 use rayon::prelude::*;
 
+use super::block::{quantize_rows, QuantRow};
+use super::delta::HostDelta;
+use super::packed::PackedQ8;
+use super::slices::f32_values;
+use super::{BLOCK, TILE};
 use crate::error::Result;
-use crate::q8_block::{has_simd, quantize_rows, weight_block, QuantRow, BLOCK};
-
-/// A per-row addition computed inside a packed pass: a LoRA delta. The pass needs only this of
-/// it, so the packed kernel does not depend on the adapter types built on top of it.
-pub(crate) trait RowDelta: Sync {
-    /// Writes the deltas of `n` rows (`x`, quantized as `q`) into `out`; false when this delta
-    /// cannot run on the CPU path.
-    fn write_rows(
-        &self,
-        x: &[f32],
-        q: Option<QuantRow<'_>>,
-        n: usize,
-        out: &mut [std::mem::MaybeUninit<f32>],
-    ) -> bool;
-}
-
-/// The delta of a pass that has none.
-pub(crate) enum NoDelta {}
-
-impl RowDelta for NoDelta {
-    fn write_rows(
-        &self,
-        _: &[f32],
-        _: Option<QuantRow<'_>>,
-        _: usize,
-        _: &mut [std::mem::MaybeUninit<f32>],
-    ) -> bool {
-        match *self {}
-    }
-}
-
-/// Outputs per tile (and the row padding of an 8-bit LoRA `A`, see `lora_q8`).
-pub(crate) const TILE: usize = 16;
 
 /// Up to this many rows a pass computes the LoRA deltas beside the tiles into a buffer of its
 /// own and adds it at the end (one thread-pool round trip; the buffer stays in cache). Past it
@@ -62,171 +22,19 @@ pub(crate) const TILE: usize = 16;
 /// deltas run after the tiles instead, each run adding its own rows through a small scratch.
 const FUSED_ROWS: usize = 32;
 
-/// A weight matrix `[out, in]` packed for [`PackedQ8::forward`].
-#[derive(Debug, Clone)]
-pub struct PackedQ8 {
-    out: usize,
-    inp: usize,
-    /// `[tile][block][group][lane][4]`.
-    w: Vec<i8>,
-    /// `[tile][block][lane]`, f16 as in Q8_0 (these bytes are streamed on every decode step).
-    d: Vec<f16>,
-    /// `[tile][block][lane]`: `Σ_block w`.
-    sums: Vec<i16>,
-}
-
 impl PackedQ8 {
-    /// Whether this CPU runs the kernel; without it callers keep candle's quantized matmul.
-    pub fn supported() -> bool {
-        crate::host_kernels::cpu_has!("avx512f", "avx512bw", "avx512vnni")
-    }
-
-    /// Quantizes `[out, in]` f32 weights in Q8_0's blocks (scale = max|w|/127). `None` when the
-    /// shape does not tile (out % 16, in % 32).
-    pub fn from_dense(w: &[f32], out: usize, inp: usize) -> Option<Self> {
-        if !out.is_multiple_of(TILE)
-            || !inp.is_multiple_of(BLOCK)
-            || w.len() != out * inp
-            || out == 0
-        {
-            return None;
-        }
-        let blocks = inp / BLOCK;
-        let tiles = out / TILE;
-        let mut pw = vec![0i8; out * inp];
-        let mut pd = vec![f16::ZERO; tiles * blocks * TILE];
-        let mut pn = vec![0i16; tiles * blocks * TILE];
-        let simd = has_simd();
-        pw.par_chunks_mut(blocks * TILE * BLOCK)
-            .zip(pd.par_chunks_mut(blocks * TILE))
-            .zip(pn.par_chunks_mut(blocks * TILE))
-            .enumerate()
-            .for_each(|(t, ((pw, pd), pn))| {
-                for lane in 0..TILE {
-                    let row = &w[(t * TILE + lane) * inp..(t * TILE + lane + 1) * inp];
-                    for (b, src) in row.chunks_exact(BLOCK).enumerate() {
-                        let mut q = [0i8; BLOCK];
-                        let (d, sum) = weight_block(src, &mut q, simd);
-                        let dst = &mut pw[b * TILE * BLOCK..(b + 1) * TILE * BLOCK];
-                        for (g, four) in q.chunks_exact(4).enumerate() {
-                            dst[g * TILE * 4 + lane * 4..][..4].copy_from_slice(four);
-                        }
-                        pd[b * TILE + lane] = f16::from_f32(d);
-                        pn[b * TILE + lane] = sum as i16; // |sum| ≤ 32·127
-                    }
-                }
-            });
-        Some(Self {
-            out,
-            inp,
-            w: pw,
-            d: pd,
-            sums: pn,
-        })
-    }
-
-    /// `(out, in)`.
-    pub fn dims(&self) -> (usize, usize) {
-        (self.out, self.inp)
-    }
-
-    /// Whether an input width splits into the kernel's blocks.
-    pub(crate) fn tiles_input(inp: usize) -> bool {
-        inp > 0 && inp.is_multiple_of(BLOCK)
-    }
-
-    /// The weights the kernel multiplies by (`q · d` per block), `[out, in]`.
-    pub fn to_dense(&self, device: &Device) -> Result<Tensor> {
-        Ok(Tensor::from_vec(
-            self.dense_rows(),
-            (self.out, self.inp),
-            device,
-        )?)
-    }
-
-    /// [`PackedQ8::to_dense`] as a row-major buffer.
-    pub(crate) fn dense_rows(&self) -> Vec<f32> {
-        let blocks = self.inp / BLOCK;
-        let mut w = vec![0f32; self.out * self.inp];
-        for (o, row) in w.chunks_exact_mut(self.inp).enumerate() {
-            let (t, lane) = (o / TILE, o % TILE);
-            for (j, v) in row.iter_mut().enumerate() {
-                let (b, g, k) = (j / BLOCK, (j % BLOCK) / 4, j % 4);
-                let base = t * blocks * TILE * BLOCK + b * TILE * BLOCK;
-                let q = self.w[base + g * TILE * 4 + lane * 4 + k];
-                *v = q as f32 * self.d[(t * blocks + b) * TILE + lane].to_f32();
-            }
-        }
-        w
-    }
-
-    /// The product of `n` (1 to 4) consecutive rows on the calling thread: `y` (`n × out`)
-    /// `= x·Wᵀ`. Each weight block is loaded once for all `n`; each row's result is the same
-    /// as alone.
-    pub(crate) fn rows(&self, q: QuantRow<'_>, n: usize, y: &mut [f32]) {
-        let blocks = self.inp / BLOCK;
-        assert!((1..=4).contains(&n));
-        assert!(q.xq.len() >= n * self.inp && q.dx.len() >= n * blocks && y.len() >= n * self.out);
-        for t in 0..self.out / TILE {
-            // SAFETY: the asserts above keep rows 0..n of `q` and `y` inside their slices.
-            unsafe { self.tile(t, q.xq.as_ptr(), q.dx.as_ptr(), n, y.as_mut_ptr(), true) }
-        }
-    }
-
-    /// Tile `t` (16 outputs) for `n` (1 to 4, 8 or 16) rows: row `j`'s activations at
-    /// `x + j·in`, its block scales at `dx + j·blocks`, its outputs at `y + j·out + 16·t`.
-    /// `ahead`: prefetch the weights a few blocks ahead, for the first rows to read this tile
-    /// (later rows find them in cache).
-    ///
-    /// # Safety
-    /// The CPU has the kernel ([`PackedQ8::supported`]; a `PackedQ8` is only multiplied where
-    /// it is), and the `n` rows lie inside the buffers `x`, `dx` and `y` point into.
-    unsafe fn tile(
-        &self,
-        t: usize,
-        x: *const u8,
-        dx: *const f32,
-        n: usize,
-        y: *mut f32,
-        ahead: bool,
-    ) {
-        let blocks = self.inp / BLOCK;
-        let span = t * blocks * TILE;
-        let (w, d, sums) = (
-            &self.w[span * BLOCK..(span + blocks * TILE) * BLOCK],
-            &self.d[span..span + blocks * TILE],
-            &self.sums[span..span + blocks * TILE],
-        );
-        let (inp, out, y) = (self.inp, self.out, y.add(t * TILE));
-        match n {
-            16 => x86::tile::<16>(w, d, sums, blocks, x, inp, dx, y, out, ahead),
-            8 => x86::tile::<8>(w, d, sums, blocks, x, inp, dx, y, out, ahead),
-            4 => x86::tile::<4>(w, d, sums, blocks, x, inp, dx, y, out, ahead),
-            3 => x86::tile::<3>(w, d, sums, blocks, x, inp, dx, y, out, ahead),
-            2 => x86::tile::<2>(w, d, sums, blocks, x, inp, dx, y, out, ahead),
-            1 => x86::tile::<1>(w, d, sums, blocks, x, inp, dx, y, out, ahead),
-            // Outputs are not zeroed first (see `Job::buffers`): a row count without a kernel
-            // must not pass for one row.
-            _ => unreachable!("tile of {n} rows"),
-        }
-    }
-
-    pub fn size_in_bytes(&self) -> usize {
-        self.w.len() + 2 * (self.d.len() + self.sums.len())
-    }
-
-    /// `x`: `[rows, in]` f32 → `[rows, out]`. Only call when [`PackedQ8::supported`].
+    /// `x`: `[rows, in]` f32 → `[rows, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_with_lora::<NoDelta>(x, &[])
+        self.forward_with_lora(x, &[])
     }
 
     /// [`PackedQ8::forward`] plus row `r`'s LoRA delta `lora[r]` (none past `lora.len()`). The
     /// deltas are computed by the same tasks as the product (rows spread over them), then added
     /// once all are done: one thread-pool round trip for both.
-    pub(crate) fn forward_with_lora<D: RowDelta>(
+    pub(crate) fn forward_with_lora(
         &self,
         x: &Tensor,
-        lora: &[Option<&D>],
+        lora: &[Option<&HostDelta>],
     ) -> Result<Tensor> {
         let mut y = Self::forward_many(&[self], x, &[lora])?;
         Ok(y.pop().expect("one matrix, one product"))
@@ -236,21 +44,25 @@ impl PackedQ8 {
     /// that share their input — q, k and v; gate and up — in one parallel pass: the input is
     /// quantized once and the thread pool woken once, where a decode step otherwise pays a
     /// wake-up and a sleep per projection.
-    pub(crate) fn forward_many<D: RowDelta>(
+    pub(crate) fn forward_many(
         mats: &[&PackedQ8],
         x: &Tensor,
-        loras: &[&[Option<&D>]],
+        loras: &[&[Option<&HostDelta>]],
     ) -> Result<Vec<Tensor>> {
         debug_assert!(loras.is_empty() || loras.len() == mats.len());
         let (rows, inp) = x.dims2()?;
-        if let Some(m) = mats.iter().find(|m| m.inp != inp) {
+        if let Some(m) = mats.iter().find(|m| m.dims().1 != inp) {
             return Err(crate::ModelError::InvalidBatch(format!(
                 "input width {inp}, packed weights expect {}",
-                m.inp
+                m.dims().1
             )));
         }
-        let xs = crate::host_kernels::f32_values(x)?;
-        let (xq, dx) = quantize_rows(&xs, rows, inp);
+        let xs = f32_values(x)?;
+        let Some(first) = mats.first() else {
+            return Ok(Vec::new());
+        };
+        debug_assert!(mats.iter().all(|m| m.caps() == first.caps()));
+        let (xq, dx) = quantize_rows(first.caps(), &xs, rows, inp);
         let input = Input {
             xs: &xs,
             xq: &xq,
@@ -259,7 +71,7 @@ impl PackedQ8 {
         };
         let threads = rayon::current_num_threads().max(1);
         let fused = rows <= FUSED_ROWS;
-        let jobs: Vec<Job<D>> = mats
+        let jobs: Vec<Job> = mats
             .iter()
             .enumerate()
             .map(|(m, w)| {
@@ -303,13 +115,13 @@ impl PackedQ8 {
         for ((y, _), j) in bufs.iter_mut().zip(&jobs) {
             // SAFETY: the pass wrote all `rows × out` values: every chunk's tiles cover every
             // row, and the chunks cover every tile (`out` is a whole number of tiles).
-            unsafe { y.set_len(rows * j.w.out) };
+            unsafe { y.set_len(rows * j.w.dims().0) };
         }
         jobs.iter()
             .zip(bufs)
             .map(|(j, (y, delta))| {
                 let y = j.finish(y, delta.as_ptr());
-                Ok(Tensor::from_vec(y, (rows, j.w.out), &Device::Cpu)?)
+                Ok(Tensor::from_vec(y, (rows, j.w.dims().0), &Device::Cpu)?)
             })
             .collect()
     }
@@ -324,9 +136,9 @@ struct Input<'a> {
 }
 
 /// One matrix's part of a fused pass: its product, its LoRA rows and how its tiles split.
-struct Job<'a, D> {
+struct Job<'a> {
     w: &'a PackedQ8,
-    lora: &'a [Option<&'a D>],
+    lora: &'a [Option<&'a HostDelta>],
     runs: Vec<(usize, usize)>,
     per: usize,
     chunks: usize,
@@ -337,10 +149,10 @@ struct Job<'a, D> {
     fused: bool,
 }
 
-impl<'a, D: RowDelta> Job<'a, D> {
+impl<'a> Job<'a> {
     fn new(
         w: &'a PackedQ8,
-        lora: &'a [Option<&'a D>],
+        lora: &'a [Option<&'a HostDelta>],
         threads: usize,
         skew: usize,
         fused: bool,
@@ -415,7 +227,7 @@ impl<'a, D: RowDelta> Job<'a, D> {
                     4.. => 4,
                     left => left,
                 };
-                // SAFETY: the caller checked `supported`; rows r..r+take lie inside `x` and
+                // SAFETY: `take` is 16, 8, 4 or less; rows r..r+take lie inside `x` and
                 // `y` (`rows × out`), and tiles write disjoint columns of `y`.
                 unsafe {
                     let (xr, dr) = (x.xq.as_ptr().add(r * w.inp), x.dx.as_ptr().add(r * blocks));
@@ -505,7 +317,7 @@ fn add_delta(y: &mut [f32], delta: &[f32]) {
 
 /// `(first row, rows)`: consecutive rows with the same delta, up to 4 (a prompt's rows, or a
 /// batch on one adapter), so that their adapter weights are loaded once per run.
-fn runs_of<D>(lora: &[Option<&D>]) -> Vec<(usize, usize)> {
+fn runs_of(lora: &[Option<&HostDelta>]) -> Vec<(usize, usize)> {
     let mut runs = Vec::new();
     let mut r = 0;
     while r < lora.len() {
@@ -513,7 +325,7 @@ fn runs_of<D>(lora: &[Option<&D>]) -> Vec<(usize, usize)> {
             r += 1;
             continue;
         };
-        let same = |e: &Option<&D>| e.is_some_and(|e| std::ptr::eq(e, d));
+        let same = |e: &Option<&HostDelta>| e.is_some_and(|e| std::ptr::eq(e, d));
         let n = 1 + lora[r + 1..].iter().take(3).take_while(|e| same(e)).count();
         runs.push((r, n));
         r += n;
@@ -526,130 +338,29 @@ struct SendPtr(*mut f32);
 // `delta`) from rayon tasks that all finish before the buffer is read.
 unsafe impl Sync for SendPtr {}
 
-#[cfg(not(target_arch = "x86_64"))]
-mod x86 {
-    pub(super) unsafe fn tile<const R: usize>(
-        _: &[i8],
-        _: &[half::f16],
-        _: &[i16],
-        _: usize,
-        _: *const u8,
-        _: usize,
-        _: *const f32,
-        _: *mut f32,
-        _: usize,
-        _: bool,
-    ) {
-        unreachable!("PackedQ8::supported is false off x86_64")
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use half::f16;
-    use std::arch::x86_64::*;
-
-    use super::{BLOCK, TILE};
-
-    /// Blocks (576 bytes of weights, scales and sums each) between a block and the one it
-    /// prefetches (chosen by `benches/engine.rs` among 2, 4, 8 and 16).
-    const AHEAD: usize = 4;
-
-    /// `R` rows × one tile of 16 outputs. Row `r`'s activations start at `x + r·x_stride`, its
-    /// block scales at `dx + r·blocks`, its 16 results go to `y + r·y_stride`.
-    ///
-    /// With `ahead`, each block prefetches the one [`AHEAD`] blocks on (into the next tile's,
-    /// which follows in memory): the hardware prefetcher restarts at every 4 KiB page, and
-    /// these weights are streamed from memory once per step (adapters' `A` passes run here
-    /// too).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn tile<const R: usize>(
-        w: &[i8],
-        d: &[f16],
-        sums: &[i16],
-        blocks: usize,
-        x: *const u8,
-        x_stride: usize,
-        dx: *const f32,
-        y: *mut f32,
-        y_stride: usize,
-        ahead: bool,
-    ) {
-        let mut acc = [_mm512_setzero_ps(); R];
-        for b in 0..blocks {
-            let wb = w.as_ptr().add(b * TILE * BLOCK);
-            if ahead {
-                // Prefetches never fault: past the end of the weights they are only wasted.
-                let p = wb.wrapping_add(AHEAD * TILE * BLOCK);
-                for line in 0..TILE * BLOCK / 64 {
-                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * line));
-                }
-                // Scales and sums: 32 bytes per block, a line every other block.
-                if b % 2 == 0 {
-                    let at = (b + AHEAD) * TILE;
-                    _mm_prefetch::<_MM_HINT_T0>(sums.as_ptr().wrapping_add(at) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(d.as_ptr().wrapping_add(at) as *const i8);
-                }
-            }
-            let mut ws = [_mm512_setzero_si512(); 8];
-            for (g, v) in ws.iter_mut().enumerate() {
-                *v = _mm512_loadu_si512(wb.add(g * 64) as *const _);
-            }
-            // -128·Σw undoes the +128 offset of the activations; scales are f16 as in Q8_0.
-            let sum = _mm512_cvtepi16_epi32(_mm256_loadu_si256(
-                sums.as_ptr().add(b * TILE) as *const __m256i
-            ));
-            let n = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(sum));
-            let dv = _mm512_cvtph_ps(_mm256_loadu_si256(
-                d.as_ptr().add(b * TILE) as *const __m256i
-            ));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let xb = x.add(r * x_stride + b * BLOCK) as *const i32;
-                // Two independent chains (integer sums: the split changes no result) so that a
-                // lone row is not bound by the latency of eight dependent `vpdpbusd`s.
-                let (mut s0, mut s1) = (n, _mm512_setzero_si512());
-                for g in (0..8).step_by(2) {
-                    let x0 = _mm512_set1_epi32(xb.add(g).read_unaligned());
-                    let x1 = _mm512_set1_epi32(xb.add(g + 1).read_unaligned());
-                    s0 = _mm512_dpbusd_epi32(s0, x0, ws[g]);
-                    s1 = _mm512_dpbusd_epi32(s1, x1, ws[g + 1]);
-                }
-                let s = _mm512_add_epi32(s0, s1);
-                let scale = _mm512_mul_ps(dv, _mm512_set1_ps(*dx.add(r * blocks + b)));
-                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, *a);
-            }
-        }
-        for (r, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(y.add(r * y_stride), *a);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::block::tests::data;
+    use super::super::delta::LoraPrecision;
+    use super::super::{Caps, Tier};
     use super::*;
-    use crate::lora::LoraDelta;
-    use crate::q8_block::tests::data;
 
     #[test]
     fn packed_product_is_close_to_f32_and_the_same_for_any_batch() {
-        if !PackedQ8::supported() {
-            eprintln!("no AVX-512 VNNI here: the packed kernel is not used on this CPU");
-            return;
-        }
         // Rows taken 4 and 3 at a time; 8, 4 and 1; 16, 8 and 1; 16, 8, 4 and 2; and a
         // prefill's 4s and 1.
-        for rows in [7, 13, 25, 30, FUSED_ROWS + 9] {
-            product_matches_f32_and_rows_alone(rows);
+        for tier in Tier::available() {
+            for rows in [7, 13, 25, 30, FUSED_ROWS + 9] {
+                product_matches_f32_and_rows_alone(Caps::new(tier).unwrap(), rows);
+            }
         }
     }
 
-    fn product_matches_f32_and_rows_alone(rows: usize) {
+    fn product_matches_f32_and_rows_alone(caps: Caps, rows: usize) {
         let (out, inp) = (48, 96);
         let w = data(out * inp, 1);
         let x = data(rows * inp, 2);
-        let p = PackedQ8::from_dense(&w, out, inp).unwrap();
+        let p = PackedQ8::from_dense(caps, &w, out, inp).unwrap();
         let xt = Tensor::from_vec(x.clone(), (rows, inp), &Device::Cpu).unwrap();
         let got: Vec<Vec<f32>> = p.forward(&xt).unwrap().to_vec2().unwrap();
         for r in 0..rows {
@@ -673,25 +384,29 @@ mod tests {
 
     #[test]
     fn a_fused_pass_gives_each_matrix_its_own_product_and_deltas() {
-        if !PackedQ8::supported() {
-            return;
+        for tier in Tier::available() {
+            fused_pass(Caps::new(tier).unwrap());
         }
+    }
+
+    fn fused_pass(caps: Caps) {
         let (inp, rows) = (64, 5);
         let mats: Vec<PackedQ8> = [(48, 1), (16, 2), (32, 3)]
             .iter()
-            .map(|&(out, salt)| PackedQ8::from_dense(&data(out * inp, salt), out, inp).unwrap())
+            .map(|&(out, salt)| {
+                PackedQ8::from_dense(caps, &data(out * inp, salt), out, inp).unwrap()
+            })
             .collect();
         let delta = |out: usize, r: usize, salt: u32| {
             let (a, b) = (data(r * inp, salt), data(out * r, salt + 1));
-            let (dt, p) = (candle_core::DType::F32, crate::LoraPrecision::Q8);
-            LoraDelta::from_host(&a, &b, (out, r, inp), 0.5, dt, p, &Device::Cpu).unwrap()
+            HostDelta::new(caps, &a, &b, (out, r, inp), 0.5, LoraPrecision::Q8)
         };
         // Rank 4 stays in f16 (8 bits would pad it to 16 rows): a pass mixing both forms.
         let (d0, d2, d4) = (delta(48, 16, 7), delta(32, 16, 9), delta(32, 4, 11));
         assert!(d2.is_q8() && !d4.is_q8());
         let l0 = [Some(&d0), None, Some(&d0), Some(&d0), None];
         let l2 = [None, Some(&d2), Some(&d4)];
-        let loras: [&[Option<&LoraDelta>]; 3] = [&l0, &[], &l2];
+        let loras: [&[Option<&HostDelta>]; 3] = [&l0, &[], &l2];
         let x = Tensor::from_vec(data(rows * inp, 4), (rows, inp), &Device::Cpu).unwrap();
         let refs: Vec<&PackedQ8> = mats.iter().collect();
         let fused = PackedQ8::forward_many(&refs, &x, &loras).unwrap();
@@ -721,21 +436,23 @@ mod tests {
 
     #[test]
     fn large_batches_add_their_deltas_after_the_tiles_with_the_same_results() {
-        if !PackedQ8::supported() {
-            return;
+        for tier in Tier::available() {
+            large_batch(Caps::new(tier).unwrap());
         }
+    }
+
+    fn large_batch(caps: Caps) {
         let (out, inp, rows) = (48, 64, FUSED_ROWS + 9);
-        let m = PackedQ8::from_dense(&data(out * inp, 1), out, inp).unwrap();
+        let m = PackedQ8::from_dense(caps, &data(out * inp, 1), out, inp).unwrap();
         let delta = |r: usize, salt: u32| {
             let (a, b) = (data(r * inp, salt), data(out * r, salt + 1));
-            let (dt, p) = (candle_core::DType::F32, crate::LoraPrecision::Q8);
-            LoraDelta::from_host(&a, &b, (out, r, inp), 0.5, dt, p, &Device::Cpu).unwrap()
+            HostDelta::new(caps, &a, &b, (out, r, inp), 0.5, LoraPrecision::Q8)
         };
         // 8-bit and (rank 4) f16 deltas.
         let (d0, d1, d4) = (delta(16, 7), delta(16, 9), delta(4, 11));
         assert!(d0.is_q8() && !d4.is_q8());
         // Runs of 1 to 4 rows, rows without an adapter between them.
-        let lora: Vec<Option<&LoraDelta>> = (0..rows)
+        let lora: Vec<Option<&HostDelta>> = (0..rows)
             .map(|r| match r % 8 {
                 0..=3 => Some(&d0),
                 4 => None,
@@ -761,9 +478,10 @@ mod tests {
 
     #[test]
     fn to_dense_gives_back_the_weights_within_8_bit_rounding() {
+        let caps = Caps::detect();
         let (out, inp) = (32, 64);
         let w = data(out * inp, 3);
-        let p = PackedQ8::from_dense(&w, out, inp).unwrap();
+        let p = PackedQ8::from_dense(caps, &w, out, inp).unwrap();
         assert_eq!(p.dims(), (out, inp));
         let back: Vec<f32> = p
             .to_dense(&Device::Cpu)
@@ -779,7 +497,67 @@ mod tests {
 
     #[test]
     fn shapes_that_do_not_tile_are_left_to_candle() {
-        assert!(PackedQ8::from_dense(&[0.0; 15 * 32], 15, 32).is_none());
-        assert!(PackedQ8::from_dense(&[0.0; 16 * 40], 16, 40).is_none());
+        let caps = Caps::portable();
+        assert!(PackedQ8::from_dense(caps, &[0.0; 15 * 32], 15, 32).is_none());
+        assert!(PackedQ8::from_dense(caps, &[0.0; 16 * 40], 16, 40).is_none());
+    }
+}
+
+#[cfg(test)]
+mod tiers {
+    use super::super::block::tests::{data, same};
+    use super::super::delta::LoraPrecision;
+    use super::super::{Caps, Tier};
+    use super::*;
+
+    /// A projection pass (product and deltas) per tier, for `rows` rows of `x`.
+    fn pass(caps: Caps, w: &[f32], (out, inp): (usize, usize), x: &[f32], rows: usize) -> Vec<f32> {
+        let m = PackedQ8::from_dense(caps, w, out, inp).unwrap();
+        let delta = |r: usize, p: LoraPrecision, salt: u32| {
+            let (a, b) = (data(r * inp, salt), data(out * r, salt + 1));
+            HostDelta::new(caps, &a, &b, (out, r, inp), 0.75, p)
+        };
+        let ds = [
+            delta(16, LoraPrecision::Q8, 3),
+            delta(4, LoraPrecision::Q8, 5), // too small for 8 bits: f16
+            delta(8, LoraPrecision::F16, 7),
+            delta(8, LoraPrecision::F32, 9),
+        ];
+        assert!(ds[0].is_q8() && !ds[1].is_q8());
+        let lora: Vec<Option<&HostDelta>> = (0..rows)
+            .map(|r| (r % 6 < 4).then(|| &ds[(r / 2) % 4]))
+            .collect();
+        let xt = Tensor::from_vec(x.to_vec(), (rows, inp), &Device::Cpu).unwrap();
+        let y = m.forward_with_lora(&xt, &lora).unwrap();
+        y.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn every_tier_gives_the_portable_products_bit_for_bit() {
+        let (out, inp) = (48, 96);
+        let mut w = data(out * inp, 1);
+        w[..inp].fill(0.0); // an all-zero output row
+        for v in &mut w[inp..3 * inp] {
+            *v = v.signum(); // ±1: every block at ±127
+        }
+        // Decode-sized batches (16, 8, 4 and fewer rows per load) and a prefill's.
+        for rows in [1, 3, 7, 16, 29, FUSED_ROWS + 9] {
+            let mut x = data(rows * inp, 2);
+            if rows > 1 {
+                x[inp..2 * inp].fill(0.0); // an all-zero row
+            }
+            if rows > 3 {
+                x[2 * inp + 5] = f32::NAN;
+                x[3 * inp + 40] = f32::INFINITY;
+                x[3 * inp + 41] = -1e30;
+            }
+            let want = pass(Caps::portable(), &w, (out, inp), &x, rows);
+            for tier in Tier::available() {
+                let got = pass(Caps::new(tier).unwrap(), &w, (out, inp), &x, rows);
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    assert!(same(*g, *e), "{tier}, {rows} rows, value {i}: {g} vs {e}");
+                }
+            }
+        }
     }
 }
