@@ -7,15 +7,18 @@
 //!
 //! `cargo bench --bench engine` runs everything: the parent re-runs itself once per thread count
 //! (rayon's pool size is fixed per process) and prints one JSON report with ratios.
+//! Each figure is the median of 5 runs after a warm-up, per CPU kernel tier (`--cpu-kernels`),
+//! with the bytes of weights each holds.
 //! Environment: `LORAPLEX_BENCH_THREADS` (default "1,2"), `LORAPLEX_BENCH_DTYPES`
-//! (default "auto,q8_0,f32"), `LORAPLEX_BENCH_BATCHES` (default "1,4,16,64"), `LLAMA_BENCH`
+//! (default "auto,f32"), `LORAPLEX_BENCH_KERNELS` (default: every tier this CPU runs; `candle`
+//! adds candle's generic ops), `LORAPLEX_BENCH_BATCHES` (default "1,4,16,64"), `LLAMA_BENCH`
 //! (path to llama-bench; default `$HOME/.cache/loraplex/llama.cpp/build/bin/llama-bench`).
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use loraplex_models::{KvCache, LoadOptions, LogitsFor, SeqInput, WeightDtype};
+use loraplex_models::{KernelChoice, KvCache, LoadOptions, LogitsFor, SeqInput, Tier, WeightDtype};
 use serde_json::{json, Value};
 
 fn model_path() -> PathBuf {
@@ -38,32 +41,52 @@ fn tokens(n: usize, salt: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The median of `f`'s 5 timings (seconds) after one warm-up run.
+fn median_secs(mut f: impl FnMut() -> f64) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..5).map(|_| f()).collect();
+    t.sort_by(f64::total_cmp);
+    t[2]
+}
+
 fn child(threads: usize) -> Value {
     let mut results = Vec::new();
-    for dt in env_list("LORAPLEX_BENCH_DTYPES", "auto,q8_0,f32") {
+    let tiers: Vec<&str> = Tier::available().iter().map(|t| t.name()).collect();
+    for dt in env_list("LORAPLEX_BENCH_DTYPES", "auto,f32") {
+        for kn in env_list("LORAPLEX_BENCH_KERNELS", &tiers.join(",")) {
+            results.push(one(threads, &dt, &kn));
+        }
+    }
+    Value::Array(results)
+}
+
+/// One dtype on one kernel set.
+fn one(threads: usize, dt: &str, kn: &str) -> Value {
+    {
         let dtype: WeightDtype = dt.parse().unwrap();
+        let kernels: KernelChoice = kn.parse().unwrap();
         let lm = loraplex_models::load(
             model_path().to_str().unwrap(),
             &LoadOptions {
                 dtype,
+                kernels,
                 ..Default::default()
             },
         )
         .expect("load the default model (run scripts/fetch-model.sh)");
         let m = &lm.model;
-        let mut row = json!({"dtype": dt, "threads": threads, "weight_bytes": m.weight_bytes()});
-        // Prefill: best of 3 runs, fresh cache each time.
+        let mut row = json!({"dtype": dt, "kernels": kn, "threads": threads, "weight_bytes": m.weight_bytes()});
+        // Prefill: a fresh cache each run.
         for n in [64usize, 512] {
             let prompt = tokens(n, 1);
-            let mut best = f64::MAX;
-            for _ in 0..3 {
+            let secs = median_secs(|| {
                 let mut c = m.new_cache();
                 let t = Instant::now();
                 m.forward(&[SeqInput::new(&prompt, LogitsFor::Last)], &mut [&mut c])
                     .unwrap();
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-            row[format!("pp{n}")] = json!(n as f64 / best);
+                t.elapsed().as_secs_f64()
+            });
+            row[format!("pp{n}")] = json!(n as f64 / secs);
         }
         // Decode at batch sizes: every sequence holds a 64-token context, then 32 decode steps.
         for b in env_list("LORAPLEX_BENCH_BATCHES", "1,4,16,64") {
@@ -74,23 +97,26 @@ fn child(threads: usize) -> Value {
                 m.forward(&[SeqInput::new(&p, LogitsFor::None)], &mut [c])
                     .unwrap();
             }
-            let steps = 32;
+            // 5 timed runs of 8 steps after a warm-up of 8: the context grows from 64 to 112.
+            let steps = 8;
             let next: Vec<[u32; 1]> = (0..b).map(|i| [tokens(1, 1000 + i as u32)[0]]).collect();
-            let t = Instant::now();
-            for _ in 0..steps {
-                let inputs: Vec<SeqInput<'_>> = next
-                    .iter()
-                    .map(|t| SeqInput::new(t, LogitsFor::Last))
-                    .collect();
-                let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
-                m.forward(&inputs, &mut refs).unwrap();
-            }
-            row[format!("tg_batch{b}")] = json!((steps * b) as f64 / t.elapsed().as_secs_f64());
+            let secs = median_secs(|| {
+                let t = Instant::now();
+                for _ in 0..steps {
+                    let inputs: Vec<SeqInput<'_>> = next
+                        .iter()
+                        .map(|t| SeqInput::new(t, LogitsFor::Last))
+                        .collect();
+                    let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
+                    m.forward(&inputs, &mut refs).unwrap();
+                }
+                t.elapsed().as_secs_f64()
+            });
+            row[format!("tg_batch{b}")] = json!((steps * b) as f64 / secs);
         }
         eprintln!("{row}");
-        results.push(row);
+        row
     }
-    Value::Array(results)
 }
 
 /// Stock candle (candle-transformers' `quantized_llama`, one sequence) on the same model with its

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::candle_ops::{attention, causal_mask};
 use crate::config::LlamaConfig;
-use crate::cpu::{decode_attention, DecodeJob};
+use crate::cpu::AttnJob;
 use crate::error::{ModelError, Result};
 use crate::kernels::Kernels;
 use crate::kv::KvCache;
@@ -247,14 +247,15 @@ impl Llama {
         let (cos, sin) = self.rotary.tables(&positions)?;
         let per_seq: Vec<_> = inputs.iter().map(|i| (i.adapter, i.tokens.len())).collect();
         let lora = LoraGroups::new(&per_seq, self.kernels, &self.device)?;
-        // Which rows attend by the CPU wing's decode pass; the others' masks, once per step.
-        let host_decode = self.kernels.cpu().filter(|_| self.dtype == DType::F32);
+        // The CPU wing attends in place; candle's path needs each prefill's mask, built once
+        // per step for every layer.
+        let host = self.kernels.cpu().filter(|_| self.dtype == DType::F32);
         let masks: Vec<Option<Tensor>> = inputs
             .iter()
             .zip(caches.iter())
             .map(|(inp, cache)| {
                 let t = inp.tokens.len();
-                (t > 1)
+                (t > 1 && host.is_none())
                     .then(|| causal_mask(t, cache.len(), self.dtype, &self.device))
                     .transpose()
             })
@@ -275,42 +276,28 @@ impl Llama {
                 .rotary
                 .apply(&k.reshape((total, nkv, hd))?, &cos, &sin)?;
             let v = v.reshape((total, nkv, hd))?;
-            let mut outs: Vec<Option<Tensor>> = vec![None; inputs.len()];
-            let mut decodes = Vec::new();
+            // Each sequence's new keys and values join its cache; then each attends over it.
+            let mut jobs = Vec::with_capacity(inputs.len());
             let mut off = 0;
-            for (i, (inp, cache)) in inputs.iter().zip(caches.iter_mut()).enumerate() {
+            for (inp, cache) in inputs.iter().zip(caches.iter_mut()) {
                 let t = inp.tokens.len();
                 let ki = k.narrow(0, off, t)?.transpose(0, 1)?;
                 let vi = v.narrow(0, off, t)?.transpose(0, 1)?;
-                let (k_all, v_all) = cache.append(l, &ki, &vi)?;
-                if t == 1 && host_decode.is_some() {
-                    decodes.push((
-                        i,
-                        DecodeJob {
-                            row: off,
-                            k: k_all,
-                            v: v_all,
-                        },
-                    ));
-                } else {
-                    let qi = q.narrow(0, off, t)?.transpose(0, 1)?.contiguous()?;
-                    outs[i] = Some(attention(&qi, &k_all, &v_all, masks[i].as_ref())?);
-                }
+                let (k, v) = cache.append(l, &ki, &vi)?;
+                jobs.push(AttnJob { row: off, t, k, v });
                 off += t;
             }
-            if let (false, Some(caps)) = (decodes.is_empty(), host_decode) {
-                let (idx, jobs): (Vec<usize>, Vec<DecodeJob>) = decodes.into_iter().unzip();
-                for (i, o) in idx
-                    .into_iter()
-                    .zip(decode_attention(caps, &q, &jobs, nh, nkv, hd)?)
-                {
-                    outs[i] = Some(o);
-                }
-            }
-            let mut outs: Vec<Tensor> = outs
-                .into_iter()
-                .map(|o| o.expect("every sequence attended"))
-                .collect();
+            let mut outs = match host {
+                Some(caps) => crate::cpu::attention(caps, &q, &jobs, nh, nkv, hd)?,
+                None => jobs
+                    .iter()
+                    .zip(&masks)
+                    .map(|(j, mask)| {
+                        let qi = q.narrow(0, j.row, j.t)?.transpose(0, 1)?.contiguous()?;
+                        attention(&qi, &j.k, &j.v, mask.as_ref())
+                    })
+                    .collect::<Result<_>>()?,
+            };
             let attn = if outs.len() == 1 {
                 outs.pop().expect("one")
             } else {

@@ -1,18 +1,22 @@
-//! Decode attention on the CPU: one new token per sequence, attending over that sequence's cache
-//! in place. Replaces a dozen tensor ops per sequence and layer (whose fixed costs dominate at
-//! one query row) with one pass over all decoding sequences. Each output depends only on its own
-//! sequence, so batching cannot change it.
+//! Attention on the CPU wing: each new token of each sequence attends causally over that
+//! sequence's cache in place. Replaces a dozen tensor ops per sequence and layer (whose fixed
+//! costs dominate at one query row) with one parallel pass over every row of the step, and
+//! keeps the whole CPU path on this wing's kernels: every tier computes the same bits, on any
+//! CPU (candle's matmuls choose their kernels by the CPU they run on). Each output depends
+//! only on its own sequence, so batching cannot change it.
 
 use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
-use super::slices::{dot, f32_values, scratch};
+use super::slices::{f32_values, scratch};
 use super::Caps;
 use crate::error::{ModelError, Result};
 
-/// One decoding sequence: the row of its query in `q`, and its cache views `[nkv, len, hd]`.
-pub(crate) struct DecodeJob {
+/// One sequence's share of a step: the first of its `t` rows in `q`, and its cache views
+/// `[nkv, len, hd]` (`len` = its position before the step + `t`).
+pub(crate) struct AttnJob {
     pub row: usize,
+    pub t: usize,
     pub k: Tensor,
     pub v: Tensor,
 }
@@ -46,11 +50,11 @@ fn view<'a>(s: &'a Storage, l: &candle_core::Layout) -> Result<View<'a>> {
     })
 }
 
-/// `q`: `[rows, nh, hd]` (all rows of the step); returns one `[1, nh·hd]` output per job.
-pub(crate) fn decode_attention(
+/// `q`: `[rows, nh, hd]` (all rows of the step); returns one `[t, nh·hd]` output per job.
+pub(crate) fn attention(
     caps: Caps,
     q: &Tensor,
-    jobs: &[DecodeJob],
+    jobs: &[AttnJob],
     nh: usize,
     nkv: usize,
     hd: usize,
@@ -64,21 +68,30 @@ pub(crate) fn decode_attention(
     for ((ks, kl), (vs, vl)) in &guards {
         views.push((view(ks, kl)?, view(vs, vl)?));
     }
+    // (job, row within it) of each output row, in job order.
+    let rows: Vec<(usize, usize)> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(s, j)| (0..j.t).map(move |i| (s, i)))
+        .collect();
+    if let Some((s, _)) = jobs.iter().enumerate().find(|(s, j)| views[*s].0.len < j.t) {
+        return Err(ModelError::InvalidBatch(format!(
+            "attention job {s}: a cache shorter than its new rows"
+        )));
+    }
     let groups = nh / nkv;
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = vec![0f32; jobs.len() * nh * hd];
-    // One task per sequence and KV head, for the `groups` query heads sharing it: each key and
-    // value row is loaded once for all of them.
+    let mut out = vec![0f32; rows.len() * nh * hd];
+    // One task per output row and KV head, for the `groups` query heads sharing it: each key
+    // and value row is loaded once for all of them.
     out.par_chunks_mut(groups * hd)
         .enumerate()
         .for_each(|(idx, o)| {
-            let (s, g) = (idx / nkv, idx % nkv);
+            let ((s, i), g) = (rows[idx / nkv], idx % nkv);
             let (k, v) = &views[s];
-            let len = k.len;
-            if len == 0 {
-                return; // nothing to attend to: zeros, as before any cache existed
-            }
-            let q0 = (jobs[s].row * nh + g * groups) * hd;
+            // Causal: row i sits at position len - t + i and sees keys up to it.
+            let len = k.len - jobs[s].t + i + 1;
+            let q0 = ((jobs[s].row + i) * nh + g * groups) * hd;
             let qs = &qv[q0..q0 + groups * hd];
             // Scores of every head of the group, on the stack for contexts up to 1024 at 4
             // heads per KV head (the decode step allocated a buffer per head and layer).
@@ -86,8 +99,8 @@ pub(crate) fn decode_attention(
             let scores = scratch(&mut stack, &mut heap, groups * len);
             for j in 0..len {
                 let kr = k.row(g, j, hd);
-                for (i, q) in qs.chunks_exact(hd).enumerate() {
-                    scores[i * len + j] = dot(q, kr) * scale;
+                for (h, q) in qs.chunks_exact(hd).enumerate() {
+                    scores[h * len + j] = caps.dot(q, kr) * scale;
                 }
             }
             for w in scores.chunks_exact_mut(len) {
@@ -99,8 +112,8 @@ pub(crate) fn decode_attention(
             }
             for j in 0..len {
                 let vr = v.row(g, j, hd);
-                for (i, oh) in o.chunks_exact_mut(hd).enumerate() {
-                    let w = scores[i * len + j];
+                for (h, oh) in o.chunks_exact_mut(hd).enumerate() {
+                    let w = scores[h * len + j];
                     for (od, vd) in oh.iter_mut().zip(vr) {
                         *od += w * vd;
                     }
@@ -110,8 +123,13 @@ pub(crate) fn decode_attention(
     drop(views);
     drop(guards);
     let dev = q.device();
-    out.chunks_exact(nh * hd)
-        .map(|c| Ok(Tensor::from_slice(c, (1, nh * hd), dev)?))
+    let mut at = 0;
+    jobs.iter()
+        .map(|j| {
+            let rows = &out[at * nh * hd..(at + j.t) * nh * hd];
+            at += j.t;
+            Ok(Tensor::from_slice(rows, (j.t, nh * hd), dev)?)
+        })
         .collect()
 }
 
@@ -146,50 +164,69 @@ mod tests {
     }
 
     #[test]
-    fn grouped_heads_match_each_head_alone() {
-        // 6 query heads on 2 KV heads; contexts of 1, 17 and 2100 (past the stack scratch).
+    fn grouped_heads_match_each_head_alone_on_every_tier() {
+        // 6 query heads on 2 KV heads; a decode at context 1, three prefill rows ending at 17,
+        // a decode at 2100 (past the stack scratch).
         let (nh, nkv, hd, cap) = (6, 2, 16, 2200);
-        let lens = [1usize, 17, 2100];
-        let rows = lens.len();
+        let shapes = [(1usize, 1usize), (17, 3), (2100, 1)];
+        let rows: usize = shapes.iter().map(|(_, t)| t).sum();
         let q: Vec<f32> = (0..rows * nh * hd).map(|i| val(i, 1)).collect();
         let qt = Tensor::from_slice(&q, (rows, nh, hd), &Device::Cpu).unwrap();
-        let caches: Vec<(Vec<f32>, Vec<f32>)> = (0..rows)
+        let caches: Vec<(Vec<f32>, Vec<f32>)> = (0..shapes.len())
             .map(|s| {
                 let k = (0..nkv * cap * hd).map(|i| val(i, 10 + s)).collect();
                 let v = (0..nkv * cap * hd).map(|i| val(i, 20 + s)).collect();
                 (k, v)
             })
             .collect();
-        let jobs: Vec<DecodeJob> = caches
+        let mut row = 0;
+        let jobs: Vec<AttnJob> = caches
             .iter()
-            .zip(lens)
-            .enumerate()
-            .map(|(row, ((k, v), len))| {
-                let t = |m: &Vec<f32>| {
+            .zip(shapes)
+            .map(|((k, v), (len, t))| {
+                let view = |m: &Vec<f32>| {
                     Tensor::from_slice(m, (nkv, cap, hd), &Device::Cpu)
                         .unwrap()
                         .narrow(1, 0, len)
                         .unwrap()
                 };
-                DecodeJob {
-                    row,
-                    k: t(k),
-                    v: t(v),
+                row += t;
+                AttnJob {
+                    row: row - t,
+                    t,
+                    k: view(k),
+                    v: view(v),
                 }
             })
             .collect();
-        let got = decode_attention(Caps::detect(), &qt, &jobs, nh, nkv, hd).unwrap();
-        for (s, (out, len)) in got.iter().zip(lens).enumerate() {
+        let bits = |v: &[Tensor]| -> Vec<Vec<u32>> {
+            v.iter()
+                .map(|t| {
+                    let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+                    v.iter().map(|f| f.to_bits()).collect()
+                })
+                .collect()
+        };
+        let got = attention(Caps::portable(), &qt, &jobs, nh, nkv, hd).unwrap();
+        for tier in super::super::Tier::available() {
+            let caps = Caps::new(tier).unwrap();
+            let other = attention(caps, &qt, &jobs, nh, nkv, hd).unwrap();
+            assert_eq!(bits(&other), bits(&got), "{tier}");
+        }
+        for (s, (out, (len, t))) in got.iter().zip(shapes).enumerate() {
             let out: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
             let (k, v) = &caches[s];
-            for h in 0..nh {
-                let g = h / (nh / nkv);
-                let qh = &q[(s * nh + h) * hd..(s * nh + h + 1) * hd];
-                let (kg, vg) = (&k[g * cap * hd..], &v[g * cap * hd..]);
-                let want = reference(qh, kg, vg, len, hd);
-                for (d, w) in want.iter().enumerate() {
-                    let o = out[h * hd + d] as f64;
-                    assert!((o - w).abs() < 1e-5, "seq {s} head {h} dim {d}: {o} vs {w}");
+            for i in 0..t {
+                for h in 0..nh {
+                    let g = h / (nh / nkv);
+                    let r = jobs[s].row + i;
+                    let qh = &q[(r * nh + h) * hd..(r * nh + h + 1) * hd];
+                    let (kg, vg) = (&k[g * cap * hd..], &v[g * cap * hd..]);
+                    let want = reference(qh, kg, vg, len - t + i + 1, hd);
+                    for (d, w) in want.iter().enumerate() {
+                        let o = out[(i * nh + h) * hd + d] as f64;
+                        assert!((o - w).abs() < 1e-5, "seq {s} row {i} head {h}: {o} vs {w}");
+                    }
                 }
             }
         }

@@ -19,6 +19,7 @@ pub(super) static TABLE: Table = Table {
     amax,
     round_block,
     quantize_transposed,
+    dot,
     dot_f16,
     dot4_f16,
     axpy_f16,
@@ -97,6 +98,31 @@ unsafe fn exp_shifted(v: &mut [f32], max: f32) -> f32 {
 unsafe fn load8(p: *const u16) -> __m256 {
     // SAFETY: the caller's contract.
     _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p as *const __m128i) })
+}
+
+/// `slices::dot`: lanes 0-7 and 8-15 of each 16 in two registers.
+///
+/// # Safety
+/// A CPU with this tier's features.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let (n, full) = (a.len(), a.len() / 16 * 16);
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for i in (0..full).step_by(16) {
+        // SAFETY: i + 16 ≤ full ≤ n values of both.
+        unsafe {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+            let (a1, b1) = (_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)));
+            s1 = _mm256_fmadd_ps(a1, b1, s1);
+        }
+    }
+    let mut sum = sum8(_mm256_add_ps(s0, s1));
+    for j in full..n {
+        sum = a[j].mul_add(b[j], sum);
+    }
+    sum
 }
 
 /// `delta::dot_f16`: lanes 0-7 and 8-15 of each 16 in two registers.

@@ -18,6 +18,7 @@ pub(super) static TABLE: Table = Table {
     amax,
     round_block,
     quantize_transposed,
+    dot,
     dot_f16,
     dot4_f16,
     axpy_f16,
@@ -398,6 +399,32 @@ unsafe fn up_rows<const N: usize, const G: usize, const ADD: bool>(
 /// How far ahead (in f16 values) the f16 passes prefetch: 1 KB. Short streams (a few KB per
 /// row) barely train the hardware prefetcher; prefetching past the end is harmless.
 const AHEAD_F16: usize = 512;
+
+/// `slices::dot`: the 16 lanes in one register.
+///
+/// # Safety
+/// A CPU with this tier's features.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let (n, full) = (a.len(), a.len() / 16 * 16);
+    let mut acc = _mm512_setzero_ps();
+    for i in (0..full).step_by(16) {
+        // SAFETY: i + 16 ≤ full ≤ n values of both.
+        let (x, y) = unsafe {
+            (
+                _mm512_loadu_ps(a.as_ptr().add(i)),
+                _mm512_loadu_ps(b.as_ptr().add(i)),
+            )
+        };
+        acc = _mm512_fmadd_ps(x, y, acc);
+    }
+    let mut sum = sum16(acc);
+    for j in full..n {
+        sum = a[j].mul_add(b[j], sum);
+    }
+    sum
+}
 
 /// `delta::dot_f16`: the 16 lanes in one register.
 ///

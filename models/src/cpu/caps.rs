@@ -118,6 +118,7 @@ pub(crate) struct Table {
     pub amax: unsafe fn(&[f32; 32]) -> f32,
     pub round_block: unsafe fn(&[f32; 32], f32, i32, &mut [u8; 32]) -> i32,
     pub quantize_transposed: unsafe fn(&[f32], &[f32], &mut [u8]),
+    pub dot: unsafe fn(&[f32], &[f32]) -> f32,
     pub dot_f16: unsafe fn(&[f16], &[f32]) -> f32,
     pub dot4_f16: unsafe fn(&[f16], &[f32]) -> [f32; 4],
     pub axpy_f16: unsafe fn(&mut [f32], f32, &[f16]),
@@ -213,6 +214,11 @@ impl Caps {
     pub(crate) fn quantize_transposed(self, b: &[f32], ids: &[f32], q: &mut [u8]) {
         // SAFETY: as in `amax`; the kernel checks the shapes.
         unsafe { (self.table.quantize_transposed)(b, ids, q) }
+    }
+
+    pub(crate) fn dot(self, a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: as in `amax`; the kernel checks the lengths.
+        unsafe { (self.table.dot)(a, b) }
     }
 
     pub(crate) fn dot_f16(self, a: &[f16], x: &[f32]) -> f32 {

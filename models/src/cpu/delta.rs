@@ -11,7 +11,7 @@ use half::f16;
 
 use super::block::{quantize_rows, QuantRow};
 use super::delta_q8::Q8Delta;
-use super::slices::{axpy, dot, scratch};
+use super::slices::{axpy, reduce16, scratch};
 use super::Caps;
 
 /// How the CPU holds adapter weights in f32 activations.
@@ -232,7 +232,7 @@ impl HostMat {
     fn dot_row(&self, caps: Caps, i: usize, x: &[f32]) -> f32 {
         let n = x.len();
         match self {
-            HostMat::F32(v) => dot(&v[i * n..(i + 1) * n], x),
+            HostMat::F32(v) => caps.dot(&v[i * n..(i + 1) * n], x),
             HostMat::F16 { data, unscale } => caps.dot_f16(&data[i * n..(i + 1) * n], x) * unscale,
         }
     }
@@ -322,17 +322,6 @@ pub(super) fn axpy_f16(out: &mut [f32], t: f32, b: &[f16]) {
     for (o, h) in out.iter_mut().zip(b) {
         *o = t.mul_add(h.to_f32(), *o);
     }
-}
-
-/// The tree sum of [`dot_f16`].
-#[inline(always)]
-pub(super) fn reduce16(mut v: [f32; 16]) -> f32 {
-    for w in [8, 4, 2, 1] {
-        for l in 0..w {
-            v[l] += v[l + w];
-        }
-    }
-    v[0]
 }
 
 #[cfg(test)]

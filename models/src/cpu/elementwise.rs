@@ -12,8 +12,7 @@ use std::f32::consts::LOG2_E;
 use candle_core::{DType, Tensor};
 
 use super::block::{max_ps, min_ps};
-use super::delta::reduce16;
-use super::slices::f32_values;
+use super::slices::{f32_values, reduce16};
 use super::Caps;
 use crate::error::Result;
 

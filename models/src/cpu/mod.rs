@@ -30,7 +30,7 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avxvnni;
 
-pub(crate) use attention::{decode_attention, DecodeJob};
+pub(crate) use attention::{attention, AttnJob};
 pub use caps::{Caps, Tier};
 pub(crate) use delta::HostDelta;
 pub use delta::LoraPrecision;

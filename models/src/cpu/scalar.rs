@@ -5,7 +5,7 @@ use core::slice;
 use half::f16;
 
 use super::caps::Table;
-use super::{block, delta, elementwise, BLOCK, TILE};
+use super::{block, delta, elementwise, slices, BLOCK, TILE};
 
 pub(super) static TABLE: Table = Table {
     tile,
@@ -13,6 +13,7 @@ pub(super) static TABLE: Table = Table {
     amax: block::amax,
     round_block: block::round_block,
     quantize_transposed: block::quantize_transposed,
+    dot: slices::dot,
     dot_f16: delta::dot_f16,
     dot4_f16: delta::dot4_f16,
     axpy_f16: delta::axpy_f16,

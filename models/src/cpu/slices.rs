@@ -1,22 +1,35 @@
 //! Plain-slice helpers of the CPU wing: dot products, scratch buffers, and reading a tensor's
 //! values in place.
 
-/// Dot product with eight independent accumulators, so the compiler vectorizes it.
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+/// `a · b` in the reference order every tier follows: 16 lanes, value `i` of each whole 16
+/// going to lane `i % 16` by a fused multiply-add, the lanes summed by [`reduce16`], then the
+/// tail in order.
+#[inline(always)]
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let full = a.len() / 16 * 16;
+    let mut acc = [0f32; 16];
+    for (ca, cb) in a[..full].chunks_exact(16).zip(b[..full].chunks_exact(16)) {
+        for l in 0..16 {
+            acc[l] = ca[l].mul_add(cb[l], acc[l]);
         }
     }
-    acc.iter().sum::<f32>() + tail
+    let mut sum = reduce16(acc);
+    for (x, y) in a[full..].iter().zip(&b[full..]) {
+        sum = x.mul_add(*y, sum);
+    }
+    sum
+}
+
+/// The lanes' tree sum of every 16-lane reduction: `l + l+8`, then `+4`, `+2`, `+1`.
+#[inline(always)]
+pub(super) fn reduce16(mut v: [f32; 16]) -> f32 {
+    for w in [8, 4, 2, 1] {
+        for l in 0..w {
+            v[l] += v[l + w];
+        }
+    }
+    v[0]
 }
 
 /// A CPU f32 tensor's values as a slice: borrowed in place when contiguous (a decode step
@@ -86,7 +99,25 @@ pub(crate) fn axpy(out: &mut [f32], t: f32, b: &[f32]) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{Caps, Tier};
     use super::*;
+
+    #[test]
+    fn every_tier_gives_the_reference_dot_products_bit_for_bit() {
+        for n in [1usize, 15, 16, 17, 64, 100, 576] {
+            let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+            let mut b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.71).sin() * 3.0).collect();
+            let want = dot(&a, &b);
+            for tier in Tier::available() {
+                let got = Caps::new(tier).unwrap().dot(&a, &b);
+                assert_eq!(got.to_bits(), want.to_bits(), "{tier} {n}");
+            }
+            b[n / 2] = f32::INFINITY;
+            for tier in Tier::available() {
+                assert_eq!(Caps::new(tier).unwrap().dot(&a, &b), dot(&a, &b), "{tier} {n}");
+            }
+        }
+    }
 
     #[test]
     fn tensor_values_are_borrowed_when_contiguous_and_copied_otherwise() {
