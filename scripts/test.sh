@@ -10,6 +10,11 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, pytest, du
   # jsonschema validates structured outputs and tool arguments (tests/e2e/test_structured.py, test_tools.py).
   .venv/bin/pip install --quiet "openai>=1.40" "pytest>=8" "duckdb==1.5.6" "jsonschema==4.26.0"
 fi
+# qemu-user runs the binary as older CPUs (tests/portable.rs); that test says so and skips
+# only where it cannot be installed.
+if ! command -v qemu-x86_64 >/dev/null && command -v apt-get >/dev/null; then
+  (apt-get install -y -qq qemu-user >/dev/null 2>&1 || sudo -n apt-get install -y -qq qemu-user >/dev/null 2>&1) || true
+fi
 cargo build
 cargo test --workspace --all-targets "$@" 2>&1
 .venv/bin/python -m pytest tests/e2e -q
