@@ -1,6 +1,8 @@
 //! Engine throughput on the default model: single-stream prefill (64 and 512 tokens) and decode,
 //! batched decode at several batch sizes, for each `--dtype` and thread count, and llama.cpp's
-//! `llama-bench` on the same GGUF in the same run when it is available (see `benches/llamacpp.sh`).
+//! `llama-bench` in the same run when it is available: built per ISA level (`benches/llamacpp.sh
+//! avx2`, `... avx512`), each tier compared with the build of its level, on llama.cpp's own Q4_1
+//! file and on the same model re-quantized to Q8_0 (format and implementation apart).
 //!
 //! Stock candle (candle-transformers' `quantized_llama`) runs in the same invocation too, with
 //! Q8_0 and with f32 weights, so "at least stock candle's best per phase" is checked directly.
@@ -11,7 +13,8 @@
 //! with the bytes of weights each holds.
 //! Environment: `LORAPLEX_BENCH_THREADS` (default "1,2"), `LORAPLEX_BENCH_DTYPES`
 //! (default "auto,f32"), `LORAPLEX_BENCH_KERNELS` (default: every tier this CPU runs; `candle`
-//! adds candle's generic ops), `LORAPLEX_BENCH_BATCHES` (default "1,4,16,64"), `LLAMA_BENCH`
+//! adds candle's generic ops), `LORAPLEX_BENCH_DEVICE` (default cpu; with `candle` kernels
+//! on a GPU, see `benches/gpu.sh`), `LORAPLEX_BENCH_BATCHES` (default "1,4,16,64"), `LLAMA_BENCH`
 //! (path to llama-bench; default `$HOME/.cache/loraplex/llama.cpp/build/bin/llama-bench`).
 
 use std::path::PathBuf;
@@ -70,6 +73,10 @@ fn one(threads: usize, dt: &str, kn: &str) -> Value {
             &LoadOptions {
                 dtype,
                 kernels,
+                device: loraplex_models::parse_device(
+                    &std::env::var("LORAPLEX_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into()),
+                )
+                .unwrap(),
                 ..Default::default()
             },
         )
@@ -88,7 +95,24 @@ fn one(threads: usize, dt: &str, kn: &str) -> Value {
             });
             row[format!("pp{n}")] = json!(n as f64 / secs);
         }
-        // Decode at batch sizes: every sequence holds a 64-token context, then 32 decode steps.
+        // Single-stream decode as llama-bench's tgN: N one-token steps from an empty cache.
+        for n in [1usize, 16, 64] {
+            let ids = tokens(n, 3);
+            let secs = median_secs(|| {
+                let mut c = m.new_cache();
+                let t = Instant::now();
+                for id in &ids {
+                    m.forward(
+                        &[SeqInput::new(std::slice::from_ref(id), LogitsFor::Last)],
+                        &mut [&mut c],
+                    )
+                    .unwrap();
+                }
+                t.elapsed().as_secs_f64()
+            });
+            row[format!("tg{n}")] = json!(n as f64 / secs);
+        }
+        // Decode at batch sizes: every sequence holds a 64-token context, then the steps.
         for b in env_list("LORAPLEX_BENCH_BATCHES", "1,4,16,64") {
             let b: usize = b.parse().unwrap();
             let mut caches: Vec<KvCache> = (0..b).map(|_| m.new_cache()).collect();
@@ -123,32 +147,10 @@ fn one(threads: usize, dt: &str, kn: &str) -> Value {
 /// Q4_1 weights re-quantized to Q8_0, the best stock decode; with `CANDLE_DEQUANTIZE_ALL=1` in
 /// the environment the same code runs dequantized f32 weights, the best stock prefill.
 fn stock_candle(threads: usize, label: &str) -> Value {
-    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    use candle_core::quantized::gguf_file;
     use candle_core::{Device, Tensor};
     let dev = Device::Cpu;
-    let mut f = std::fs::File::open(model_path()).unwrap();
-    let content = gguf_file::Content::read(&mut f).unwrap();
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    for name in content.tensor_infos.keys() {
-        let q = content.tensor(&mut f, name, &dev).unwrap();
-        let q = if q.dtype() == GgmlDType::Q4_1 {
-            QTensor::quantize(&q.dequantize(&dev).unwrap(), GgmlDType::Q8_0).unwrap()
-        } else {
-            q
-        };
-        tensors.push((name.clone(), q));
-    }
-    let tmp = std::env::temp_dir().join(format!("loraplex-stock-{}.gguf", std::process::id()));
-    {
-        let mut out = std::fs::File::create(&tmp).unwrap();
-        let md: Vec<(&str, &gguf_file::Value)> = content
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.as_str(), v))
-            .collect();
-        let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        gguf_file::write(&mut out, &md, &ts).unwrap();
-    }
+    let tmp = q8_0_copy();
     let mut f = std::fs::File::open(&tmp).unwrap();
     let content = gguf_file::Content::read(&mut f).unwrap();
     let mut m = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
@@ -185,43 +187,47 @@ fn stock_candle(threads: usize, label: &str) -> Value {
             .unwrap();
         m.forward(&x, 64 + i).unwrap();
     }
-    row["tg_batch1"] = json!(steps as f64 / t.elapsed().as_secs_f64());
+    row["tg1"] = json!(steps as f64 / t.elapsed().as_secs_f64());
     row
 }
 
-fn llama_bench(threads: usize) -> Option<Value> {
-    let bin = std::env::var("LLAMA_BENCH")
+/// The llama.cpp build for one ISA level (`benches/llamacpp.sh ISA`), or `LLAMA_BENCH_<ISA>`.
+fn llama_bench_bin(isa: &str) -> Option<PathBuf> {
+    let bin = std::env::var(format!("LLAMA_BENCH_{}", isa.to_uppercase()))
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/loraplex/llama.cpp/build/bin/llama-bench")
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(format!(
+                ".cache/loraplex/llama.cpp/build-{isa}/bin/llama-bench"
+            ))
         });
-    if !bin.exists() {
+    if bin.exists() {
+        Some(bin)
+    } else {
         eprintln!(
-            "llama-bench not found at {} (run benches/llamacpp.sh); skipping the baseline",
+            "llama-bench for {isa} not found at {} (run benches/llamacpp.sh {isa}); no baseline",
             bin.display()
+        );
+        None
+    }
+}
+
+/// llama-bench on `model`: pp64, pp512, tg1, tg16, tg64, each the median of its 5 runs
+/// (`samples_ts`), after its own warm-up.
+fn llama_bench(bin: &PathBuf, model: &std::path::Path, threads: usize) -> Option<Value> {
+    let out = Command::new(bin)
+        .args(["-m", model.to_str()?, "-t", &threads.to_string()])
+        .args(["-p", "64,512", "-n", "1,16,64", "-r", "5", "-o", "json"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!(
+            "llama-bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
         return None;
     }
-    let out = Command::new(&bin)
-        .args([
-            "-m",
-            model_path().to_str()?,
-            "-t",
-            &threads.to_string(),
-            "-p",
-            "64,512",
-            "-n",
-            "64",
-            "-r",
-            "3",
-            "-o",
-            "json",
-        ])
-        .output()
-        .ok()?;
     let runs: Value = serde_json::from_slice(&out.stdout).ok()?;
-    let mut r = json!({"threads": threads});
+    let mut r = json!({"threads": threads, "model": model.file_name()?.to_str()?});
     for run in runs.as_array()? {
         let (p, n) = (run["n_prompt"].as_u64()?, run["n_gen"].as_u64()?);
         let key = if n == 0 {
@@ -229,9 +235,53 @@ fn llama_bench(threads: usize) -> Option<Value> {
         } else {
             format!("tg{n}")
         };
-        r[key] = run["avg_ts"].clone();
+        let mut ts: Vec<f64> = run["samples_ts"]
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect();
+        ts.sort_by(f64::total_cmp);
+        r[key] = json!(ts.get(ts.len() / 2)?);
     }
     Some(r)
+}
+
+/// The default model with its Q4_1 matrices re-quantized to Q8_0 (candle's writer), so that
+/// llama.cpp's speed on the format this engine runs is measured apart from its own format's.
+fn q8_0_copy() -> PathBuf {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    let path = std::env::temp_dir().join(format!("loraplex-q8_0-{}.gguf", std::process::id()));
+    let dev = candle_core::Device::Cpu;
+    let mut f = std::fs::File::open(model_path()).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    for name in content.tensor_infos.keys() {
+        let q = content.tensor(&mut f, name, &dev).unwrap();
+        let q = if q.dtype() == GgmlDType::Q4_1 {
+            QTensor::quantize(&q.dequantize(&dev).unwrap(), GgmlDType::Q8_0).unwrap()
+        } else {
+            q
+        };
+        tensors.push((name.clone(), q));
+    }
+    let mut out = std::fs::File::create(&path).unwrap();
+    let md: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut out, &md, &ts).unwrap();
+    path
+}
+
+/// The llama.cpp build an engine tier is compared with.
+fn isa_of(kernels: &str) -> Option<&'static str> {
+    match kernels {
+        "avx2" | "avxvnni" => Some("avx2"),
+        "avx512" | "auto" => Some("avx512"),
+        _ => None,
+    }
 }
 
 fn main() {
@@ -247,10 +297,19 @@ fn main() {
         return;
     }
     let exe = std::env::current_exe().unwrap();
+    let q8 = q8_0_copy();
     let mut report = Vec::new();
     for t in env_list("LORAPLEX_BENCH_THREADS", "1,2") {
         let threads: usize = t.parse().unwrap();
-        let baseline = llama_bench(threads);
+        // llama.cpp per ISA level, on its own Q4_1 and on the same model in Q8_0.
+        let mut baselines = serde_json::Map::new();
+        for isa in ["avx2", "avx512"] {
+            if let Some(bin) = llama_bench_bin(isa) {
+                let q4 = llama_bench(&bin, &model_path(), threads);
+                let q8 = llama_bench(&bin, &q8, threads);
+                baselines.insert(isa.into(), json!({"q4_1": q4, "q8_0": q8}));
+            }
+        }
         let out = Command::new(&exe)
             .env("LORAPLEX_BENCH_CHILD", &t)
             .env("RAYON_NUM_THREADS", &t)
@@ -289,22 +348,30 @@ fn main() {
         };
         let mut rows = Vec::new();
         for mut r in ours.as_array().unwrap().clone() {
-            if let Some(b) = &baseline {
-                let ratio = |a: &Value, b: &Value| {
-                    json!(a.as_f64().unwrap_or(0.0) / b.as_f64().unwrap_or(f64::NAN))
+            let isa = r["kernels"].as_str().and_then(isa_of);
+            for (format, key) in [("q4_1", "vs_llamacpp"), ("q8_0", "vs_llamacpp_q8_0")] {
+                let Some(b) = isa.and_then(|i| baselines.get(i)).map(|b| &b[format]) else {
+                    continue;
                 };
-                r["vs_llamacpp"] = json!({
-                    "pp64": ratio(&r["pp64"], &b["pp64"]),
-                    "pp512": ratio(&r["pp512"], &b["pp512"]),
-                    "tg_batch1": ratio(&r["tg_batch1"], &b["tg64"]),
+                let ratio = |k: &str| {
+                    json!(r[k].as_f64().unwrap_or(0.0) / b[k].as_f64().unwrap_or(f64::NAN))
+                };
+                r[key] = json!({
+                    "build": isa,
+                    "pp64": ratio("pp64"),
+                    "pp512": ratio("pp512"),
+                    "tg1": ratio("tg1"),
+                    "tg16": ratio("tg16"),
+                    "tg64": ratio("tg64"),
                 });
             }
             let vs = |k: &str| json!(r[k].as_f64().unwrap_or(0.0) / best(k));
             r["vs_best_stock_candle"] =
-                json!({"pp64": vs("pp64"), "pp512": vs("pp512"), "tg_batch1": vs("tg_batch1")});
+                json!({"pp64": vs("pp64"), "pp512": vs("pp512"), "tg1": vs("tg1")});
             rows.push(r);
         }
-        report.push(json!({"threads": threads, "llama_cpp": baseline, "stock_candle": stock, "loraplex": rows}));
+        report.push(json!({"threads": threads, "llama_cpp": baselines, "stock_candle": stock, "loraplex": rows}));
     }
+    let _ = std::fs::remove_file(&q8);
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
 }

@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
 # Builds llama.cpp's llama-bench and llama-server offline, from the source tree that the PyPI
-# sdist of llama-cpp-python carries, into a cache outside the repository. Idempotent.
+# sdist of llama-cpp-python carries, into a cache outside the repository, for one x86 ISA level:
+#   benches/llamacpp.sh avx2     # GGML_NATIVE=OFF with AVX2/FMA/F16C (Haswell and later)
+#   benches/llamacpp.sh avx512   # ... plus AVX-512 F/BW/VL/VNNI (what the avx512 tier uses)
+# Never -march=native: AMX instructions trap in these VMs, and a tier is compared with the
+# build of its own level. Prints the llama-bench path. Idempotent.
 set -euo pipefail
+ISA=${1:-avx512}
 ROOT=${LLAMACPP_CACHE:-$HOME/.cache/loraplex/llama.cpp}
 VERSION=0.3.36
-if [ -x "$ROOT/build/bin/llama-bench" ]; then
-  echo "$ROOT/build/bin/llama-bench"
+BUILD="$ROOT/build-$ISA"
+case "$ISA" in
+  avx2) FLAGS=(-DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON) ;;
+  avx512) FLAGS=(-DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON) ;;
+  *) echo "usage: $0 avx2|avx512" >&2; exit 2 ;;
+esac
+if [ -x "$BUILD/bin/llama-bench" ]; then
+  echo "$BUILD/bin/llama-bench"
   exit 0
 fi
 command -v cmake >/dev/null || { apt-get update -qq && apt-get install -y -qq cmake >/dev/null; }
@@ -17,7 +28,7 @@ if [ ! -d src ]; then
   mv "unpack/llama_cpp_python-$VERSION/vendor/llama.cpp" src
   rm -rf unpack dl
 fi
-cmake -S src -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
-  -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_CURL=OFF >/dev/null
-cmake --build build -j"$(nproc)" --target llama-bench llama-server >/dev/null
-echo "$ROOT/build/bin/llama-bench"
+cmake -S src -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+  -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF "${FLAGS[@]}" >/dev/null
+cmake --build "$BUILD" -j"$(nproc)" --target llama-bench llama-server >/dev/null
+echo "$BUILD/bin/llama-bench"

@@ -7,6 +7,7 @@
 //! `cargo bench --bench multi_lora`; env `LORAPLEX_BENCH_C` (16), `LORAPLEX_BENCH_PROMPT` (32),
 //! `LORAPLEX_BENCH_OUTPUT` (64), `LORAPLEX_BENCH_REPEATS` (5: (a), (b), (c) interleaved,
 //! medians); `LORAPLEX_BENCH_STEP_ONLY` (set: only cold loads and the forward-only steps).
+//! `LORAPLEX_BENCH_DEVICE` and `LORAPLEX_BENCH_KERNELS` choose where and on what it runs.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -252,7 +253,7 @@ fn main() {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/SmolLM2-135M-Instruct.Q4_1.gguf");
     let lm =
-        Arc::new(loraplex_models::load(path.to_str().unwrap(), &LoadOptions::default()).unwrap());
+        Arc::new(loraplex_models::load(path.to_str().unwrap(), &bench_load_options()).unwrap());
     let scratch = common::Scratch::new("loraplex-bench-adapters-");
     let dir = scratch.path();
     let reg = AdapterRegistry::new();
@@ -371,4 +372,15 @@ fn main() {
         }
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
+}
+
+/// `LORAPLEX_BENCH_DEVICE` (cpu, cuda[:N], metal; default cpu) and `LORAPLEX_BENCH_KERNELS`
+/// (`--cpu-kernels`; default auto).
+fn bench_load_options() -> LoadOptions {
+    let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.into());
+    LoadOptions {
+        device: loraplex_models::parse_device(&var("LORAPLEX_BENCH_DEVICE", "cpu")).unwrap(),
+        kernels: var("LORAPLEX_BENCH_KERNELS", "auto").parse().unwrap(),
+        ..Default::default()
+    }
 }

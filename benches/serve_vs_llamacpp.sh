@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=weights/SmolLM2-135M-Instruct.Q4_1.gguf
-LLAMA_SERVER=${LLAMA_SERVER:-$HOME/.cache/loraplex/llama.cpp/build/bin/llama-server}
+LLAMA_SERVER=${LLAMA_SERVER:-$HOME/.cache/loraplex/llama.cpp/build-${LLAMACPP_ISA:-avx512}/bin/llama-server}
 REQUESTS_PER_CLIENT=${REQUESTS_PER_CLIENT:-4}
 PROMPT=${PROMPT:-64}
 OUTPUT=${OUTPUT:-64}

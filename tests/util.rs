@@ -49,11 +49,18 @@ pub fn load(spec: &str, dtype: WeightDtype) -> LoadedModel {
 }
 
 pub fn load_on(spec: &str, dtype: WeightDtype, kernels: KernelChoice) -> LoadedModel {
+    // candle's generic path runs where `LORAPLEX_TEST_DEVICE` says (`benches/gpu.sh` sets
+    // `cuda`); the CPU wing runs on the CPU.
+    let device = match (kernels, std::env::var("LORAPLEX_TEST_DEVICE")) {
+        (KernelChoice::Candle, Ok(d)) => loraplex_models::parse_device(&d).unwrap(),
+        _ => loraplex_models::Device::Cpu,
+    };
     loraplex_models::load(
         spec,
         &LoadOptions {
             dtype,
             kernels,
+            device,
             ..Default::default()
         },
     )

@@ -134,6 +134,11 @@ pub fn run(args: ServeArgs, hub: HubOptions) -> anyhow::Result<()> {
         loraplex_models::load(&args.model, &opts)
             .with_context(|| format!("loading {}", args.model))?,
     );
+    tracing::info!(
+        kernels = lm.model.kernels().name(),
+        weight_bytes = lm.model.weight_bytes(),
+        "model loaded"
+    );
     let context = lm.model.config().max_position_embeddings;
     let max_model_len = args.max_model_len.unwrap_or(context);
     anyhow::ensure!(

@@ -114,7 +114,10 @@ pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
         // SAFETY: i + 16 ≤ full ≤ n values of both.
         unsafe {
             s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-            let (a1, b1) = (_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)));
+            let (a1, b1) = (
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+            );
             s1 = _mm256_fmadd_ps(a1, b1, s1);
         }
     }

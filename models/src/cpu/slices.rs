@@ -105,7 +105,9 @@ mod tests {
     #[test]
     fn every_tier_gives_the_reference_dot_products_bit_for_bit() {
         for n in [1usize, 15, 16, 17, 64, 100, 576] {
-            let a: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+            let a: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013)
+                .collect();
             let mut b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.71).sin() * 3.0).collect();
             let want = dot(&a, &b);
             for tier in Tier::available() {
@@ -114,7 +116,11 @@ mod tests {
             }
             b[n / 2] = f32::INFINITY;
             for tier in Tier::available() {
-                assert_eq!(Caps::new(tier).unwrap().dot(&a, &b), dot(&a, &b), "{tier} {n}");
+                assert_eq!(
+                    Caps::new(tier).unwrap().dot(&a, &b),
+                    dot(&a, &b),
+                    "{tier} {n}"
+                );
             }
         }
     }

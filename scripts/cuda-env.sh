@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# A CUDA toolkit from NVIDIA's PyPI wheels (nvcc, the runtime, CCCL headers, cuBLAS, cuRAND,
+# NVRTC; CUDA 13), installed once into a cache outside the repository, for building with
+# `--features cuda` on a machine without a GPU or a system CUDA. No GPU is needed to build;
+# running needs one (and its driver's libcuda).
+#
+#   scripts/cuda-env.sh cargo build --features cuda    # runs the command in that environment
+#   source scripts/cuda-env.sh                         # or sets it in this shell
+#
+# CUDA_COMPUTE_CAP (candle's kernels are compiled for it; nothing here can ask a GPU) defaults to
+# 90 (H100/H200); set it for other GPUs.
+set -euo pipefail
+CACHE=${LORAPLEX_CUDA_CACHE:-$HOME/.cache/loraplex/cuda}
+CU="$CACHE/wheels/nvidia/cu13"
+if [ ! -x "$CU/bin/nvcc" ]; then
+  mkdir -p "$CACHE"
+  python3 -m pip install --quiet --target "$CACHE/wheels" \
+    nvidia-cuda-nvcc nvidia-cuda-runtime nvidia-cuda-cccl nvidia-cublas nvidia-curand nvidia-cuda-nvrtc
+fi
+# The layout build scripts expect of a CUDA root: lib64 beside include, and the unversioned
+# library names the linker looks for.
+[ -e "$CU/lib64" ] || ln -s lib "$CU/lib64"
+for l in "$CU"/lib/lib*.so.*; do
+  base="${l%%.so.*}.so"
+  [ -e "$base" ] || ln -s "$(basename "$l")" "$base"
+done
+export CUDA_ROOT="$CU" CUDA_PATH="$CU" CUDA_HOME="$CU" CUDA_TOOLKIT_ROOT_DIR="$CU"
+export PATH="$CU/bin:$PATH"
+export LIBRARY_PATH="$CU/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$CU/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export CPATH="$CU/include:$CU/include/cccl${CPATH:+:$CPATH}"
+export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+if [ $# -gt 0 ]; then
+  exec "$@"
+fi
