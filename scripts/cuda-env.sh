@@ -30,6 +30,9 @@ export LIBRARY_PATH="$CU/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 export LD_LIBRARY_PATH="$CU/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CPATH="$CU/include:$CU/include/cccl${CPATH:+:$CPATH}"
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+# cudarc (candle's CUDA bindings) knows toolkits up to 13.4 and refuses a newer nvcc's version;
+# the 13.4 API is what it binds either way (the driver is loaded at run time).
+export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13040}
 if [ $# -gt 0 ]; then
   exec "$@"
 fi
