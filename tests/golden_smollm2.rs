@@ -200,10 +200,11 @@ fn quantized_decode_of_16_mixed_rows_stays_near_the_reference(k: KernelChoice) {
     assert!(confident >= 300 && rate >= 0.98, "{agree}/{confident}");
 }
 
-/// The largest logit error allowed on the quantized path, at the reference's top tokens: 8-bit
-/// weights (Q4_1's values rounded to 8 bits per block of 32) and 8-bit activations on every
+/// The largest logit error allowed on the quantized path, at the reference's top tokens:
+/// Q4_1's own weights (held in 4 bits as the file has them) and 8-bit activations on every
 /// projection, against transformers' f32 run of the dequantized file. Measured when it was
-/// set: 0.78 at worst over the 16 rows × 32 decode steps and 0.85 over the prefills' top-20
-/// (the same on every CPU tier, whose results are bit-identical; 0.64 on candle's kernels,
-/// which keep Q4_1's own blocks), so the bound leaves about 50% of room.
+/// set: 0.70 at worst over the 16 rows × 32 decode steps and 0.47 over the prefills' top-20
+/// (the same on every CPU tier, whose results are bit-identical; 0.64 on candle's kernels;
+/// 0.78 and 0.85 with the weights re-quantized to 8 bits, `--dtype q8_0`), so the bound
+/// leaves room for other prompts' outliers.
 const DECODE_LOGIT_BOUND: f32 = 1.25;

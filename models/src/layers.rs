@@ -6,7 +6,7 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::config::{LlamaConfig, RopeLayout};
-use crate::cpu::PackedQ8;
+use crate::cpu::Packed;
 use crate::error::Result;
 use crate::kernels::Kernels;
 use crate::lora::LoraGroups;
@@ -23,7 +23,7 @@ pub enum WeightMatrix {
     Dense(Tensor),
     /// 8-bit packed for the CPU wing: it serves every row count, prefill included, so neither
     /// candle's blocks nor a dense copy are kept beside it.
-    Packed(Arc<PackedQ8>),
+    Packed(Arc<Packed>),
 }
 
 impl WeightMatrix {
@@ -78,7 +78,7 @@ impl Linear {
 
     /// The projections `lins` sharing the input `x` (q, k, v; gate, up; or one), each plus its
     /// rows' LoRA deltas: the one place a projection runs. On the CPU wing, packed matrices run
-    /// in one parallel pass with their deltas inside it (see `PackedQ8::forward_many`).
+    /// in one parallel pass with their deltas inside it (see `Packed::forward_many`).
     pub(crate) fn project(
         lins: &[(&Linear, Proj)],
         x: &Tensor,
@@ -86,7 +86,7 @@ impl Linear {
         layer: usize,
     ) -> Result<Vec<Tensor>> {
         if let Kernels::Cpu(_) = lora.kernels() {
-            let packed: Option<Vec<&PackedQ8>> = lins
+            let packed: Option<Vec<&Packed>> = lins
                 .iter()
                 .map(|(l, _)| match &l.weight {
                     WeightMatrix::Packed(p) => Some(p.as_ref()),
@@ -106,7 +106,7 @@ impl Linear {
                 .collect();
             if let (Some(mats), Some(deltas)) = (packed, deltas) {
                 let deltas: Vec<&[_]> = deltas.iter().map(Vec::as_slice).collect();
-                return PackedQ8::forward_many(&mats, x, &deltas);
+                return Packed::forward_many(&mats, x, &deltas);
             }
         }
         lins.iter()

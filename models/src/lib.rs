@@ -28,7 +28,7 @@ pub use candle_core::{DType, Device, Tensor};
 pub use chat::{ChatMessage, ChatTemplate, ToolCall};
 pub use chat_tools::{json_text, tool_call_text, TOOL_CALL_CLOSE, TOOL_CALL_OPEN};
 pub use config::{HfConfig, LlamaConfig, RopeLayout, RopeScaling};
-pub use cpu::{Caps, LoraPrecision, PackedQ8, Tier};
+pub use cpu::{Caps, LoraPrecision, Packed, Tier};
 pub use error::{ModelError, Result};
 pub use kernels::{KernelChoice, Kernels};
 pub use kv::KvCache;

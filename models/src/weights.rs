@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use crate::cpu::{Caps, PackedQ8};
+use crate::cpu::{Caps, Packed};
 use crate::error::Result;
 use crate::kernels::Kernels;
 use crate::layers::{Embedding, WeightMatrix};
@@ -49,8 +49,9 @@ pub(crate) enum Holding {
     Dense(DType),
     /// ggml blocks for candle's quantized matmul: the file's own (`auto`), or Q8_0 (`q8_0`).
     Quantized { requantize: bool },
-    /// 8-bit packed for the CPU wing's kernels (shapes that do not tile keep the file's blocks).
-    Packed(Caps),
+    /// Packed for the CPU wing's kernels: Q4_0/Q4_1 blocks in 4 bits as they are (unless
+    /// `eight`), everything else in 8 bits (shapes that do not tile keep the file's blocks).
+    Packed { caps: Caps, eight: bool },
 }
 
 impl WeightDtype {
@@ -69,10 +70,10 @@ impl WeightDtype {
             (WeightDtype::F32, _) => Holding::Dense(DType::F32),
             (WeightDtype::F16, _) => Holding::Dense(DType::F16),
             (WeightDtype::Bf16, _) => Holding::Dense(DType::BF16),
-            (WeightDtype::Q8_0 | WeightDtype::Auto, Kernels::Cpu(caps)) if file_is_quantized => {
-                Holding::Packed(caps)
+            (WeightDtype::Auto, Kernels::Cpu(caps)) if file_is_quantized => {
+                Holding::Packed { caps, eight: false }
             }
-            (WeightDtype::Q8_0, Kernels::Cpu(caps)) => Holding::Packed(caps),
+            (WeightDtype::Q8_0, Kernels::Cpu(caps)) => Holding::Packed { caps, eight: true },
             (WeightDtype::Q8_0, Kernels::Candle) => Holding::Quantized { requantize: true },
             (WeightDtype::Auto, Kernels::Candle) if file_is_quantized => {
                 Holding::Quantized { requantize: false }
@@ -87,7 +88,7 @@ impl Holding {
     pub(crate) fn activation_dtype(self) -> DType {
         match self {
             Holding::Dense(dt) => dt,
-            Holding::Quantized { .. } | Holding::Packed(_) => DType::F32,
+            Holding::Quantized { .. } | Holding::Packed { .. } => DType::F32,
         }
     }
 
@@ -103,7 +104,7 @@ impl Holding {
                 };
                 WeightMatrix::Quantized(Arc::new(q))
             }
-            Holding::Packed(caps) => match packed(caps, &q.dequantize(device)?)? {
+            Holding::Packed { caps, eight } => match packed(caps, eight, &q, device)? {
                 Some(p) => p,
                 None => WeightMatrix::Quantized(Arc::new(q)),
             },
@@ -113,10 +114,10 @@ impl Holding {
     pub(crate) fn matrix_from_dense(self, t: Tensor) -> Result<WeightMatrix> {
         Ok(match self {
             Holding::Dense(dt) => WeightMatrix::Dense(t.to_dtype(dt)?),
-            Holding::Quantized { .. } | Holding::Packed(_) => {
+            Holding::Quantized { .. } | Holding::Packed { .. } => {
                 let t32 = t.to_dtype(DType::F32)?;
-                if let Holding::Packed(caps) = self {
-                    if let Some(p) = packed(caps, &t32)? {
+                if let Holding::Packed { caps, .. } = self {
+                    if let Some(p) = packed_dense(caps, &t32)? {
                         return Ok(p);
                     }
                 }
@@ -132,7 +133,7 @@ impl Holding {
     pub(crate) fn embedding_from_q(self, q: Arc<QTensor>, device: &Device) -> Result<Embedding> {
         Ok(match self {
             Holding::Dense(dt) => Embedding::Dense(q.dequantize(device)?.to_dtype(dt)?),
-            Holding::Quantized { .. } | Holding::Packed(_) => Embedding::Quantized(q),
+            Holding::Quantized { .. } | Holding::Packed { .. } => Embedding::Quantized(q),
         })
     }
 
@@ -143,7 +144,7 @@ impl Holding {
             Holding::Quantized { requantize } if !requantize || q.dtype() == GgmlDType::Q8_0 => {
                 Ok(WeightMatrix::Quantized(q))
             }
-            Holding::Packed(caps) => Ok(match packed(caps, &q.dequantize(device)?)? {
+            Holding::Packed { caps, eight } => Ok(match packed(caps, eight, &q, device)? {
                 Some(p) => p,
                 None => WeightMatrix::Quantized(q),
             }),
@@ -152,11 +153,26 @@ impl Holding {
     }
 }
 
+/// `q` packed: Q4_0/Q4_1 blocks in 4 bits as they are (unless `eight`), other types in 8 bits
+/// from their values; `None` when the shape does not tile.
+fn packed(caps: Caps, eight: bool, q: &QTensor, device: &Device) -> Result<Option<WeightMatrix>> {
+    let four = matches!(q.dtype(), GgmlDType::Q4_0 | GgmlDType::Q4_1) && !eight;
+    if four {
+        let (out, inp) = q.shape().dims2()?;
+        let raw = q.data()?;
+        let q4_1 = q.dtype() == GgmlDType::Q4_1;
+        if let Some(p) = Packed::from_q4_blocks(caps, &raw, q4_1, out, inp) {
+            return Ok(Some(WeightMatrix::Packed(Arc::new(p))));
+        }
+    }
+    packed_dense(caps, &q.dequantize(device)?)
+}
+
 /// `dense` packed in 8 bits, when its shape tiles.
-fn packed(caps: Caps, dense: &Tensor) -> Result<Option<WeightMatrix>> {
+fn packed_dense(caps: Caps, dense: &Tensor) -> Result<Option<WeightMatrix>> {
     let (out, inp) = dense.dims2()?;
     let values: Vec<f32> = dense.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    Ok(PackedQ8::from_dense(caps, &values, out, inp).map(|p| WeightMatrix::Packed(Arc::new(p))))
+    Ok(Packed::from_dense(caps, &values, out, inp).map(|p| WeightMatrix::Packed(Arc::new(p))))
 }
 
 /// What the model builder needs from a weight file, whatever its format.

@@ -15,6 +15,7 @@ use super::{block, elementwise};
 
 pub(super) static TABLE: Table = Table {
     tile: super::avx2_int8::tile,
+    tile4: super::q4_avx2::tile4,
     up: super::avx2_int8::up,
     amax,
     round_block,

@@ -14,6 +14,7 @@ use super::{BLOCK, TILE};
 
 pub(super) static TABLE: Table = Table {
     tile,
+    tile4: super::q4_avx512::tile4,
     up,
     amax,
     round_block,

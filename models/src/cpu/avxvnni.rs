@@ -19,6 +19,7 @@ use super::{BLOCK, TILE};
 
 pub(super) static TABLE: Table = Table {
     tile,
+    tile4: super::q4_avxvnni::tile4,
     up,
     ..super::avx2::TABLE
 };

@@ -10,30 +10,50 @@ use super::{Caps, BLOCK};
 pub(crate) struct QuantRow<'a> {
     pub xq: &'a [u8],
     pub dx: &'a [f32],
+    /// Per block, the sum of its signed activations (the 4-bit form's `m` term needs it).
+    pub sx: &'a [i32],
 }
 
-/// Per row and block of 32: `scale = max|x|/127`, bytes `round(x/scale) + 128`.
-pub(crate) fn quantize_rows(
-    caps: Caps,
-    xs: &[f32],
-    rows: usize,
-    inp: usize,
-) -> (Vec<u8>, Vec<f32>) {
+/// Rows of activations quantized by [`quantize_rows`], owning what a [`QuantRow`] borrows.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Quantized {
+    pub xq: Vec<u8>,
+    pub dx: Vec<f32>,
+    pub sx: Vec<i32>,
+}
+
+impl Quantized {
+    /// Rows `r..r+n` of `inp` values each.
+    pub(crate) fn rows(&self, r: usize, n: usize, inp: usize) -> QuantRow<'_> {
+        let blocks = inp / BLOCK;
+        QuantRow {
+            xq: &self.xq[r * inp..(r + n) * inp],
+            dx: &self.dx[r * blocks..(r + n) * blocks],
+            sx: &self.sx[r * blocks..(r + n) * blocks],
+        }
+    }
+}
+
+/// Per row and block of 32: `scale = max|x|/127`, bytes `round(x/scale) + 128`, and the sum
+/// of the rounded values.
+pub(crate) fn quantize_rows(caps: Caps, xs: &[f32], rows: usize, inp: usize) -> Quantized {
     let blocks = inp / BLOCK;
     let mut xq = vec![0u8; rows * inp];
     let mut dx = vec![0f32; rows * blocks];
-    for ((src, q), d) in xs
+    let mut sx = vec![0i32; rows * blocks];
+    for (((src, q), d), s) in xs
         .chunks_exact(BLOCK)
         .zip(xq.chunks_exact_mut(BLOCK))
         .zip(dx.iter_mut())
+        .zip(sx.iter_mut())
     {
         let src: &[f32; BLOCK] = src.try_into().expect("a whole block");
         let amax = caps.amax(src);
         *d = amax / 127.0;
         let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-        caps.round_block(src, id, 128, q.try_into().expect("a whole block"));
+        *s = caps.round_block(src, id, 128, q.try_into().expect("a whole block"));
     }
-    (xq, dx)
+    Quantized { xq, dx, sx }
 }
 
 /// Q8_0's rounding of one weight block (`d = max|w|/127`, `q = round(w/d)`): returns `(d, Σq)`.
@@ -180,14 +200,12 @@ pub(crate) mod tests {
             }
             // Activations of several rows, as every product quantizes them.
             let xs = data(5 * 96, 9);
-            let ((qa, da), (qb, db)) = (
+            let (a, b) = (
                 quantize_rows(caps, &xs, 5, 96),
                 quantize_rows(portable, &xs, 5, 96),
             );
-            assert!(
-                qa == qb && da.iter().zip(&db).all(|(a, b)| same(*a, *b)),
-                "{tier}"
-            );
+            let scales = a.dx.iter().zip(&b.dx).all(|(a, b)| same(*a, *b));
+            assert!(a.xq == b.xq && a.sx == b.sx && scales, "{tier}");
         }
         assert_eq!(round(2.5), 2.0);
         assert_eq!(round(-300.0), -127.0);
@@ -212,6 +230,16 @@ pub(crate) mod tests {
                 .unwrap()
                 .quantize_transposed(&b, &ids, &mut got);
             assert_eq!(got, want, "{tier}");
+        }
+    }
+
+    #[test]
+    fn activation_sums_are_the_sums_of_the_rounded_values() {
+        let xs = data(3 * 64, 4);
+        let q = quantize_rows(Caps::detect(), &xs, 3, 64);
+        for (b, s) in q.sx.iter().enumerate() {
+            let want: i32 = q.xq[b * BLOCK..(b + 1) * BLOCK].iter().map(|&v| v as i32 - 128).sum();
+            assert_eq!(*s, want, "block {b}");
         }
     }
 }

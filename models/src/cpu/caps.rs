@@ -1,6 +1,6 @@
 //! The CPU's kernel tier, detected once, as a value holding its table of kernel functions.
 //!
-//! Why a value: a `PackedQ8` (or an 8-bit adapter delta) keeps the `Caps` it was built with, so
+//! Why a value: a `Packed` (or an 8-bit adapter delta) keeps the `Caps` it was built with, so
 //! multiplying it never re-checks the CPU and can never reach an instruction the CPU lacks —
 //! the only way to get a table is [`Caps::new`] or [`Caps::detect`], which check the features
 //! first. Every tier computes the same numbers bit for bit (the vector kernels are tested
@@ -105,6 +105,23 @@ pub(crate) type TileFn = unsafe fn(
     usize,
     bool,
 );
+/// `tile4(n, w, d, m, sums, blocks, x, x_stride, dx, sx, y, y_stride, ahead)`: the 4-bit
+/// form's tile product, see `q4_scalar::tile4`.
+pub(crate) type Tile4Fn = unsafe fn(
+    usize,
+    &[u8],
+    &[f16],
+    &[f16],
+    &[i16],
+    usize,
+    *const u8,
+    usize,
+    *const f32,
+    *const i32,
+    *mut f32,
+    usize,
+    bool,
+);
 /// `up(n, add, q, u, r4, corr, du, out, len)`: see `scalar::up`.
 pub(crate) type UpFn =
     unsafe fn(usize, bool, &[u8], &[i8], usize, &[i32; 4], &[f32; 4], *mut f32, usize);
@@ -114,6 +131,7 @@ pub(crate) type UpFn =
 /// ones, `tile` and `up`, document their own contracts).
 pub(crate) struct Table {
     pub tile: TileFn,
+    pub tile4: Tile4Fn,
     pub up: UpFn,
     pub amax: unsafe fn(&[f32; 32]) -> f32,
     pub round_block: unsafe fn(&[f32; 32], f32, i32, &mut [u8; 32]) -> i32,

@@ -170,8 +170,8 @@ fn quantized<R>(
     match q {
         Some(q) => f(q),
         None => {
-            let (xq, dx) = quantize_rows(d.caps(), x, n, d.inp());
-            f(QuantRow { xq: &xq, dx: &dx })
+            let q = quantize_rows(d.caps(), x, n, d.inp());
+            f(q.rows(0, n, d.inp()))
         }
     }
 }

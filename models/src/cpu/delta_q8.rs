@@ -1,11 +1,11 @@
-//! LoRA deltas held in 8 bits, for bases whose weights run through [`PackedQ8`].
+//! LoRA deltas held in 8 bits, for bases whose weights run through [`Packed`].
 //!
 //! Why: with a different adapter on every row nothing is shared between rows, so a decode step
 //! streams every row's whole adapter (16 rows × r=16 on all projections of SmolLM2: 157 MB in
 //! f16 against 181 MB for the base). That traffic, not arithmetic, is what such a step pays
 //! for the adapters; 8 bits halve it.
 //!
-//! `A` is an ordinary [`PackedQ8`] (its rows padded to a tile of 16), so the down-projection
+//! `A` is an ordinary [`Packed`] (its rows padded to a tile of 16), so the down-projection
 //! reuses the activations the base product already quantized and the same tile kernel.
 //! `(s·B)ᵀ` is stored in 8 bits with one scale per rank row, in tiles of 16 outputs × r laid
 //! out for `vpdpbusd` (4 ranks per 32-bit lane): the rank-r intermediate `h = A·x`, times the
@@ -17,7 +17,7 @@
 //! small next to the base output — the base's own Q8_0 rounding is of the same order.
 
 use super::block::QuantRow;
-use super::packed::PackedQ8;
+use super::packed::Packed;
 use super::slices::scratch;
 use super::{Caps, TILE};
 
@@ -50,7 +50,7 @@ pub(crate) struct Q8Delta {
     /// `[ceil(r/16)·16, in]`; rows past `r` are zero. Held inline, not behind a pointer: a
     /// delta's first use in a step already waits on memory for its own struct and then its
     /// streams, and a third hop between them was another full wait per row and projection.
-    a: PackedQ8,
+    a: Packed,
     /// `[out/16][r4/4][16][4]` (`r4`: `r` rounded up to 4): `round(sBᵀ[k][o] / scale[k]) + 128`,
     /// unsigned as `vpdpbusd` takes its first operand; ranks past `r` hold 128 (zero).
     sbt: Vec<u8>,
@@ -65,7 +65,7 @@ impl Q8Delta {
         let bytes = padded(r) * inp * 36 / 32 + quads(r) * (out + 4);
         r > 0
             && out.is_multiple_of(TILE)
-            && PackedQ8::tiles_input(inp)
+            && Packed::tiles_input(inp)
             && bytes < 2 * r * (inp + out)
     }
 
@@ -79,11 +79,11 @@ impl Q8Delta {
     ) -> Self {
         assert!(Self::fits(out, r, inp) && a.len() == r * inp && b.len() == out * r);
         let a = if padded(r) == r {
-            PackedQ8::from_dense(caps, a, r, inp)
+            Packed::from_dense(caps, a, r, inp)
         } else {
             let mut ap = a.to_vec();
             ap.resize(padded(r) * inp, 0.0);
-            PackedQ8::from_dense(caps, &ap, padded(r), inp)
+            Packed::from_dense(caps, &ap, padded(r), inp)
         }
         .expect("fits() checked the shape");
         let r4 = quads(r);
@@ -283,9 +283,10 @@ mod tests {
         }
         let x: Vec<f32> = (0..inp).map(|i| val(i, 3)).collect();
         let d = Q8Delta::new(caps, &a, &b, (out, r, inp), s);
-        let (xq, dx) = quantize_rows(caps, &x, 1, inp);
+        let qx = quantize_rows(caps, &x, 1, inp);
+        let (xq, dx) = (&qx.xq, &qx.dx);
         let mut got = vec![1f32; out];
-        assert!(d.add_rows(QuantRow { xq: &xq, dx: &dx }, 1, &mut got));
+        assert!(d.add_rows(qx.rows(0, 1, inp), 1, &mut got));
         let h: Vec<f32> = (0..r)
             .map(|k| (0..inp).map(|i| a[k * inp + i] * x[i]).sum())
             .collect();
@@ -300,7 +301,7 @@ mod tests {
         // The kernel bit for bit: its own `A` pass, then the rank scales, the 8-bit
         // intermediate and an exact integer sum, emulated here.
         let mut h = vec![0f32; padded(r)];
-        d.a.rows(QuantRow { xq: &xq, dx: &dx }, 1, &mut h);
+        d.a.rows(qx.rows(0, 1, inp), 1, &mut h);
         let r4 = quads(r);
         let u: Vec<f32> = h[..r4].iter().zip(&d.scale).map(|(h, s)| h * s).collect();
         let mut uq = vec![0i8; r4];
@@ -347,8 +348,8 @@ mod tests {
                     }
                 })
                 .collect();
-            let (xq, dx) = quantize_rows(caps, &xs, n, inp);
-            let q = QuantRow { xq: &xq, dx: &dx };
+            let qx = quantize_rows(caps, &xs, n, inp);
+            let q = qx.rows(0, n, inp);
             let mut added = vec![0f32; n * out];
             assert!(d.add_rows(q, n, &mut added));
             let mut written = Vec::with_capacity(n * out);
@@ -361,13 +362,13 @@ mod tests {
         // Rows run together give each row's result alone, bit for bit.
         for n in 2..=4 {
             let xs: Vec<f32> = (0..n * inp).map(|i| val(i, 11)).collect();
-            let (xq, dx) = quantize_rows(caps, &xs, n, inp);
+            let qx = quantize_rows(caps, &xs, n, inp);
             let mut together = vec![0.5f32; n * out];
-            assert!(d.add_rows(QuantRow { xq: &xq, dx: &dx }, n, &mut together));
+            assert!(d.add_rows(qx.rows(0, n, inp), n, &mut together));
             for j in 0..n {
-                let (xq, dx) = quantize_rows(caps, &xs[j * inp..(j + 1) * inp], 1, inp);
+                let qx = quantize_rows(caps, &xs[j * inp..(j + 1) * inp], 1, inp);
                 let mut alone = vec![0.5f32; out];
-                assert!(d.add_rows(QuantRow { xq: &xq, dx: &dx }, 1, &mut alone));
+                assert!(d.add_rows(qx.rows(0, 1, inp), 1, &mut alone));
                 assert_eq!(alone, together[j * out..(j + 1) * out], "row {j} of {n}");
             }
         }

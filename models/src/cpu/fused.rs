@@ -8,11 +8,11 @@
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use super::block::{quantize_rows, QuantRow};
+use super::block::{quantize_rows, Quantized};
 use super::delta::HostDelta;
-use super::packed::PackedQ8;
+use super::packed::Packed;
 use super::slices::f32_values;
-use super::{BLOCK, TILE};
+use super::TILE;
 use crate::error::Result;
 
 /// Up to this many rows a pass computes the LoRA deltas beside the tiles into a buffer of its
@@ -22,13 +22,13 @@ use crate::error::Result;
 /// deltas run after the tiles instead, each run adding its own rows through a small scratch.
 const FUSED_ROWS: usize = 32;
 
-impl PackedQ8 {
+impl Packed {
     /// `x`: `[rows, in]` f32 → `[rows, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_with_lora(x, &[])
     }
 
-    /// [`PackedQ8::forward`] plus row `r`'s LoRA delta `lora[r]` (none past `lora.len()`). The
+    /// [`Packed::forward`] plus row `r`'s LoRA delta `lora[r]` (none past `lora.len()`). The
     /// deltas are computed by the same tasks as the product (rows spread over them), then added
     /// once all are done: one thread-pool round trip for both.
     pub(crate) fn forward_with_lora(
@@ -45,7 +45,7 @@ impl PackedQ8 {
     /// quantized once and the thread pool woken once, where a decode step otherwise pays a
     /// wake-up and a sleep per projection.
     pub(crate) fn forward_many(
-        mats: &[&PackedQ8],
+        mats: &[&Packed],
         x: &Tensor,
         loras: &[&[Option<&HostDelta>]],
     ) -> Result<Vec<Tensor>> {
@@ -62,11 +62,10 @@ impl PackedQ8 {
             return Ok(Vec::new());
         };
         debug_assert!(mats.iter().all(|m| m.caps() == first.caps()));
-        let (xq, dx) = quantize_rows(first.caps(), &xs, rows, inp);
+        let q = quantize_rows(first.caps(), &xs, rows, inp);
         let input = Input {
             xs: &xs,
-            xq: &xq,
-            dx: &dx,
+            q: &q,
             rows,
         };
         let threads = rayon::current_num_threads().max(1);
@@ -130,14 +129,13 @@ impl PackedQ8 {
 /// The input of a fused pass, quantized once for every matrix.
 struct Input<'a> {
     xs: &'a [f32],
-    xq: &'a [u8],
-    dx: &'a [f32],
+    q: &'a Quantized,
     rows: usize,
 }
 
 /// One matrix's part of a fused pass: its product, its LoRA rows and how its tiles split.
 struct Job<'a> {
-    w: &'a PackedQ8,
+    w: &'a Packed,
     lora: &'a [Option<&'a HostDelta>],
     runs: Vec<(usize, usize)>,
     per: usize,
@@ -151,7 +149,7 @@ struct Job<'a> {
 
 impl<'a> Job<'a> {
     fn new(
-        w: &'a PackedQ8,
+        w: &'a Packed,
         lora: &'a [Option<&'a HostDelta>],
         threads: usize,
         skew: usize,
@@ -215,7 +213,7 @@ impl<'a> Job<'a> {
     /// weights are read from memory for one group in many, and 16 accumulators spill.
     fn tiles(&self, c: usize, x: &Input<'_>, y: &SendPtr) {
         let w = self.w;
-        let (tiles, blocks) = (w.out / TILE, w.inp / BLOCK);
+        let tiles = w.out / TILE;
         let (t0, t1) = (c * self.per, ((c + 1) * self.per).min(tiles));
         let wide = x.rows <= FUSED_ROWS;
         for t in t0..t1 {
@@ -229,10 +227,7 @@ impl<'a> Job<'a> {
                 };
                 // SAFETY: `take` is 16, 8, 4 or less; rows r..r+take lie inside `x` and
                 // `y` (`rows × out`), and tiles write disjoint columns of `y`.
-                unsafe {
-                    let (xr, dr) = (x.xq.as_ptr().add(r * w.inp), x.dx.as_ptr().add(r * blocks));
-                    w.tile(t, xr, dr, take, y.0.add(r * w.out), r == 0);
-                }
+                unsafe { w.tile(t, x.q.rows(r, take, w.inp), take, y.0.add(r * w.out), r == 0) }
                 r += take;
             }
         }
@@ -258,13 +253,9 @@ impl<'a> Job<'a> {
     /// Run `i`'s deltas written to `rows`: its `n × out` rows of a delta buffer.
     fn write_run(&self, i: usize, x: &Input<'_>, rows: &mut [std::mem::MaybeUninit<f32>]) -> bool {
         let w = self.w;
-        let blocks = w.inp / BLOCK;
         let (r, n) = self.runs[i];
         let d = self.lora[r].expect("runs start at adapted rows");
-        let q = QuantRow {
-            xq: &x.xq[r * w.inp..(r + n) * w.inp],
-            dx: &x.dx[r * blocks..(r + n) * blocks],
-        };
+        let q = x.q.rows(r, n, w.inp);
         d.write_rows(&x.xs[r * w.inp..(r + n) * w.inp], Some(q), n, rows)
     }
 
@@ -360,7 +351,7 @@ mod tests {
         let (out, inp) = (48, 96);
         let w = data(out * inp, 1);
         let x = data(rows * inp, 2);
-        let p = PackedQ8::from_dense(caps, &w, out, inp).unwrap();
+        let p = Packed::from_dense(caps, &w, out, inp).unwrap();
         let xt = Tensor::from_vec(x.clone(), (rows, inp), &Device::Cpu).unwrap();
         let got: Vec<Vec<f32>> = p.forward(&xt).unwrap().to_vec2().unwrap();
         for r in 0..rows {
@@ -391,10 +382,10 @@ mod tests {
 
     fn fused_pass(caps: Caps) {
         let (inp, rows) = (64, 5);
-        let mats: Vec<PackedQ8> = [(48, 1), (16, 2), (32, 3)]
+        let mats: Vec<Packed> = [(48, 1), (16, 2), (32, 3)]
             .iter()
             .map(|&(out, salt)| {
-                PackedQ8::from_dense(caps, &data(out * inp, salt), out, inp).unwrap()
+                Packed::from_dense(caps, &data(out * inp, salt), out, inp).unwrap()
             })
             .collect();
         let delta = |out: usize, r: usize, salt: u32| {
@@ -408,8 +399,8 @@ mod tests {
         let l2 = [None, Some(&d2), Some(&d4)];
         let loras: [&[Option<&HostDelta>]; 3] = [&l0, &[], &l2];
         let x = Tensor::from_vec(data(rows * inp, 4), (rows, inp), &Device::Cpu).unwrap();
-        let refs: Vec<&PackedQ8> = mats.iter().collect();
-        let fused = PackedQ8::forward_many(&refs, &x, &loras).unwrap();
+        let refs: Vec<&Packed> = mats.iter().collect();
+        let fused = Packed::forward_many(&refs, &x, &loras).unwrap();
         let xs = data(rows * inp, 4);
         for ((m, l), got) in mats.iter().zip(loras).zip(fused) {
             let alone = m.forward_with_lora(&x, l).unwrap();
@@ -443,7 +434,7 @@ mod tests {
 
     fn large_batch(caps: Caps) {
         let (out, inp, rows) = (48, 64, FUSED_ROWS + 9);
-        let m = PackedQ8::from_dense(caps, &data(out * inp, 1), out, inp).unwrap();
+        let m = Packed::from_dense(caps, &data(out * inp, 1), out, inp).unwrap();
         let delta = |r: usize, salt: u32| {
             let (a, b) = (data(r * inp, salt), data(out * r, salt + 1));
             HostDelta::new(caps, &a, &b, (out, r, inp), 0.5, LoraPrecision::Q8)
@@ -481,7 +472,7 @@ mod tests {
         let caps = Caps::detect();
         let (out, inp) = (32, 64);
         let w = data(out * inp, 3);
-        let p = PackedQ8::from_dense(caps, &w, out, inp).unwrap();
+        let p = Packed::from_dense(caps, &w, out, inp).unwrap();
         assert_eq!(p.dims(), (out, inp));
         let back: Vec<f32> = p
             .to_dense(&Device::Cpu)
@@ -498,8 +489,8 @@ mod tests {
     #[test]
     fn shapes_that_do_not_tile_are_left_to_candle() {
         let caps = Caps::portable();
-        assert!(PackedQ8::from_dense(caps, &[0.0; 15 * 32], 15, 32).is_none());
-        assert!(PackedQ8::from_dense(caps, &[0.0; 16 * 40], 16, 40).is_none());
+        assert!(Packed::from_dense(caps, &[0.0; 15 * 32], 15, 32).is_none());
+        assert!(Packed::from_dense(caps, &[0.0; 16 * 40], 16, 40).is_none());
     }
 }
 
@@ -512,7 +503,7 @@ mod tiers {
 
     /// A projection pass (product and deltas) per tier, for `rows` rows of `x`.
     fn pass(caps: Caps, w: &[f32], (out, inp): (usize, usize), x: &[f32], rows: usize) -> Vec<f32> {
-        let m = PackedQ8::from_dense(caps, w, out, inp).unwrap();
+        let m = Packed::from_dense(caps, w, out, inp).unwrap();
         let delta = |r: usize, p: LoraPrecision, salt: u32| {
             let (a, b) = (data(r * inp, salt), data(out * r, salt + 1));
             HostDelta::new(caps, &a, &b, (out, r, inp), 0.75, p)

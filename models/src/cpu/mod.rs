@@ -16,10 +16,13 @@ mod delta_q8;
 mod elementwise;
 mod fused;
 mod packed;
+mod q4_scalar;
 mod scalar;
 mod slices;
 #[cfg(test)]
 mod twins;
+#[cfg(test)]
+mod twins4;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -29,13 +32,19 @@ mod avx2_int8;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avxvnni;
+#[cfg(target_arch = "x86_64")]
+mod q4_avx2;
+#[cfg(target_arch = "x86_64")]
+mod q4_avx512;
+#[cfg(target_arch = "x86_64")]
+mod q4_avxvnni;
 
 pub(crate) use attention::{attention, AttnJob};
 pub use caps::{Caps, Tier};
 pub(crate) use delta::HostDelta;
 pub use delta::LoraPrecision;
 pub(crate) use elementwise::silu_mul;
-pub use packed::PackedQ8;
+pub use packed::Packed;
 
 /// Outputs per tile of packed weights (and the row padding of an 8-bit LoRA `A`).
 pub(crate) const TILE: usize = 16;

@@ -25,22 +25,33 @@ use super::block::{weight_block, QuantRow};
 use super::{Caps, BLOCK, TILE};
 use crate::error::Result;
 
-/// A weight matrix `[out, in]` packed for [`PackedQ8::forward`].
+/// A weight matrix `[out, in]` packed for [`Packed::forward`].
 #[derive(Debug, Clone)]
-pub struct PackedQ8 {
+pub struct Packed {
     /// The kernels it is multiplied with, chosen when it was packed.
     caps: Caps,
     pub(super) out: usize,
     pub(super) inp: usize,
-    /// `[tile][block][group][lane][4]`.
-    w: Vec<i8>,
-    /// `[tile][block][lane]`, f16 as in Q8_0 (these bytes are streamed on every decode step).
+    w: Weights,
+    /// `[tile][block][lane]`, f16 as in ggml's blocks (these bytes are streamed on every decode
+    /// step).
     d: Vec<f16>,
-    /// `[tile][block][lane]`: `Σ_block w`.
+    /// `[tile][block][lane]`: `Σ_block q`.
     sums: Vec<i16>,
 }
 
-impl PackedQ8 {
+/// The packed integers: 8 bits (weights `q·d`), or 4 bits (`q·d + m`, ggml's Q4_0 and Q4_1
+/// blocks kept as they are, in the same tile layout: see `q4_scalar`).
+#[derive(Debug, Clone)]
+enum Weights {
+    /// `[tile][block][group][lane][4]`.
+    Q8(Vec<i8>),
+    /// `[tile][block][chunk][lane][4]` nibbles (groups `c` and `c + 4` in one byte), and the
+    /// `[tile][block][lane]` offsets.
+    Q4 { w: Vec<u8>, m: Vec<f16> },
+}
+
+impl Packed {
     /// Quantizes `[out, in]` f32 weights in Q8_0's blocks (scale = max|w|/127). `None` when the
     /// shape does not tile (out % 16, in % 32).
     pub fn from_dense(caps: Caps, w: &[f32], out: usize, inp: usize) -> Option<Self> {
@@ -80,7 +91,67 @@ impl PackedQ8 {
             caps,
             out,
             inp,
-            w: pw,
+            w: Weights::Q8(pw),
+            d: pd,
+            sums: pn,
+        })
+    }
+
+    /// ggml Q4_0 or Q4_1 blocks (`raw`: the tensor's bytes, `[out, in]` row-major, 32 weights
+    /// per block) held as they are in 4 bits: every weight keeps its exact value. `None` for
+    /// other types and for shapes that do not tile.
+    pub fn from_q4_blocks(caps: Caps, raw: &[u8], q4_1: bool, out: usize, inp: usize) -> Option<Self> {
+        let size = if q4_1 { 20 } else { 18 };
+        let blocks = inp / BLOCK;
+        if !out.is_multiple_of(TILE)
+            || !inp.is_multiple_of(BLOCK)
+            || out == 0
+            || raw.len() != out * blocks * size
+        {
+            return None;
+        }
+        let tiles = out / TILE;
+        let f16_at = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]);
+        let mut pw = vec![0u8; out * inp / 2];
+        let mut pd = vec![f16::ZERO; tiles * blocks * TILE];
+        let mut pm = vec![f16::ZERO; tiles * blocks * TILE];
+        let mut pn = vec![0i16; tiles * blocks * TILE];
+        pw.par_chunks_mut(blocks * TILE * BLOCK / 2)
+            .zip(pd.par_chunks_mut(blocks * TILE))
+            .zip(pm.par_chunks_mut(blocks * TILE))
+            .zip(pn.par_chunks_mut(blocks * TILE))
+            .enumerate()
+            .for_each(|(t, (((pw, pd), pm), pn))| {
+                for lane in 0..TILE {
+                    let row = &raw[(t * TILE + lane) * blocks * size..][..blocks * size];
+                    for (b, blk) in row.chunks_exact(size).enumerate() {
+                        let d = f16_at(blk, 0);
+                        // Q4_0's weights are `d·(q − 8)`: an offset of −8d, exact in f16.
+                        let (m, qs) = if q4_1 {
+                            (f16_at(blk, 2), &blk[4..20])
+                        } else {
+                            (f16::from_f32(-8.0 * d.to_f32()), &blk[2..18])
+                        };
+                        // ggml: byte j holds weight j (low nibble) and j + 16 (high nibble),
+                        // which is this layout's chunk j / 4 for groups j / 4 and j / 4 + 4.
+                        let dst = &mut pw[b * TILE * BLOCK / 2..(b + 1) * TILE * BLOCK / 2];
+                        for (j, &byte) in qs.iter().enumerate() {
+                            dst[(j / 4) * TILE * 4 + lane * 4 + j % 4] = byte;
+                        }
+                        pd[b * TILE + lane] = d;
+                        pm[b * TILE + lane] = m;
+                        pn[b * TILE + lane] = qs
+                            .iter()
+                            .map(|&v| (v & 0x0F) as i16 + (v >> 4) as i16)
+                            .sum();
+                    }
+                }
+            });
+        Some(Self {
+            caps,
+            out,
+            inp,
+            w: Weights::Q4 { w: pw, m: pm },
             d: pd,
             sums: pn,
         })
@@ -101,7 +172,7 @@ impl PackedQ8 {
         inp > 0 && inp.is_multiple_of(BLOCK)
     }
 
-    /// The weights the kernel multiplies by (`q · d` per block), `[out, in]`.
+    /// The weights the kernel multiplies by (`q·d`, or `q·d + m` in 4 bits), `[out, in]`.
     pub fn to_dense(&self, device: &Device) -> Result<Tensor> {
         Ok(Tensor::from_vec(
             self.dense_rows(),
@@ -110,7 +181,7 @@ impl PackedQ8 {
         )?)
     }
 
-    /// [`PackedQ8::to_dense`] as a row-major buffer.
+    /// [`Packed::to_dense`] as a row-major buffer.
     pub(crate) fn dense_rows(&self) -> Vec<f32> {
         let blocks = self.inp / BLOCK;
         let mut w = vec![0f32; self.out * self.inp];
@@ -118,9 +189,20 @@ impl PackedQ8 {
             let (t, lane) = (o / TILE, o % TILE);
             for (j, v) in row.iter_mut().enumerate() {
                 let (b, g, k) = (j / BLOCK, (j % BLOCK) / 4, j % 4);
-                let base = t * blocks * TILE * BLOCK + b * TILE * BLOCK;
-                let q = self.w[base + g * TILE * 4 + lane * 4 + k];
-                *v = q as f32 * self.d[(t * blocks + b) * TILE + lane].to_f32();
+                let s = (t * blocks + b) * TILE + lane;
+                let d = self.d[s].to_f32();
+                *v = match &self.w {
+                    Weights::Q8(w) => {
+                        let base = t * blocks * TILE * BLOCK + b * TILE * BLOCK;
+                        w[base + g * TILE * 4 + lane * 4 + k] as f32 * d
+                    }
+                    Weights::Q4 { w, m } => {
+                        let base = (t * blocks * TILE * BLOCK + b * TILE * BLOCK) / 2;
+                        let byte = w[base + (g % 4) * TILE * 4 + lane * 4 + k];
+                        let q = if g < 4 { byte & 0x0F } else { byte >> 4 };
+                        q as f32 * d + m[s].to_f32()
+                    }
+                };
             }
         }
         w
@@ -130,48 +212,130 @@ impl PackedQ8 {
     /// `= x·Wᵀ`. Each weight block is loaded once for all `n`; each row's result is the same
     /// as alone.
     pub(crate) fn rows(&self, q: QuantRow<'_>, n: usize, y: &mut [f32]) {
-        let blocks = self.inp / BLOCK;
-        assert!((1..=4).contains(&n));
-        assert!(q.xq.len() >= n * self.inp && q.dx.len() >= n * blocks && y.len() >= n * self.out);
+        assert!((1..=4).contains(&n) && y.len() >= n * self.out);
         for t in 0..self.out / TILE {
-            // SAFETY: the asserts above keep rows 0..n of `q` and `y` inside their slices.
-            unsafe { self.tile(t, q.xq.as_ptr(), q.dx.as_ptr(), n, y.as_mut_ptr(), true) }
+            // SAFETY: rows 0..n of `y` hold `n × out` values (asserted above).
+            unsafe { self.tile(t, q, n, y.as_mut_ptr(), true) }
         }
     }
 
-    /// Tile `t` (16 outputs) for `n` (1 to 4, 8 or 16) rows: row `j`'s activations at
-    /// `x + j·in`, its block scales at `dx + j·blocks`, its outputs at `y + j·out + 16·t`.
-    /// `ahead`: prefetch the weights a few blocks ahead, for the first rows to read this tile
-    /// (later rows find them in cache).
+    /// Tile `t` (16 outputs) for the `n` (1 to 4, 8 or 16) rows of `q`: row `j`'s outputs at
+    /// `y + j·out + 16·t`. `ahead`: prefetch the weights a few blocks ahead, for the first rows
+    /// to read this tile (later rows find them in cache).
     ///
     /// # Safety
-    /// `n` is one of 1, 2, 3, 4, 8, 16 and the `n` rows lie inside the buffers `x`, `dx` and `y`
-    /// point into. (The CPU has the kernel: `caps` came from `Caps::new`.)
-    pub(super) unsafe fn tile(
-        &self,
-        t: usize,
-        x: *const u8,
-        dx: *const f32,
-        n: usize,
-        y: *mut f32,
-        ahead: bool,
-    ) {
+    /// Rows `0..n` of `y` (`out` values each) are writable. (The CPU has the kernel: `caps`
+    /// came from `Caps::new`; `q`'s lengths are checked here.)
+    pub(super) unsafe fn tile(&self, t: usize, q: QuantRow<'_>, n: usize, y: *mut f32, ahead: bool) {
         let blocks = self.inp / BLOCK;
+        assert!(matches!(n, 1..=4 | 8 | 16), "tile of {n} rows");
+        assert!(q.xq.len() >= n * self.inp && q.dx.len() >= n * blocks && q.sx.len() >= n * blocks);
         let span = t * blocks * TILE;
-        let (w, d, sums) = (
-            &self.w[span * BLOCK..(span + blocks * TILE) * BLOCK],
+        let (d, sums) = (
             &self.d[span..span + blocks * TILE],
             &self.sums[span..span + blocks * TILE],
         );
+        let (x, dx, sx) = (q.xq.as_ptr(), q.dx.as_ptr(), q.sx.as_ptr());
         // SAFETY: the caller keeps row `n - 1`'s outputs of tile `t` inside `y`'s buffer.
         let y = unsafe { y.add(t * TILE) };
-        // SAFETY: the table matches this CPU; the caller upholds the rest (see above).
-        unsafe {
-            (self.caps.table().tile)(n, w, d, sums, blocks, x, self.inp, dx, y, self.out, ahead);
+        let (inp, out, k) = (self.inp, self.out, self.caps.table());
+        match &self.w {
+            // SAFETY: the table matches this CPU; the slices hold tile `t`'s blocks, `q` holds
+            // `n` rows (asserted), the caller keeps `y`'s.
+            Weights::Q8(w) => unsafe {
+                let w = &w[span * BLOCK..(span + blocks * TILE) * BLOCK];
+                (k.tile)(n, w, d, sums, blocks, x, inp, dx, y, out, ahead);
+            },
+            // SAFETY: as above, for the 4-bit form (half the bytes per block).
+            Weights::Q4 { w, m } => unsafe {
+                let w = &w[span * BLOCK / 2..(span + blocks * TILE) * BLOCK / 2];
+                let m = &m[span..span + blocks * TILE];
+                (k.tile4)(n, w, d, m, sums, blocks, x, inp, dx, sx, y, out, ahead);
+            },
         }
     }
 
     pub fn size_in_bytes(&self) -> usize {
-        self.w.len() + 2 * (self.d.len() + self.sums.len())
+        let w = match &self.w {
+            Weights::Q8(w) => w.len(),
+            Weights::Q4 { w, m } => w.len() + 2 * m.len(),
+        };
+        w + 2 * (self.d.len() + self.sums.len())
+    }
+
+    /// Whether the weights are held in 4 bits.
+    pub fn is_4bit(&self) -> bool {
+        matches!(self.w, Weights::Q4 { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::block::tests::data;
+    use super::super::Tier;
+    use super::*;
+
+    /// ggml blocks of a `[out, in]` matrix: Q4_1 (`d`, `m`, 16 bytes) or Q4_0 (`d`, 16 bytes),
+    /// and the values they stand for.
+    fn ggml_q4(out: usize, inp: usize, q4_1: bool) -> (Vec<u8>, Vec<f32>) {
+        let (mut raw, mut values) = (Vec::new(), Vec::new());
+        let noise = data(out * inp, 5);
+        for (bi, blk) in noise.chunks_exact(BLOCK).enumerate() {
+            let d = f16::from_f32(0.01 + (bi % 7) as f32 * 0.003);
+            let m = f16::from_f32(-0.05 * (bi % 3) as f32);
+            raw.extend(d.to_le_bytes());
+            if q4_1 {
+                raw.extend(m.to_le_bytes());
+            }
+            let q: Vec<u8> = blk.iter().map(|v| ((v + 1.0) * 7.5).round() as u8).collect();
+            for j in 0..16 {
+                raw.push(q[j] | (q[j + 16] << 4));
+            }
+            for &q in &q {
+                values.push(if q4_1 {
+                    d.to_f32() * q as f32 + m.to_f32()
+                } else {
+                    d.to_f32() * (q as f32 - 8.0)
+                });
+            }
+        }
+        (raw, values)
+    }
+
+    #[test]
+    fn q4_blocks_keep_their_values_and_multiply_on_every_tier() {
+        let (out, inp, rows) = (48, 96, 5);
+        for q4_1 in [true, false] {
+            let (raw, w) = ggml_q4(out, inp, q4_1);
+            let x = data(rows * inp, 2);
+            let xt = Tensor::from_vec(x.clone(), (rows, inp), &Device::Cpu).unwrap();
+            let mut first: Option<Vec<u32>> = None;
+            for tier in Tier::available() {
+                let caps = Caps::new(tier).unwrap();
+                let p = Packed::from_q4_blocks(caps, &raw, q4_1, out, inp).unwrap();
+                assert!(p.is_4bit() && p.size_in_bytes() < out * inp * 36 / 32);
+                // Every weight exactly as ggml dequantizes it.
+                let back = p.dense_rows();
+                for (i, (a, b)) in back.iter().zip(&w).enumerate() {
+                    assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "weight {i}: {a} vs {b}");
+                }
+                let y: Vec<f32> = p.forward(&xt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                for r in 0..rows {
+                    for o in 0..out {
+                        let want: f32 = (0..inp).map(|i| w[o * inp + i] * x[r * inp + i]).sum();
+                        // One 8-bit rounding of the activations (≤ 1/254 of each block's
+                        // largest), over 96 weights of at most ~0.1.
+                        let got = y[r * out + o];
+                        assert!((got - want).abs() < 0.03, "{tier} {r},{o}: {got} vs {want}");
+                    }
+                }
+                let bits: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+                match &first {
+                    None => first = Some(bits),
+                    Some(f) => assert_eq!(f, &bits, "{tier} vs the portable tier"),
+                }
+            }
+        }
+        assert!(Packed::from_q4_blocks(Caps::portable(), &[0; 20], true, 16, 32).is_none());
     }
 }

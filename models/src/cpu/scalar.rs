@@ -9,6 +9,7 @@ use super::{block, delta, elementwise, slices, BLOCK, TILE};
 
 pub(super) static TABLE: Table = Table {
     tile,
+    tile4: super::q4_scalar::tile4,
     up,
     amax: block::amax,
     round_block: block::round_block,
