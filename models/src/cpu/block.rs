@@ -238,7 +238,10 @@ pub(crate) mod tests {
         let xs = data(3 * 64, 4);
         let q = quantize_rows(Caps::detect(), &xs, 3, 64);
         for (b, s) in q.sx.iter().enumerate() {
-            let want: i32 = q.xq[b * BLOCK..(b + 1) * BLOCK].iter().map(|&v| v as i32 - 128).sum();
+            let want: i32 = q.xq[b * BLOCK..(b + 1) * BLOCK]
+                .iter()
+                .map(|&v| v as i32 - 128)
+                .sum();
             assert_eq!(*s, want, "block {b}");
         }
     }

@@ -63,10 +63,7 @@ impl Q8Delta {
     /// rows are padded to 16: at rank 4 the 8-bit form would be the larger).
     pub(crate) fn fits(out: usize, r: usize, inp: usize) -> bool {
         let bytes = padded(r) * inp * 36 / 32 + quads(r) * (out + 4);
-        r > 0
-            && out.is_multiple_of(TILE)
-            && Packed::tiles_input(inp)
-            && bytes < 2 * r * (inp + out)
+        r > 0 && out.is_multiple_of(TILE) && Packed::tiles_input(inp) && bytes < 2 * r * (inp + out)
     }
 
     /// `a` `[r, in]`, `b` `[out, r]` row-major; only when [`Q8Delta::fits`].

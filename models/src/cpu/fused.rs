@@ -227,7 +227,15 @@ impl<'a> Job<'a> {
                 };
                 // SAFETY: `take` is 16, 8, 4 or less; rows r..r+take lie inside `x` and
                 // `y` (`rows × out`), and tiles write disjoint columns of `y`.
-                unsafe { w.tile(t, x.q.rows(r, take, w.inp), take, y.0.add(r * w.out), r == 0) }
+                unsafe {
+                    w.tile(
+                        t,
+                        x.q.rows(r, take, w.inp),
+                        take,
+                        y.0.add(r * w.out),
+                        r == 0,
+                    )
+                }
                 r += take;
             }
         }
@@ -384,9 +392,7 @@ mod tests {
         let (inp, rows) = (64, 5);
         let mats: Vec<Packed> = [(48, 1), (16, 2), (32, 3)]
             .iter()
-            .map(|&(out, salt)| {
-                Packed::from_dense(caps, &data(out * inp, salt), out, inp).unwrap()
-            })
+            .map(|&(out, salt)| Packed::from_dense(caps, &data(out * inp, salt), out, inp).unwrap())
             .collect();
         let delta = |out: usize, r: usize, salt: u32| {
             let (a, b) = (data(r * inp, salt), data(out * r, salt + 1));

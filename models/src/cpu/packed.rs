@@ -100,7 +100,13 @@ impl Packed {
     /// ggml Q4_0 or Q4_1 blocks (`raw`: the tensor's bytes, `[out, in]` row-major, 32 weights
     /// per block) held as they are in 4 bits: every weight keeps its exact value. `None` for
     /// other types and for shapes that do not tile.
-    pub fn from_q4_blocks(caps: Caps, raw: &[u8], q4_1: bool, out: usize, inp: usize) -> Option<Self> {
+    pub fn from_q4_blocks(
+        caps: Caps,
+        raw: &[u8],
+        q4_1: bool,
+        out: usize,
+        inp: usize,
+    ) -> Option<Self> {
         let size = if q4_1 { 20 } else { 18 };
         let blocks = inp / BLOCK;
         if !out.is_multiple_of(TILE)
@@ -226,7 +232,14 @@ impl Packed {
     /// # Safety
     /// Rows `0..n` of `y` (`out` values each) are writable. (The CPU has the kernel: `caps`
     /// came from `Caps::new`; `q`'s lengths are checked here.)
-    pub(super) unsafe fn tile(&self, t: usize, q: QuantRow<'_>, n: usize, y: *mut f32, ahead: bool) {
+    pub(super) unsafe fn tile(
+        &self,
+        t: usize,
+        q: QuantRow<'_>,
+        n: usize,
+        y: *mut f32,
+        ahead: bool,
+    ) {
         let blocks = self.inp / BLOCK;
         assert!(matches!(n, 1..=4 | 8 | 16), "tile of {n} rows");
         assert!(q.xq.len() >= n * self.inp && q.dx.len() >= n * blocks && q.sx.len() >= n * blocks);
@@ -287,7 +300,10 @@ mod tests {
             if q4_1 {
                 raw.extend(m.to_le_bytes());
             }
-            let q: Vec<u8> = blk.iter().map(|v| ((v + 1.0) * 7.5).round() as u8).collect();
+            let q: Vec<u8> = blk
+                .iter()
+                .map(|v| ((v + 1.0) * 7.5).round() as u8)
+                .collect();
             for j in 0..16 {
                 raw.push(q[j] | (q[j + 16] << 4));
             }
@@ -317,9 +333,18 @@ mod tests {
                 // Every weight exactly as ggml dequantizes it.
                 let back = p.dense_rows();
                 for (i, (a, b)) in back.iter().zip(&w).enumerate() {
-                    assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "weight {i}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                        "weight {i}: {a} vs {b}"
+                    );
                 }
-                let y: Vec<f32> = p.forward(&xt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                let y: Vec<f32> = p
+                    .forward(&xt)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
                 for r in 0..rows {
                     for o in 0..out {
                         let want: f32 = (0..inp).map(|i| w[o * inp + i] * x[r * inp + i]).sum();

@@ -32,7 +32,10 @@ pub(crate) fn tiers() -> Vec<(&'static str, Tile4)> {
         .filter(|t| *t != Tier::Portable)
         .map(|t| (t.name(), Caps::new(t).expect("available").table().tile4))
         .collect();
-    eprintln!("vector tiers compared with the portable one: {:?}", names(&t));
+    eprintln!(
+        "vector tiers compared with the portable one: {:?}",
+        names(&t)
+    );
     t
 }
 

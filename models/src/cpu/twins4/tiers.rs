@@ -6,8 +6,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use half::f16;
 
-use super::{gen_case, names, tiers, Case, Rng, Tile4};
 use super::super::{q4_scalar, BLOCK, TILE};
+use super::{gen_case, names, tiers, Case, Rng, Tile4};
 
 /// Counts of the comparisons that were NaN on both sides.
 #[derive(Default)]
