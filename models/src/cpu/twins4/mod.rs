@@ -9,21 +9,7 @@ use super::{Caps, Tier, BLOCK, TILE};
 mod tiers;
 
 /// The shape every tier's `tile4` has.
-pub(crate) type Tile4 = unsafe fn(
-    usize,
-    &[u8],
-    &[f16],
-    &[f16],
-    &[i16],
-    usize,
-    *const u8,
-    usize,
-    *const f32,
-    *const i32,
-    *mut f32,
-    usize,
-    bool,
-);
+pub(crate) use super::caps::Tile4Fn as Tile4;
 
 /// The vector tiers this CPU runs (the portable one is the reference).
 pub(crate) fn tiers() -> Vec<(&'static str, Tile4)> {
