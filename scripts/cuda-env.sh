@@ -24,9 +24,21 @@ for l in "$CU"/lib/lib*.so.*; do
   base="${l%%.so.*}.so"
   [ -e "$base" ] || ln -s "$(basename "$l")" "$base"
 done
+# The driver's libcuda comes with a GPU's driver, not with the toolkit wheels; the link needs
+# one, so a stub that only names the driver API's functions (as the toolkit's own
+# lib64/stubs/libcuda.so does), with the driver's soname: at run time the real one is loaded.
+STUBS="$CU/lib/stubs"
+if [ ! -e "$STUBS/libcuda.so" ]; then
+  mkdir -p "$STUBS"
+  # The declarations as the preprocessor leaves them (`_v2` names) and as written (those
+  # behind conditions, such as the profiler's).
+  { gcc -E -P -I"$CU/include" "$CU/include/cuda.h"; cat "$CU/include/cuda.h"; } | grep -oE '\bcu[A-Z][A-Za-z0-9_]*[[:space:]]*\(' | sed -E 's/[[:space:]]*\($//' | sort -u \
+    | sed 's/.*/void &(void) {}/' > "$STUBS/libcuda_stub.c"
+  gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$STUBS/libcuda.so" "$STUBS/libcuda_stub.c"
+fi
 export CUDA_ROOT="$CU" CUDA_PATH="$CU" CUDA_HOME="$CU" CUDA_TOOLKIT_ROOT_DIR="$CU"
 export PATH="$CU/bin:$PATH"
-export LIBRARY_PATH="$CU/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
+export LIBRARY_PATH="$CU/lib:$STUBS${LIBRARY_PATH:+:$LIBRARY_PATH}"
 export LD_LIBRARY_PATH="$CU/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CPATH="$CU/include:$CU/include/cccl${CPATH:+:$CPATH}"
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
