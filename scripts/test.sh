@@ -13,7 +13,7 @@ fi
 # qemu-user runs the binary as older CPUs (tests/portable.rs); that test says so and skips
 # only where it cannot be installed.
 if ! command -v qemu-x86_64 >/dev/null && command -v apt-get >/dev/null; then
-  (apt-get install -y -qq qemu-user >/dev/null 2>&1 || sudo -n apt-get install -y -qq qemu-user >/dev/null 2>&1) || true
+  { apt-get install -y -qq qemu-user || { apt-get update -qq && apt-get install -y -qq qemu-user; }; } >/dev/null 2>&1 || true
 fi
 cargo build
 cargo test --workspace --all-targets "$@" 2>&1
