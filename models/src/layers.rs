@@ -85,14 +85,15 @@ impl Linear {
         lora: &LoraGroups<'_>,
         layer: usize,
     ) -> Result<Vec<Tensor>> {
-        if let Kernels::Cpu(_) = lora.kernels() {
-            let packed: Option<Vec<&Packed>> = lins
-                .iter()
-                .map(|(l, _)| match &l.weight {
-                    WeightMatrix::Packed(p) => Some(p.as_ref()),
-                    _ => None,
-                })
-                .collect();
+        let packed: Option<Vec<&Packed>> = lins
+            .iter()
+            .map(|(l, _)| match &l.weight {
+                WeightMatrix::Packed(p) => Some(p.as_ref()),
+                _ => None,
+            })
+            .collect();
+        // Each row's delta is looked up only when the pass can take it: every matrix packed.
+        if let (Kernels::Cpu(_), Some(mats)) = (lora.kernels(), packed) {
             let rows = x.dim(0)?;
             let deltas: Option<Vec<Vec<_>>> = lins
                 .iter()
@@ -104,7 +105,7 @@ impl Linear {
                     }
                 })
                 .collect();
-            if let (Some(mats), Some(deltas)) = (packed, deltas) {
+            if let Some(deltas) = deltas {
                 let deltas: Vec<&[_]> = deltas.iter().map(Vec::as_slice).collect();
                 return Packed::forward_many(&mats, x, &deltas);
             }
