@@ -279,7 +279,9 @@ fn q8_0_copy() -> PathBuf {
 fn isa_of(kernels: &str) -> Option<&'static str> {
     match kernels {
         "avx2" | "avxvnni" => Some("avx2"),
-        "avx512" | "auto" => Some("avx512"),
+        "avx512" => Some("avx512"),
+        // `auto` runs the best tier this CPU has: compared with that tier's build.
+        "auto" => isa_of(loraplex_models::Caps::detect().tier().name()),
         _ => None,
     }
 }

@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """HTTP load generator for OpenAI-compatible servers (Loraplex, llama.cpp's llama-server, vLLM).
 
-Streaming clients send /v1/completions requests and time every token. Prints JSON: TTFT p50/p95,
-inter-token latency p50/p95, request latency p50/p95 and aggregate output tok/s.
+Streaming clients send /v1/completions requests and time every chunk. Prints JSON: TTFT p50/p95,
+inter-chunk latency p50/p95, request latency p50/p95 and aggregate output tok/s. Tokens are
+counted from the `usage` each server reports at the end of the stream (`stream_options.
+include_usage`), not from SSE chunks, which a server may merge or split. A request that fails,
+reports no usage, or stops short of --output-tokens is an error; any error marks the whole run
+`"failed": true`, and a comparison built on it must not be reported as a ratio.
 
   python3 benches/loadgen.py --url http://127.0.0.1:8000 --concurrency 16 --requests 64 \
       --prompt-tokens 64 --output-tokens 64 --models smollm2,adapter-a,adapter-b
@@ -34,6 +38,7 @@ def one_request(url, model, prompt, max_tokens, api_key):
         "temperature": 0,
         "stream": True,
         "ignore_eos": True,
+        "stream_options": {"include_usage": True},
     }
     headers = {"Content-Type": "application/json"}
     if api_key:
@@ -44,6 +49,7 @@ def one_request(url, model, prompt, max_tokens, api_key):
     if resp.status != 200:
         raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:300]!r}")
     stamps = []
+    usage = None
     while True:
         line = resp.readline()
         if not line:
@@ -57,12 +63,19 @@ def one_request(url, model, prompt, max_tokens, api_key):
         ev = json.loads(data)
         if "error" in ev:
             raise RuntimeError(ev["error"])
+        if ev.get("usage"):
+            usage = ev["usage"]
         for ch in ev.get("choices", []):
             if ch.get("text"):
                 stamps.append(time.perf_counter())
     end = time.perf_counter()
     conn.close()
-    return start, stamps, end
+    if usage is None:
+        raise RuntimeError("the stream reported no usage")
+    tokens = usage.get("completion_tokens", 0)
+    if tokens != max_tokens:
+        raise RuntimeError(f"incomplete: {tokens} of {max_tokens} tokens")
+    return start, stamps, end, tokens
 
 
 def main():
@@ -105,15 +118,17 @@ def main():
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    ttft = [s[0] - st for st, s, _ in results if s]
-    itl = [b - a for _, s, _ in results for a, b in zip(s, s[1:])]
-    lat = [e - st for st, _, e in results]
-    tokens = sum(len(s) for _, s, _ in results)
+    ttft = [s[0] - st for st, s, _, _ in results if s]
+    itl = [b - a for _, s, _, _ in results for a, b in zip(s, s[1:])]
+    lat = [e - st for st, _, e, _ in results]
+    tokens = sum(n for _, _, _, n in results)
     out = {
         "url": args.url,
         "concurrency": args.concurrency,
         "requests": args.requests,
         "completed": len(results),
+        "failed": bool(errors) or len(results) != args.requests,
+        "error_count": len(errors),
         "errors": errors[:5],
         "output_tokens": tokens,
         "wall_s": wall,
