@@ -120,7 +120,7 @@ fn median_run(mut runs: Vec<serde_json::Value>) -> serde_json::Value {
     m
 }
 
-/// One decode step of `names.len()` rows through `Llama::forward` alone (no scheduler, no
+/// One decode step of `names.len()` rows through `Decoder::forward` alone (no scheduler, no
 /// sampling), 40 tokens of context each: base, one adapter for all, one adapter per row, and
 /// two adapters alternating row by row (the distinct case's arithmetic with its weights in
 /// cache: what `distinct` pays beyond it is streaming adapters from memory), and the time to

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/fetch-model.sh
+./scripts/fetch-gemma3.sh >/dev/null
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import openai, pytest, duckdb, jsonschema" 2>/dev/null; then
   python3 -m venv .venv
   # duckdb reads the JSONL records back the way the README's queries do (tests/e2e/test_experiments.py);

@@ -19,8 +19,8 @@ use crate::adapter_fixtures::{
 };
 use crate::golden_tiny::batch_tolerance;
 use crate::util::{
-    golden, golden_json, ids, last_logits, max_abs_diff, read_npy_f32, smollm2, smollm2_on,
-    staggered, test_kernels, tiny, tiny_on,
+    batched_vs_alone, golden, golden_json, ids, last_logits, max_abs_diff, read_npy_f32, smollm2,
+    smollm2_on, staggered, test_kernels, tiny, tiny_on,
 };
 
 fn load(lm: &LoadedModel, dir: &Path) -> LoadedAdapter {
@@ -104,12 +104,7 @@ fn mixed_adapter_batch_equals_each_request_alone(k: KernelChoice) {
     // Every forward pass mixes adapters, prefills and decodes at different positions.
     let batched = staggered(tiny(), &prompts, &adapters, &(0..n).collect::<Vec<_>>(), 16);
     for i in 0..n {
-        let alone = staggered(tiny(), &prompts[i..=i], &adapters[i..=i], &[0], 16);
-        let worst = batched[i]
-            .iter()
-            .zip(&alone[0])
-            .map(|(a, b)| max_abs_diff(a, b))
-            .fold(0.0, f32::max);
+        let worst = batched_vs_alone(tiny(), &prompts, &adapters, &batched, i);
         assert!(
             worst <= batch_tolerance(k),
             "prompt {i} ({}): batched vs alone {worst}",

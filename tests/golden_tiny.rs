@@ -5,7 +5,8 @@ use loraplex_models::{KernelChoice, LogitsFor, SeqInput};
 use loraplex_runtime::{argmax, GenRequest, GenerationParams};
 
 use crate::util::{
-    golden_json, ids, last_logits, max_abs_diff, read_npy_f32, staggered, test_kernels, tiny_on,
+    batched_vs_alone, golden_json, ids, last_logits, max_abs_diff, read_npy_f32, staggered,
+    test_kernels, tiny_on,
 };
 
 /// How far a row's logits may move with what shares its batch: the CPU wing pads the dense
@@ -100,12 +101,7 @@ fn one_mixed_batch_equals_each_sequence_alone(k: KernelChoice) {
         16,
     );
     for i in 0..n {
-        let alone = staggered(lm, &prompts[i..=i], &[None], &[0], 16);
-        let worst = batched[i]
-            .iter()
-            .zip(&alone[0])
-            .map(|(a, b)| max_abs_diff(a, b))
-            .fold(0.0, f32::max);
+        let worst = batched_vs_alone(lm, &prompts, &vec![None; n], &batched, i);
         assert!(
             worst <= batch_tolerance(k),
             "prompt {i}: batched vs alone max |Δlogit| {worst}"

@@ -15,7 +15,9 @@ mod cli; // `loraplex generate` run as a user runs it
 mod constraints; // constrained decoding on SmolLM2's tokenizer: masks against brute force, compile errors, mixed batches
 mod engine; // the engine through EngineHandle: batching, chunked prefill, cancel, backpressure, cold loads
 mod experiments; // the experiments admin API: create/list/show/patch/delete, every refusal, persistence, keys
-mod gateway; // the OpenAI HTTP contract: response shapes and every error case
+mod gateway;
+mod gemma3_270m; // Gemma 3 270M GGUF: its SentencePiece tokenizer against transformers', continuations against llama.cpp's // the OpenAI HTTP contract: response shapes and every error case
+mod golden_families; // tiny Qwen2, Qwen3, Gemma 3, Mistral (sliding window) and Phi-3 (fused) with adapters against transformers + PEFT
 mod golden_smollm2; // the real SmolLM2 GGUF against transformers' dequantized-f32 reference
 mod golden_tiny; // the tiny Llama against transformers' exact f32 logits, alone and batched
 mod hub; // hub ids through hf-hub's cache layout; offline mode stays offline

@@ -288,6 +288,24 @@ pub fn staggered(
     logits
 }
 
+/// How far row `i` of a `staggered` batch (`batched`) moved from the same sequence run alone:
+/// the largest |Δlogit| over its steps.
+pub fn batched_vs_alone(
+    lm: &LoadedModel,
+    prompts: &[Vec<u32>],
+    adapters: &[Option<&LoraWeights>],
+    batched: &[Vec<Vec<f32>>],
+    i: usize,
+) -> f32 {
+    let steps = batched[i].len();
+    let alone = staggered(lm, &prompts[i..=i], &adapters[i..=i], &[0], steps);
+    batched[i]
+        .iter()
+        .zip(&alone[0])
+        .map(|(a, b)| max_abs_diff(a, b))
+        .fold(0.0, f32::max)
+}
+
 /// Logits at the last prompt position, from one fresh forward pass.
 pub fn last_logits(lm: &LoadedModel, prompt: &[u32], adapter: Option<&LoraWeights>) -> Vec<f32> {
     let mut cache = lm.model.new_cache();

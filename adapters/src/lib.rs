@@ -24,4 +24,4 @@ pub use registry::{AdapterRegistry, AdapterSource, AdapterVersion};
 pub use store::{
     check_name, AdapterStore, Manifest, Staging, StoreCheck, StoredAdapter, VersionMeta,
 };
-pub use targets::{module_name, TARGETS};
+pub use targets::{module_name, targets, TARGETS};

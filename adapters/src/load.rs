@@ -8,14 +8,14 @@ use std::path::Path;
 use candle_core::{DType, Device};
 
 use loraplex_models::{
-    Kernels, LlamaConfig, LoraDelta, LoraPrecision, LoraTarget, LoraWeights, Proj, RopeLayout,
+    Kernels, LoraDelta, LoraPrecision, LoraTarget, LoraWeights, ModelConfig, Proj, RopeLayout,
 };
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::error::{AdapterError, Result};
 use crate::peft::PeftConfig;
-use crate::targets::{check_base_name, module_name, TARGETS};
+use crate::targets::{check_base_name, module_name, targets};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -23,13 +23,13 @@ pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 /// What an adapter is checked against.
 #[derive(Debug, Clone)]
 pub struct BaseModel {
-    pub config: LlamaConfig,
+    pub config: ModelConfig,
     /// The served base's name, compared with `base_model_name_or_path`.
     pub name: String,
     /// Dtype and device the deltas are held in (the model's activations).
     pub dtype: DType,
     pub device: Device,
-    /// How the CPU holds the deltas (the model's choice, see `Llama::lora_precision`).
+    /// How the CPU holds the deltas (the model's choice, see `Decoder::lora_precision`).
     pub precision: LoraPrecision,
     /// What runs the model: the CPU wing holds deltas on the host, candle's ops as tensors.
     pub kernels: Kernels,
@@ -421,8 +421,14 @@ struct Built {
     checksum: String,
 }
 
-/// One module's delta, its rank, and the digests of its two tensors (by name).
-type BuiltModule<'a> = ((usize, Proj), LoraDelta, usize, [(&'a str, u128); 2]);
+/// One module: its deltas (several for a fused module), the module, its rank, and the digests
+/// of its two tensors (by name).
+type BuiltModule<'a> = (
+    Vec<((usize, Proj), LoraDelta)>,
+    Proj,
+    usize,
+    [(&'a str, u128); 2],
+);
 
 /// A module's `lora_A` and `lora_B` tensor names, as found in the file.
 type PairNames<'a> = (Option<&'a str>, Option<&'a str>);
@@ -438,7 +444,7 @@ fn build(
         std::str::from_utf8(config).map_err(|_| AdapterError::InvalidConfig("not UTF-8".into()))?;
     let cfg = PeftConfig::parse(text)?;
     if let Some(b) = &cfg.base_model_name_or_path {
-        if check_base_name(b, &base.name)? {
+        if check_base_name(b, &base.name, base.config.arch())? {
             tracing::warn!(adapter_base = %b, base = %base.name, "adapter was trained on a differently named base model");
         }
     }
@@ -447,14 +453,16 @@ fn build(
             "fan_in_fan_out is set but Llama projections are plain linear layers; ignoring it"
         );
     }
-    let targeted = cfg.targeted(base.config.num_layers)?;
+    let arch = base.config.arch();
+    let table = targets(arch);
+    let targeted = cfg.targeted(arch, base.config.num_layers)?;
     let st = safetensors::SafeTensors::deserialize(weights).map_err(|e| AdapterError::Corrupt {
         path: origin.to_path_buf(),
         reason: e.to_string(),
     })?;
     let by_module: HashMap<String, (usize, Proj)> = (0..base.config.num_layers)
         .flat_map(|l| {
-            TARGETS
+            table
                 .iter()
                 .map(move |(p, _)| (module_name(l, *p), (l, *p)))
         })
@@ -490,7 +498,7 @@ fn build(
         .collect();
     let built: Vec<BuiltModule<'_>> = jobs
         .into_par_iter()
-        .map(|(key @ (layer, proj), pair)| {
+        .map(|((layer, proj), pair)| {
             let module = module_name(layer, proj);
             let Some((a, b)) = pair else {
                 return Err(AdapterError::BadTensor {
@@ -518,50 +526,49 @@ fn build(
             let (out, inp) = proj_shape(c, proj);
             expect_shape(&format!("{module}.lora_A.weight"), &a.shape, &[rank, inp])?;
             expect_shape(&format!("{module}.lora_B.weight"), &b.shape, &[out, rank])?;
-            let b = match (proj, c.rope_layout) {
-                (Proj::Q, RopeLayout::Interleaved) => {
-                    Cow::Owned(permute_rows_for_gguf(&b.data, out, rank, c.num_heads))
-                }
-                (Proj::K, RopeLayout::Interleaved) => {
-                    Cow::Owned(permute_rows_for_gguf(&b.data, out, rank, c.num_kv_heads))
-                }
-                _ => b.data,
-            };
             let scale = cfg.scale(rank, alpha);
-            let delta = LoraDelta::from_host(
-                &a.data,
-                &b,
-                (out, rank, inp),
-                scale,
-                LoraTarget {
-                    kernels: base.kernels,
-                    dtype: base.dtype,
-                    precision: base.precision,
-                    device: &base.device,
-                },
-            )?;
-            Ok((key, delta, rank, digests))
+            let target = LoraTarget {
+                kernels: base.kernels,
+                dtype: base.dtype,
+                precision: base.precision,
+                device: &base.device,
+            };
+            // A fused module's B stacks its projections' rows: each slice is one delta, all
+            // sharing A.
+            let mut deltas = Vec::new();
+            let mut at = 0;
+            for (p, rows) in parts(c, proj) {
+                let slice = &b.data[at * rank..(at + rows) * rank];
+                at += rows;
+                let slice = match (p, c.rope_layout) {
+                    (Proj::Q, RopeLayout::Interleaved) => {
+                        Cow::Owned(permute_rows_for_gguf(slice, rows, rank, c.num_heads))
+                    }
+                    (Proj::K, RopeLayout::Interleaved) => {
+                        Cow::Owned(permute_rows_for_gguf(slice, rows, rank, c.num_kv_heads))
+                    }
+                    _ => Cow::Borrowed(slice),
+                };
+                let delta =
+                    LoraDelta::from_host(&a.data, &slice, (rows, rank, inp), scale, target)?;
+                deltas.push(((layer, p), delta));
+            }
+            Ok((deltas, proj, rank, digests))
         })
         .collect::<Result<_>>()?;
     let mut deltas = HashMap::new();
     let mut targets = HashSet::new();
     let mut max_rank = 0;
     let mut digests = Vec::with_capacity(2 * built.len());
-    for (key @ (_, proj), delta, rank, d) in built {
+    for (built, module, rank, d) in built {
         digests.extend(d);
-        deltas.insert(key, delta);
-        targets.insert(
-            TARGETS
-                .iter()
-                .find(|(p, _)| *p == proj)
-                .expect("known")
-                .1
-                .to_string(),
-        );
+        deltas.extend(built);
+        let name = table.iter().find(|(p, _)| *p == module).expect("known").1;
+        targets.insert(name.to_string());
         max_rank = max_rank.max(rank);
     }
     let mut targets: Vec<String> = targets.into_iter().collect();
-    targets.sort_by_key(|t| TARGETS.iter().position(|(_, n)| n == t));
+    targets.sort_by_key(|t| table.iter().position(|(_, n)| n == t));
     Ok(Built {
         weights: LoraWeights::new(deltas),
         cfg,
@@ -617,7 +624,7 @@ pub(crate) fn parse_tensor_name(name: &str) -> Result<(&str, Which)> {
     }
 }
 
-fn proj_shape(c: &LlamaConfig, p: Proj) -> (usize, usize) {
+fn proj_shape(c: &ModelConfig, p: Proj) -> (usize, usize) {
     let (h, i) = (c.hidden_size, c.intermediate_size);
     let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
     match p {
@@ -626,7 +633,20 @@ fn proj_shape(c: &LlamaConfig, p: Proj) -> (usize, usize) {
         Proj::O => (h, q),
         Proj::Gate | Proj::Up => (i, h),
         Proj::Down => (h, i),
+        Proj::Qkv => (q + 2 * kv, h),
+        Proj::GateUp => (2 * i, h),
         _ => unreachable!("not a LoRA target"),
+    }
+}
+
+/// The projections a module's rows hold, in order, with their row counts: itself, or a fused
+/// module's parts (the same order as the base's split, `Decoder`'s `Block::load`).
+fn parts(c: &ModelConfig, p: Proj) -> Vec<(Proj, usize)> {
+    let part = |p| (p, proj_shape(c, p).0);
+    match p {
+        Proj::Qkv => vec![part(Proj::Q), part(Proj::K), part(Proj::V)],
+        Proj::GateUp => vec![part(Proj::Gate), part(Proj::Up)],
+        _ => vec![part(p)],
     }
 }
 

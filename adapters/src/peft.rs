@@ -33,6 +33,9 @@ pub struct PeftConfig {
     pub lora_alpha: f64,
     pub use_rslora: bool,
     pub target_modules: TargetModules,
+    /// `target_modules` was left out: PEFT's default for the architecture, resolved against
+    /// the base (q and v, but Phi-3's fused `qkv_proj`).
+    pub default_targets: bool,
     pub rank_pattern: HashMap<String, usize>,
     pub alpha_pattern: HashMap<String, f64>,
     /// PEFT turns it off for `nn.Linear` (every Llama projection), with a warning; so does the
@@ -47,7 +50,7 @@ const DEFAULT_R: usize = 8;
 /// `LoraConfig.lora_alpha`: so a config without it scales by 8/r, not by 1/r.
 const DEFAULT_ALPHA: f64 = 8.0;
 /// What PEFT targets when `target_modules` is left out: its per-architecture table, whose entry
-/// for `llama` and for `mistral` (the only architectures the models crate loads) is q and v.
+/// is q and v for every family the models crate loads but Phi-3 (see `PeftConfig::targeted`).
 const DEFAULT_TARGETS: [&str; 2] = ["q_proj", "v_proj"];
 
 /// Fields whose every value but PEFT's default (null, false, empty) changes what the adapter
@@ -117,11 +120,13 @@ impl PeftConfig {
             return Err(AdapterError::InvalidConfig("expected a JSON object".into()));
         };
         refuse_unsupported(&map)?;
+        let given = field::<Option<TargetModules>>(&map, "target_modules", || None)?;
         let cfg = PeftConfig {
+            default_targets: given.is_none(),
             r: field(&map, "r", || DEFAULT_R)?,
             lora_alpha: field(&map, "lora_alpha", || DEFAULT_ALPHA)?,
             use_rslora: field(&map, "use_rslora", || false)?,
-            target_modules: field::<Option<TargetModules>>(&map, "target_modules", || None)?
+            target_modules: given
                 .unwrap_or_else(|| TargetModules::List(DEFAULT_TARGETS.map(String::from).to_vec())),
             rank_pattern: field::<Option<_>>(&map, "rank_pattern", || None)?.unwrap_or_default(),
             alpha_pattern: field::<Option<_>>(&map, "alpha_pattern", || None)?.unwrap_or_default(),

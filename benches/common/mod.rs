@@ -74,7 +74,7 @@ fn peft_name(p: Proj) -> &'static str {
 /// `dtype`; `seed` makes each adapter's content distinct.
 pub fn write_adapter(
     dir: &Path,
-    cfg: &loraplex_models::LlamaConfig,
+    cfg: &loraplex_models::ModelConfig,
     r: usize,
     targets: &[Proj],
     dtype: DType,

@@ -8,6 +8,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::cpu::AttnParams;
 use crate::error::Result;
 
 /// `x · wᵀ` for `x` `[rows, in]` and `w` `[out, in]`.
@@ -35,39 +36,54 @@ pub(crate) fn add_lora(
     })
 }
 
-/// The additive causal mask of `t` new positions starting at `start`, over `start + t` keys:
-/// built once per sequence and step, then shared by every layer.
-pub(crate) fn causal_mask(t: usize, start: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+/// The additive mask of `t` new positions starting at `start`, over `start + t` keys: causal,
+/// and with a sliding `window` only the last `window` positions (the query's own included),
+/// as transformers' and llama.cpp's sliding layers see them. `None` when nothing is masked (a
+/// single new token that sees every key). Built once per sequence, window and step, then
+/// shared by every layer with that window.
+pub(crate) fn causal_mask(
+    t: usize,
+    start: usize,
+    window: Option<usize>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Option<Tensor>> {
     let len = start + t;
+    if t == 1 && window.is_none_or(|w| len <= w) {
+        return Ok(None);
+    }
+    let visible = |i: usize, j: usize| j <= start + i && window.is_none_or(|w| j + w > start + i);
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| {
             (0..len).map(move |j| {
-                if j > start + i {
-                    f32::NEG_INFINITY
-                } else {
+                if visible(i, j) {
                     0.0
+                } else {
+                    f32::NEG_INFINITY
                 }
             })
         })
         .collect();
-    Ok(Tensor::from_vec(mask, (t, len), device)?.to_dtype(dtype)?)
+    Ok(Some(
+        Tensor::from_vec(mask, (t, len), device)?.to_dtype(dtype)?,
+    ))
 }
 
-/// Causal attention of one sequence: `q` `[nh, t, hd]` against the cached `k`, `v`
-/// `[nkv, len, hd]`, with `mask` (from [`causal_mask`]) when `t > 1`. Query heads sharing a KV
-/// head are folded into the row dimension, so GQA needs no copy of K/V. Returns `[t, nh·hd]`.
+/// Attention of one sequence: `q` `[nh, t, hd]` against the cached `k`, `v` `[nkv, len, hd]`,
+/// with `mask` (from [`causal_mask`]) where anything is masked. Query heads sharing a KV head
+/// are folded into the row dimension, so GQA needs no copy of K/V. Returns `[t, nh·hd]`.
 pub(crate) fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: Option<&Tensor>,
+    params: AttnParams,
 ) -> Result<Tensor> {
     let (nh, t, hd) = q.dims3()?;
     let (nkv, len) = (k.dim(0)?, k.dim(1)?);
     let groups = nh / nkv;
     let q = q.reshape((nkv, groups * t, hd))?;
-    let scale = 1.0 / (hd as f64).sqrt();
-    let mut scores = (q.matmul(&k.t()?)? * scale)?;
+    let mut scores = (q.matmul(&k.t()?)? * params.scale)?;
     if let Some(mask) = mask {
         scores = scores
             .reshape((nkv, groups, t, len))?
@@ -80,6 +96,11 @@ pub(crate) fn attention(
         .reshape((nh, t, hd))?
         .transpose(0, 1)?
         .reshape((t, nh * hd))?)
+}
+
+/// `gelu_tanh(gate) · up` (GeGLU).
+pub(crate) fn gelu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    Ok((gate.gelu()? * up)?)
 }
 
 /// `silu(gate) · up`.

@@ -1,12 +1,11 @@
 //! Model hyper-parameters.
 //!
-//! [`HfConfig`] mirrors `config.json` as transformers writes it (both the v4 layout with top-level
-//! `rope_theta`/`rope_scaling` and the v5 layout with `rope_parameters`); GGUF metadata is read
-//! into the same normalized [`LlamaConfig`], so the forward pass never knows where it came from.
+//! [`ModelConfig`] is what the decoder runs: one normalized description for every family, read
+//! from `config.json` (`hf_config`) or GGUF metadata (`gguf`) by each family's own file under
+//! `families/`, so the forward pass never knows where a model came from. What sets the
+//! families apart is a handful of switches in [`Family`], not a decoder of their own.
 
 use std::path::Path;
-
-use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
 
@@ -38,9 +37,103 @@ pub enum RopeScaling {
     },
 }
 
-/// The normalized hyper-parameters of a Llama-family decoder.
+/// The architectures the decoder runs, by their transformers `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Arch {
+    #[default]
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+    Gemma3,
+    Phi3,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 6] = [
+        Arch::Llama,
+        Arch::Mistral,
+        Arch::Qwen2,
+        Arch::Qwen3,
+        Arch::Gemma3,
+        Arch::Phi3,
+    ];
+
+    /// transformers' `model_type` (llama.cpp's `general.architecture` is the same word).
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Mistral => "mistral",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+            Arch::Gemma3 => "gemma3",
+            Arch::Phi3 => "phi3",
+        }
+    }
+
+    /// From a `model_type`, an `architectures` class name or a GGUF architecture.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "llama" | "LlamaForCausalLM" => Arch::Llama,
+            "mistral" | "MistralForCausalLM" => Arch::Mistral,
+            "qwen2" | "Qwen2ForCausalLM" => Arch::Qwen2,
+            "qwen3" | "Qwen3ForCausalLM" => Arch::Qwen3,
+            "gemma3" | "gemma3_text" | "Gemma3ForCausalLM" => Arch::Gemma3,
+            "phi3" | "Phi3ForCausalLM" => Arch::Phi3,
+            _ => return None,
+        })
+    }
+
+    /// The supported names, for error messages.
+    pub fn supported() -> String {
+        Self::ALL.map(Arch::name).join(", ")
+    }
+}
+
+/// The MLP's gate activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    /// SwiGLU (Llama, Mistral, Qwen, Phi-3).
+    #[default]
+    Silu,
+    /// GeGLU with the tanh approximation (Gemma's `gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+/// What one family does differently from Llama; `Family::default()` is Llama.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Family {
+    pub arch: Arch,
+    /// Qwen2: q, k and v have biases.
+    pub qkv_bias: bool,
+    /// Qwen3, Gemma 3: each head of q and k is RMS-normalized before the rotary embedding.
+    pub qk_norm: bool,
+    /// Gemma 3: both sublayers' outputs are normalized too, before joining the residual.
+    pub sandwich_norms: bool,
+    /// Norm weights are stored as `w − 1` and applied as `1 + w` (Gemma's checkpoints;
+    /// llama.cpp's converter adds the 1 before writing a GGUF).
+    pub norm_plus_one: bool,
+    pub activation: Activation,
+    /// Gemma: the embedding is multiplied by √hidden.
+    pub embed_scale: bool,
+    /// Gemma: scores are scaled by `1/√query_pre_attn_scalar` instead of `1/√head_dim`.
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Logits become `cap·tanh(l/cap)`.
+    pub final_softcap: Option<f64>,
+    /// Keys older than this many positions are not seen by the sliding layers.
+    pub sliding_window: Option<usize>,
+    /// Which layers slide (`sliding_window` set, this empty: all of them).
+    pub sliding_layers: Vec<bool>,
+    /// Gemma 3: the rotary base of the sliding layers (the global ones use `rope_theta`).
+    pub rope_local_theta: Option<f64>,
+    /// Phi-3: q, k and v are one `[q + 2·kv, hidden]` matrix, gate and up one `[2·inter,
+    /// hidden]`, in the file and in adapters (split at load).
+    pub fused: bool,
+}
+
+/// The normalized hyper-parameters of a decoder.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LlamaConfig {
+pub struct ModelConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -54,9 +147,30 @@ pub struct LlamaConfig {
     pub rope_layout: RopeLayout,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
+    pub family: Family,
 }
 
-impl LlamaConfig {
+impl ModelConfig {
+    pub fn arch(&self) -> Arch {
+        self.family.arch
+    }
+
+    /// The sliding window of layer `l`, `None` for a global layer.
+    pub fn window(&self, l: usize) -> Option<usize> {
+        let w = self.family.sliding_window?;
+        let layers = &self.family.sliding_layers;
+        (layers.is_empty() || layers.get(l).copied().unwrap_or(false)).then_some(w)
+    }
+
+    /// The factor of `q·k` before the softmax.
+    pub fn attn_scale(&self) -> f64 {
+        1.0 / self
+            .family
+            .query_pre_attn_scalar
+            .unwrap_or(self.head_dim as f64)
+            .sqrt()
+    }
+
     pub(crate) fn validate(&self, path: &Path) -> Result<()> {
         let bad = |reason: String| {
             Err(ModelError::InvalidConfig {
@@ -79,16 +193,41 @@ impl LlamaConfig {
         if self.vocab_size == 0 || self.hidden_size == 0 {
             return bad("vocab_size and hidden_size must be positive".into());
         }
+        let f = &self.family;
+        if f.sliding_window == Some(0) {
+            return bad("sliding_window must be positive".into());
+        }
+        if !f.sliding_layers.is_empty() && f.sliding_layers.len() != self.num_layers {
+            return bad(format!(
+                "{} layer types for {} layers",
+                f.sliding_layers.len(),
+                self.num_layers
+            ));
+        }
+        if f.final_softcap.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+            return bad("final_logit_softcapping must be positive".into());
+        }
+        if f.query_pre_attn_scalar
+            .is_some_and(|q| !(q > 0.0 && q.is_finite()))
+        {
+            return bad("query_pre_attn_scalar must be positive".into());
+        }
         Ok(())
     }
 
-    /// Inverse frequencies of the rotary embedding, with any scaling applied.
-    pub fn rope_inv_freq(&self) -> Vec<f32> {
+    /// Inverse frequencies of the rotary embedding, with any scaling applied: of the global
+    /// layers, or (`local`) of the sliding layers where the family gives them their own base
+    /// (unscaled, as transformers and llama.cpp do).
+    pub fn rope_inv_freq(&self, local: bool) -> Vec<f32> {
+        let (theta, scaling) = match (local, self.family.rope_local_theta) {
+            (true, Some(t)) => (t, &RopeScaling::None),
+            _ => (self.rope_theta, &self.rope_scaling),
+        };
         let d = self.head_dim;
         let base: Vec<f64> = (0..d / 2)
-            .map(|i| 1.0 / self.rope_theta.powf(2.0 * i as f64 / d as f64))
+            .map(|i| 1.0 / theta.powf(2.0 * i as f64 / d as f64))
             .collect();
-        let scaled: Vec<f64> = match &self.rope_scaling {
+        let scaled: Vec<f64> = match scaling {
             RopeScaling::None => base,
             RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
             RopeScaling::Llama3 {
@@ -117,207 +256,5 @@ impl LlamaConfig {
             }
         };
         scaled.into_iter().map(|f| f as f32).collect()
-    }
-}
-
-/// `config.json` of a transformers checkpoint, field for field (the ones this engine uses).
-#[derive(Debug, Deserialize)]
-pub struct HfConfig {
-    #[serde(default)]
-    pub architectures: Vec<String>,
-    pub model_type: Option<String>,
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub num_key_value_heads: Option<usize>,
-    pub head_dim: Option<usize>,
-    #[serde(default = "default_eps")]
-    pub rms_norm_eps: f64,
-    pub rope_theta: Option<f64>,
-    pub rope_scaling: Option<serde_json::Value>,
-    pub rope_parameters: Option<serde_json::Value>,
-    #[serde(default = "default_max_pos")]
-    pub max_position_embeddings: usize,
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
-    pub bos_token_id: Option<serde_json::Value>,
-    pub eos_token_id: Option<serde_json::Value>,
-    pub hidden_act: Option<String>,
-    pub torch_dtype: Option<String>,
-    pub dtype: Option<String>,
-    #[serde(default)]
-    pub attention_bias: bool,
-    #[serde(default)]
-    pub mlp_bias: bool,
-}
-
-fn default_eps() -> f64 {
-    1e-6
-}
-fn default_max_pos() -> usize {
-    2048
-}
-
-pub(crate) const SUPPORTED_ARCHS: &[&str] = &["llama", "mistral"];
-
-impl HfConfig {
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| ModelError::InvalidConfig {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
-    }
-
-    /// The stored dtype name (`dtype` in transformers v5, `torch_dtype` before).
-    pub fn stored_dtype(&self) -> Option<&str> {
-        self.dtype.as_deref().or(self.torch_dtype.as_deref())
-    }
-
-    pub fn to_llama(&self, path: &Path) -> Result<LlamaConfig> {
-        let arch = self
-            .model_type
-            .clone()
-            .or_else(|| self.architectures.first().cloned())
-            .unwrap_or_default();
-        let arch_ok = SUPPORTED_ARCHS.contains(&arch.as_str())
-            || self
-                .architectures
-                .iter()
-                .any(|a| a == "LlamaForCausalLM" || a == "MistralForCausalLM");
-        if !arch_ok {
-            return Err(ModelError::UnsupportedArchitecture {
-                path: path.to_path_buf(),
-                arch,
-            });
-        }
-        let invalid = |reason: String| ModelError::InvalidConfig {
-            path: path.to_path_buf(),
-            reason,
-        };
-        if self.attention_bias || self.mlp_bias {
-            return Err(invalid("attention/MLP biases are not supported".into()));
-        }
-        if let Some(act) = &self.hidden_act {
-            if act != "silu" {
-                return Err(invalid(format!(
-                    "hidden_act {act:?} is not supported (silu only)"
-                )));
-            }
-        }
-        // v5 keeps theta and scaling together under rope_parameters; v4 splits them.
-        let rope_params = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref());
-        let rope_theta = self
-            .rope_theta
-            .or_else(|| self.rope_parameters.as_ref()?.get("rope_theta")?.as_f64())
-            .unwrap_or(10_000.0);
-        let rope_scaling = parse_rope_scaling(rope_params).map_err(invalid)?;
-        let cfg = LlamaConfig {
-            vocab_size: self.vocab_size,
-            hidden_size: self.hidden_size,
-            intermediate_size: self.intermediate_size,
-            num_layers: self.num_hidden_layers,
-            num_heads: self.num_attention_heads,
-            num_kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
-            head_dim: self
-                .head_dim
-                .unwrap_or(self.hidden_size / self.num_attention_heads.max(1)),
-            rms_norm_eps: self.rms_norm_eps,
-            rope_theta,
-            rope_scaling,
-            rope_layout: RopeLayout::Half,
-            max_position_embeddings: self.max_position_embeddings,
-            tie_word_embeddings: self.tie_word_embeddings,
-        };
-        cfg.validate(path)?;
-        Ok(cfg)
-    }
-}
-
-fn parse_rope_scaling(v: Option<&serde_json::Value>) -> std::result::Result<RopeScaling, String> {
-    let Some(v) = v.filter(|v| !v.is_null()) else {
-        return Ok(RopeScaling::None);
-    };
-    let ty = v
-        .get("rope_type")
-        .or_else(|| v.get("type"))
-        .and_then(|t| t.as_str())
-        .unwrap_or("default");
-    let num = |k: &str| {
-        v.get(k)
-            .and_then(|x| x.as_f64())
-            .ok_or_else(|| format!("rope scaling {ty:?} needs a numeric {k}"))
-    };
-    match ty {
-        "default" => Ok(RopeScaling::None),
-        "linear" => Ok(RopeScaling::Linear {
-            factor: num("factor")?,
-        }),
-        "llama3" => Ok(RopeScaling::Llama3 {
-            factor: num("factor")?,
-            low_freq_factor: num("low_freq_factor")?,
-            high_freq_factor: num("high_freq_factor")?,
-            original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
-        }),
-        other => Err(format!("rope scaling type {other:?} is not supported")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn base_json() -> serde_json::Value {
-        serde_json::json!({
-            "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-            "vocab_size": 100, "hidden_size": 64, "intermediate_size": 128,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "rms_norm_eps": 1e-5, "max_position_embeddings": 512
-        })
-    }
-
-    #[test]
-    fn reads_v4_and_v5_rope_layouts() {
-        let mut v4 = base_json();
-        v4["rope_theta"] = 500000.0.into();
-        let c: HfConfig = serde_json::from_value(v4).unwrap();
-        assert_eq!(c.to_llama(Path::new("x")).unwrap().rope_theta, 500000.0);
-
-        let mut v5 = base_json();
-        v5["rope_parameters"] = serde_json::json!({"rope_theta": 1234.0, "rope_type": "default"});
-        let c: HfConfig = serde_json::from_value(v5).unwrap();
-        let l = c.to_llama(Path::new("x")).unwrap();
-        assert_eq!(l.rope_theta, 1234.0);
-        assert_eq!(l.head_dim, 16);
-        assert_eq!(l.rope_scaling, RopeScaling::None);
-    }
-
-    #[test]
-    fn llama3_scaling_changes_only_low_frequencies() {
-        let mut v = base_json();
-        v["rope_theta"] = 500000.0.into();
-        v["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0,
-            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
-        let c: HfConfig = serde_json::from_value(v).unwrap();
-        let l = c.to_llama(Path::new("x")).unwrap();
-        let mut plain = l.clone();
-        plain.rope_scaling = RopeScaling::None;
-        let (a, b) = (l.rope_inv_freq(), plain.rope_inv_freq());
-        assert_eq!(a[0], b[0]);
-        assert!((a[7] - b[7] / 8.0).abs() < 1e-12);
-    }
-
-    #[test]
-    fn rejects_unknown_architecture() {
-        let mut v = base_json();
-        v["model_type"] = "gpt_neox".into();
-        v["architectures"] = serde_json::json!(["GPTNeoXForCausalLM"]);
-        let c: HfConfig = serde_json::from_value(v).unwrap();
-        assert!(matches!(
-            c.to_llama(Path::new("x")),
-            Err(ModelError::UnsupportedArchitecture { .. })
-        ));
     }
 }

@@ -19,8 +19,13 @@ pub enum ModelError {
     #[error("{path} is corrupt or truncated: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 
-    #[error("{path}: unsupported architecture {arch:?} (supported: llama, mistral)")]
-    UnsupportedArchitecture { path: PathBuf, arch: String },
+    #[error("{path}: unsupported architecture {arch:?} (supported: {supported})")]
+    UnsupportedArchitecture {
+        path: PathBuf,
+        arch: String,
+        /// The architectures this build runs (`Arch::supported`).
+        supported: String,
+    },
 
     #[error("{path}: unsupported weight dtype {dtype} for tensor {tensor}")]
     UnsupportedDtype {

@@ -1,6 +1,7 @@
 //! GGUF files (llama.cpp's format): hyper-parameters, tokenizer and chat template from the
 //! metadata, weights kept quantized unless the dtype policy says otherwise.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
@@ -8,11 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use crate::config::{LlamaConfig, RopeLayout, RopeScaling, SUPPORTED_ARCHS};
+use crate::config::{Arch, ModelConfig, RopeLayout, RopeScaling};
 use crate::error::{ModelError, Result};
+use crate::families::GgufMeta;
 use crate::kernels::Kernels;
 use crate::layers::{Embedding, WeightMatrix};
 use crate::progress::Progress;
@@ -70,19 +72,18 @@ impl GgufFile {
             .cloned()
     }
 
-    pub fn config(&self) -> Result<LlamaConfig> {
-        let arch = self
+    pub fn config(&self) -> Result<ModelConfig> {
+        let name = self
             .md("general.architecture")
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_default();
-        if !SUPPORTED_ARCHS.contains(&arch.as_str()) {
-            return Err(ModelError::UnsupportedArchitecture {
-                path: self.path.clone(),
-                arch,
-            });
-        }
-        let a = |k: &str| format!("{arch}.{k}");
+        let arch = Arch::parse(&name).ok_or_else(|| ModelError::UnsupportedArchitecture {
+            path: self.path.clone(),
+            arch: name.clone(),
+            supported: Arch::supported(),
+        })?;
+        let a = |k: &str| format!("{name}.{k}");
         let hidden = self.md_usize(&a("embedding_length"))?;
         let heads = self.md_usize(&a("attention.head_count"))?;
         let kv_heads = self
@@ -103,6 +104,10 @@ impl GgufFile {
         let vocab = self
             .md_usize(&a("vocab_size"))
             .unwrap_or_else(|_| embd.shape.dims()[0]);
+        let invalid = |reason: String| ModelError::InvalidConfig {
+            path: self.path.clone(),
+            reason,
+        };
         let rope_scaling = match self
             .md(&a("rope.scaling.type"))
             .and_then(|v| v.to_string().ok())
@@ -111,14 +116,11 @@ impl GgufFile {
                 factor: self.md_f64(&a("rope.scaling.factor")).unwrap_or(1.0),
             },
             Some(t) if t != "none" => {
-                return Err(ModelError::InvalidConfig {
-                    path: self.path.clone(),
-                    reason: format!("rope scaling {t:?} is not supported"),
-                })
+                return Err(invalid(format!("rope scaling {t:?} is not supported")))
             }
             _ => RopeScaling::None,
         };
-        let cfg = LlamaConfig {
+        let mut cfg = ModelConfig {
             vocab_size: vocab,
             hidden_size: hidden,
             intermediate_size: self.md_usize(&a("feed_forward_length"))?,
@@ -131,10 +133,16 @@ impl GgufFile {
                 .unwrap_or(1e-5),
             rope_theta: self.md_f64(&a("rope.freq_base")).unwrap_or(10_000.0),
             rope_scaling,
-            rope_layout: RopeLayout::Interleaved,
+            rope_layout: RopeLayout::Half,
             max_position_embeddings: self.md_usize(&a("context_length")).unwrap_or(2048),
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
+            family: Default::default(),
         };
+        let meta = Meta {
+            file: self,
+            arch: &name,
+        };
+        crate::families::from_gguf(arch, &meta, &mut cfg).map_err(invalid)?;
         cfg.validate(&self.path)?;
         Ok(cfg)
     }
@@ -160,6 +168,26 @@ impl GgufFile {
         self.content
             .tensor(&mut self.reader, name, device)
             .map_err(|e| ModelError::corrupt(&self.path, format!("tensor {name}: {e}")))
+    }
+}
+
+/// Metadata keys under the file's architecture, for the family files.
+struct Meta<'a> {
+    file: &'a GgufFile,
+    arch: &'a str,
+}
+
+impl GgufMeta for Meta<'_> {
+    fn usize(&self, key: &str) -> Option<usize> {
+        self.file.md_usize(&format!("{}.{key}", self.arch)).ok()
+    }
+
+    fn f64(&self, key: &str) -> Option<f64> {
+        self.file.md_f64(&format!("{}.{key}", self.arch))
+    }
+
+    fn has_tensor(&self, name: &str) -> bool {
+        self.file.content.tensor_infos.contains_key(name)
     }
 }
 
@@ -253,10 +281,29 @@ impl WeightReader for GgufReader {
         self.holding.matrix_from_q(q, &self.device)
     }
 
-    fn vector(&mut self, name: String, len: usize) -> Result<Tensor> {
-        let q = self.load(&name, &[len])?;
-        Ok(q.dequantize(&self.device)?
-            .to_dtype(self.activation_dtype())?)
+    fn matrices(&mut self, name: String, rows: &[usize], inp: usize) -> Result<Vec<WeightMatrix>> {
+        let q = self.load(&name, &[rows.iter().sum(), inp])?;
+        check_type(&self.file.path, &name, &q)?;
+        // A row of ggml blocks is whole bytes: the fused matrix splits by byte ranges.
+        let dt = q.dtype();
+        let row_bytes = inp / dt.block_size() * dt.type_size();
+        let data = q.data()?;
+        let mut at = 0;
+        rows.iter()
+            .map(|&n| {
+                let bytes = &data[at * row_bytes..(at + n) * row_bytes];
+                at += n;
+                let storage = QStorage::from_data(Cow::Borrowed(bytes), &self.device, dt)?;
+                let part = QTensor::new(storage, (n, inp))?;
+                self.holding.matrix_from_q(part, &self.device)
+            })
+            .collect()
+    }
+
+    fn vector(&mut self, name: String, len: usize, offset: f64) -> Result<Tensor> {
+        let v = self.load(&name, &[len])?.dequantize(&self.device)?;
+        let v = if offset != 0.0 { (v + offset)? } else { v };
+        Ok(v.to_dtype(self.activation_dtype())?)
     }
 
     fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<Embedding> {

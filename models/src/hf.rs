@@ -145,10 +145,22 @@ impl WeightReader for SafetensorsReader {
         self.holding.matrix_from_dense(t)
     }
 
-    fn vector(&mut self, name: String, len: usize) -> Result<Tensor> {
-        Ok(self
-            .load(&name, &[len])?
-            .to_dtype(self.activation_dtype())?)
+    fn matrices(&mut self, name: String, rows: &[usize], inp: usize) -> Result<Vec<WeightMatrix>> {
+        let t = self.load(&name, &[rows.iter().sum(), inp])?;
+        let mut at = 0;
+        rows.iter()
+            .map(|&n| {
+                let part = t.narrow(0, at, n)?.contiguous()?;
+                at += n;
+                self.holding.matrix_from_dense(part)
+            })
+            .collect()
+    }
+
+    fn vector(&mut self, name: String, len: usize, offset: f64) -> Result<Tensor> {
+        let v = self.load(&name, &[len])?.to_dtype(DType::F32)?;
+        let v = if offset != 0.0 { (v + offset)? } else { v };
+        Ok(v.to_dtype(self.activation_dtype())?)
     }
 
     fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<Embedding> {

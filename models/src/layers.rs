@@ -1,11 +1,11 @@
-//! Layers shared by every architecture: the LoRA-capable linear, RMSNorm, rotary embedding, MLP.
+//! Layers shared by every family: the LoRA-capable linear, RMSNorm, rotary embedding, MLP.
 
 use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
-use crate::config::{LlamaConfig, RopeLayout};
+use crate::config::{Activation, ModelConfig, RopeLayout};
 use crate::cpu::Packed;
 use crate::error::Result;
 use crate::kernels::Kernels;
@@ -162,8 +162,9 @@ pub struct Rotary {
 }
 
 impl Rotary {
-    pub fn new(cfg: &LlamaConfig, dtype: DType, device: &Device) -> Result<Self> {
-        let inv_freq = cfg.rope_inv_freq();
+    /// The global layers' tables, or (`local`) the sliding layers' where they differ.
+    pub fn new(cfg: &ModelConfig, local: bool, dtype: DType, device: &Device) -> Result<Self> {
+        let inv_freq = cfg.rope_inv_freq(local);
         let half = inv_freq.len();
         let max = cfg.max_position_embeddings;
         let inv = Tensor::from_vec(inv_freq, (1, half), device)?;
@@ -199,12 +200,13 @@ impl Rotary {
     }
 }
 
-/// SiLU-gated feed-forward block.
+/// Gated feed-forward block (SwiGLU, or Gemma's GeGLU).
 #[derive(Debug, Clone)]
 pub struct Mlp {
     pub gate: Linear,
     pub up: Linear,
     pub down: Linear,
+    pub activation: Activation,
 }
 
 impl Mlp {
@@ -220,9 +222,11 @@ impl Mlp {
             project(&[(&self.gate, Proj::Gate), (&self.up, Proj::Up)], x)?
                 .try_into()
                 .expect("one output per projection");
-        let h = match kernels {
-            Kernels::Cpu(caps) => crate::cpu::silu_mul(caps, &gate, &up)?,
-            Kernels::Candle => crate::candle_ops::silu_mul(&gate, &up)?,
+        let h = match (self.activation, kernels) {
+            (Activation::Silu, Kernels::Cpu(caps)) => crate::cpu::silu_mul(caps, &gate, &up)?,
+            (Activation::Silu, Kernels::Candle) => crate::candle_ops::silu_mul(&gate, &up)?,
+            // candle's one elementwise loop: the same bits on every CPU tier.
+            (Activation::GeluTanh, _) => crate::candle_ops::gelu_mul(&gate, &up)?,
         };
         let [down]: [Tensor; 1] = project(&[(&self.down, Proj::Down)], &h)?
             .try_into()

@@ -6,13 +6,16 @@ mod chat;
 mod chat_tools;
 mod config;
 mod cpu;
+mod decoder;
 mod error;
+mod families;
 mod gguf;
+mod gguf_spm;
 mod hf;
+mod hf_config;
 mod kernels;
 mod kv;
 mod layers;
-mod llama;
 mod lora;
 mod matmul;
 mod names;
@@ -27,13 +30,14 @@ use std::path::{Path, PathBuf};
 pub use candle_core::{DType, Device, Tensor};
 pub use chat::{ChatMessage, ChatTemplate, ToolCall};
 pub use chat_tools::{json_text, tool_call_text, TOOL_CALL_CLOSE, TOOL_CALL_OPEN};
-pub use config::{HfConfig, LlamaConfig, RopeLayout, RopeScaling};
+pub use config::{Activation, Arch, Family, ModelConfig, RopeLayout, RopeScaling};
 pub use cpu::{Caps, LoraPrecision, Packed, Tier};
+pub use decoder::{Decoder, LogitsFor, SeqInput};
 pub use error::{ModelError, Result};
+pub use hf_config::HfConfig;
 pub use kernels::{KernelChoice, Kernels};
 pub use kv::KvCache;
 pub use layers::{Linear, WeightMatrix};
-pub use llama::{Llama, LogitsFor, SeqInput};
 pub use lora::{LoraDelta, LoraTarget, LoraWeights};
 pub use source::{fetch_files, resolve, HubOptions, HubRef, ModelFiles};
 pub use token_bytes::{complete_utf8, incomplete_tail};
@@ -64,7 +68,7 @@ impl Default for LoadOptions {
 /// A model ready to serve: weights, tokenizer and chat template.
 #[derive(Debug)]
 pub struct LoadedModel {
-    pub model: Llama,
+    pub model: Decoder,
     pub tokenizer: Tokenizer,
     pub chat_template: Option<ChatTemplate>,
     pub files: ModelFiles,
@@ -126,7 +130,7 @@ fn load_gguf(path: PathBuf, files: ModelFiles, opts: &LoadOptions) -> Result<Loa
         .transpose()?;
     let kernels = opts.kernels.resolve(&opts.device)?;
     let mut reader = gguf::GgufReader::new(file, opts.dtype, &opts.device, kernels);
-    let model = Llama::load(cfg, &mut reader)?;
+    let model = Decoder::load(cfg, &mut reader)?;
     Ok(LoadedModel {
         model,
         tokenizer,
@@ -145,7 +149,7 @@ fn load_hf_dir(dir: PathBuf, files: ModelFiles, opts: &LoadOptions) -> Result<Lo
         });
     }
     let hf_cfg = HfConfig::from_file(&cfg_path)?;
-    let cfg = hf_cfg.to_llama(&cfg_path)?;
+    let cfg = families::from_hf_config(&hf_cfg, &cfg_path)?;
     let tok_path = dir.join("tokenizer.json");
     if !tok_path.exists() {
         return Err(ModelError::Missing {
@@ -165,7 +169,7 @@ fn load_hf_dir(dir: PathBuf, files: ModelFiles, opts: &LoadOptions) -> Result<Lo
     let kernels = opts.kernels.resolve(&opts.device)?;
     let mut reader =
         hf::SafetensorsReader::open(&weights, file_dtype, opts.dtype, &opts.device, kernels)?;
-    let model = Llama::load(cfg, &mut reader)?;
+    let model = Decoder::load(cfg, &mut reader)?;
     Ok(LoadedModel {
         model,
         tokenizer,

@@ -11,7 +11,7 @@ use crate::error::{ModelError, Result};
 use crate::kernels::Kernels;
 use crate::names::Proj;
 
-/// Where and how an adapter's deltas are held: the model's choice (see `Llama::lora_target`).
+/// Where and how an adapter's deltas are held: the model's choice (see `Decoder::lora_target`).
 #[derive(Debug, Clone, Copy)]
 pub struct LoraTarget<'a> {
     pub kernels: Kernels,

@@ -17,12 +17,8 @@ use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::error::{ModelError, Result};
+use crate::gguf_spm::{TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED};
 use crate::token_bytes::{incomplete_tail, TokenBytes};
-
-/// GGUF `tokenizer.ggml.token_type` of control tokens (`<|im_start|>` …).
-const TOKEN_TYPE_CONTROL: i32 = 3;
-/// User-defined tokens: matched whole in the text, but not special.
-const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -58,7 +54,8 @@ fn md_u32(md: &HashMap<String, Value>, key: &str) -> Option<u32> {
 }
 
 impl Tokenizer {
-    /// Byte-level BPE from `tokenizer.ggml.{tokens,merges,token_type}`.
+    /// From `tokenizer.ggml.*`: byte-level BPE (`gpt2`: tokens, merges, token types), or a
+    /// SentencePiece-style vocabulary (`llama`: see `gguf_spm`).
     ///
     /// The `smollm` pre-tokenizer (and llama.cpp's handling of it) splits every numeric character
     /// on its own before the GPT-2 regex; candle's GGUF tokenizer treats it as plain GPT-2 with a
@@ -72,10 +69,11 @@ impl Tokenizer {
             .get("tokenizer.ggml.model")
             .and_then(|v| v.to_string().ok())
             .ok_or_else(|| missing("tokenizer.ggml.model"))?;
-        if model != "gpt2" {
+        if model != "gpt2" && model != "llama" {
             return Err(ModelError::Tokenizer(format!(
-                "{}: GGUF tokenizer model {model:?} is not supported (byte-level BPE \"gpt2\" only); \
-                 use the model's Hugging Face directory with its tokenizer.json instead",
+                "{}: GGUF tokenizer model {model:?} is not supported (byte-level BPE \"gpt2\" or \
+                 SentencePiece-style \"llama\"); use the model's Hugging Face directory with its \
+                 tokenizer.json instead",
                 path.display()
             )));
         }
@@ -95,7 +93,33 @@ impl Tokenizer {
                 .collect()
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
+        let types: Vec<i32> = match md
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.to_vec().ok())
+        {
+            Some(v) => v.iter().map(|x| x.to_i32().unwrap_or(1)).collect(),
+            None => vec![1; tokens.len()],
+        };
+        let inner = if model == "llama" {
+            let space_prefix = md
+                .get("tokenizer.ggml.add_space_prefix")
+                .and_then(|v| v.to_bool().ok())
+                .unwrap_or(true);
+            let unk = md_u32(md, "tokenizer.ggml.unknown_token_id");
+            crate::gguf_spm::build(&tokens, &types, unk, space_prefix, path)?
+        } else {
+            Self::byte_level_bpe(&tokens, &types, strings("tokenizer.ggml.merges")?, pre)?
+        };
+        Self::from_gguf_parts(md, inner)
+    }
+
+    fn byte_level_bpe(
+        tokens: &[String],
+        types: &[i32],
+        merges: Vec<String>,
+        pre: &str,
+    ) -> Result<tokenizers::Tokenizer> {
+        let merges: Vec<(String, String)> = merges
             .into_iter()
             .map(|m| {
                 let (a, b) = m
@@ -104,13 +128,6 @@ impl Tokenizer {
                 Ok((a.to_string(), b.to_string()))
             })
             .collect::<Result<_>>()?;
-        let types: Vec<i32> = match md
-            .get("tokenizer.ggml.token_type")
-            .and_then(|v| v.to_vec().ok())
-        {
-            Some(v) => v.iter().map(|x| x.to_i32().unwrap_or(1)).collect(),
-            None => vec![1; tokens.len()],
-        };
         let vocab: tokenizers::models::bpe::Vocab = tokens
             .iter()
             .enumerate()
@@ -145,14 +162,18 @@ impl Tokenizer {
         let added = |ty: i32, special: bool| -> Vec<AddedToken> {
             tokens
                 .iter()
-                .zip(&types)
+                .zip(types)
                 .filter(|(_, &t)| t == ty)
                 .map(|(s, _)| AddedToken::from(s.clone(), special).normalized(false))
                 .collect()
         };
         inner.add_special_tokens(&added(TOKEN_TYPE_CONTROL, true));
         inner.add_tokens(&added(TOKEN_TYPE_USER_DEFINED, false));
+        Ok(inner)
+    }
 
+    /// The special ids and flags of a GGUF tokenizer, around its `inner` model.
+    fn from_gguf_parts(md: &HashMap<String, Value>, inner: tokenizers::Tokenizer) -> Result<Self> {
         let bos = md_u32(md, "tokenizer.ggml.bos_token_id");
         let eos = md_u32(md, "tokenizer.ggml.eos_token_id");
         let mut stop_ids: Vec<u32> = eos.into_iter().collect();
@@ -215,7 +236,11 @@ impl Tokenizer {
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if add_special && self.add_bos {
             if let Some(b) = self.bos {
-                if enc.get_ids().first() != Some(&b) {
+                // A `tokenizer.json` post-processor may have added it already; without one (a
+                // GGUF vocabulary) it is added even before a `<bos>` written in the text, as
+                // transformers and llama.cpp do.
+                let post = self.inner.get_post_processor().is_some();
+                if !post || enc.get_ids().first() != Some(&b) {
                     ids.push(b);
                 }
             }

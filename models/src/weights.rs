@@ -6,7 +6,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use crate::cpu::{Caps, Packed};
+use crate::cpu::{Caps, IntBlocks, Packed};
 use crate::error::Result;
 use crate::kernels::Kernels;
 use crate::layers::{Embedding, WeightMatrix};
@@ -153,19 +153,28 @@ impl Holding {
     }
 }
 
-/// `q` packed: Q4_0/Q4_1 blocks in 4 bits as they are (unless `eight`), other types in 8 bits
-/// from their values; `None` when the shape does not tile.
+/// `q` packed: Q4_0/Q4_1 blocks in 4 bits as they are (unless `eight`), Q8_0/Q5_0 blocks in 8
+/// bits with their own scales and integers, other types in 8 bits from their values; `None`
+/// when the shape does not tile.
 fn packed(caps: Caps, eight: bool, q: &QTensor, device: &Device) -> Result<Option<WeightMatrix>> {
-    let four = matches!(q.dtype(), GgmlDType::Q4_0 | GgmlDType::Q4_1) && !eight;
-    if four {
-        let (out, inp) = q.shape().dims2()?;
-        let raw = q.data()?;
-        let q4_1 = q.dtype() == GgmlDType::Q4_1;
-        if let Some(p) = Packed::from_q4_blocks(caps, &raw, q4_1, out, inp) {
-            return Ok(Some(WeightMatrix::Packed(Arc::new(p))));
+    let (out, inp) = q.shape().dims2()?;
+    let exact = match q.dtype() {
+        GgmlDType::Q4_0 | GgmlDType::Q4_1 if !eight => {
+            let q4_1 = q.dtype() == GgmlDType::Q4_1;
+            Packed::from_q4_blocks(caps, &q.data()?, q4_1, out, inp)
         }
+        GgmlDType::Q8_0 => {
+            Packed::from_int_ggml_blocks(caps, &q.data()?, IntBlocks::Q8_0, out, inp)
+        }
+        GgmlDType::Q5_0 => {
+            Packed::from_int_ggml_blocks(caps, &q.data()?, IntBlocks::Q5_0, out, inp)
+        }
+        _ => None,
+    };
+    match exact {
+        Some(p) => Ok(Some(WeightMatrix::Packed(Arc::new(p)))),
+        None => packed_dense(caps, &q.dequantize(device)?),
     }
-    packed_dense(caps, &q.dequantize(device)?)
 }
 
 /// `dense` packed in 8 bits, when its shape tiles.
@@ -183,9 +192,45 @@ pub(crate) trait WeightReader {
     fn activation_dtype(&self) -> DType;
     /// A `[out, in]` matrix, checked against `shape`.
     fn matrix(&mut self, name: String, shape: (usize, usize)) -> Result<WeightMatrix>;
-    /// A norm weight, always f32-exact, in the activation dtype.
-    fn vector(&mut self, name: String, len: usize) -> Result<Tensor>;
+    /// A fused `[Σ rows, in]` matrix split into row blocks of `rows` (Phi-3's `qkv_proj` and
+    /// `gate_up_proj`): each block is held as its own matrix, as if the file had them apart.
+    fn matrices(&mut self, name: String, rows: &[usize], inp: usize) -> Result<Vec<WeightMatrix>>;
+    /// A norm weight or bias, in f32 plus `offset` (Gemma's `1 + w`), then in the activation
+    /// dtype.
+    fn vector(&mut self, name: String, len: usize, offset: f64) -> Result<Tensor>;
     fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<Embedding>;
     /// The output projection; the embedding table when the file has none (tied).
     fn lm_head(&mut self, tied: bool, shape: (usize, usize)) -> Result<WeightMatrix>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Q8_0 and Q5_0 keep every weight's value when packed (no second rounding); other types
+    /// round once, to 8 bits of their values.
+    #[test]
+    fn q8_0_and_q5_0_blocks_pack_exactly() {
+        let (out, inp) = (32, 64);
+        let w: Vec<f32> = (0..out * inp)
+            .map(|i| ((i * 2654435761) % 1999) as f32 / 999.0 - 1.0)
+            .collect();
+        let t = Tensor::from_vec(w, (out, inp), &Device::Cpu).unwrap();
+        let caps = Caps::portable();
+        for ty in [GgmlDType::Q8_0, GgmlDType::Q5_0] {
+            let q = QTensor::quantize(&t, ty).unwrap();
+            let want: Vec<f32> = q
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let Some(WeightMatrix::Packed(p)) = packed(caps, false, &q, &Device::Cpu).unwrap()
+            else {
+                panic!("{ty:?} not packed");
+            };
+            assert_eq!(p.dense_rows(), want, "{ty:?}");
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! scoring all run it: a plan becomes rows (tokens, which logits, adapter) with a mutable borrow
 //! of each row's KV cache, and the logits come back to the host per row.
 
-use loraplex_models::{KvCache, Llama, LogitsFor, SeqInput};
+use loraplex_models::{Decoder, KvCache, LogitsFor, SeqInput};
 
 use crate::error::Result;
 use crate::scheduler::Scheduled;
@@ -13,7 +13,7 @@ pub(crate) type RowLogits = Vec<Vec<f32>>;
 /// Runs `rows` against their `caches` (one each, same order) and returns each row's logits,
 /// `None` for rows that asked for none.
 pub(crate) fn forward(
-    model: &Llama,
+    model: &Decoder,
     rows: &[SeqInput<'_>],
     caches: &mut [&mut KvCache],
 ) -> Result<Vec<Option<RowLogits>>> {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use loraplex_models::{KvCache, Llama, LogitsFor, LoraWeights, SeqInput, Tokenizer};
+use loraplex_models::{Decoder, KvCache, LogitsFor, LoraWeights, SeqInput, Tokenizer};
 
 use crate::batch::{forward, pick_mut};
 use crate::error::{Result, RuntimeError};
@@ -47,7 +47,7 @@ pub struct Generation {
 }
 
 /// Checks that a prompt plus its generation fits the model's context.
-pub fn check_context(model: &Llama, prompt_len: usize, max_tokens: usize) -> Result<()> {
+pub fn check_context(model: &Decoder, prompt_len: usize, max_tokens: usize) -> Result<()> {
     let context = model.config().max_position_embeddings;
     if prompt_len + max_tokens > context {
         return Err(RuntimeError::ContextOverflow {
@@ -60,7 +60,7 @@ pub fn check_context(model: &Llama, prompt_len: usize, max_tokens: usize) -> Res
 }
 
 pub fn generate(
-    model: &Llama,
+    model: &Decoder,
     tok: &Tokenizer,
     requests: Vec<GenRequest<'_>>,
 ) -> Result<Vec<Generation>> {

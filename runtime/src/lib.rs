@@ -1,5 +1,5 @@
 //! Loraplex runtime: sampling, stop conditions, per-sequence state, generation and scoring over a
-//! `loraplex_models::Llama`. It never sees OpenAI or HTTP types.
+//! `loraplex_models::Decoder`. It never sees OpenAI or HTTP types.
 
 mod batch;
 mod constraint;

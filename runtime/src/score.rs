@@ -2,7 +2,7 @@
 //! with the top alternatives. Serves `echo` + `logprobs`, evaluation clients, quantization tests
 //! and (later) shadow scoring.
 
-use loraplex_models::{Llama, LogitsFor, LoraWeights, SeqInput};
+use loraplex_models::{Decoder, LogitsFor, LoraWeights, SeqInput};
 
 use crate::batch::forward;
 use crate::error::{Result, RuntimeError};
@@ -14,7 +14,7 @@ const SCORE_CHUNK: usize = 128;
 /// Scores `ids[from..]`, each given every token before it, under `adapter` (or the base).
 /// `from` must be ≥ 1.
 pub fn score(
-    model: &Llama,
+    model: &Decoder,
     adapter: Option<&LoraWeights>,
     ids: &[u32],
     from: usize,

@@ -21,6 +21,26 @@ pub(crate) struct AttnJob {
     pub v: Tensor,
 }
 
+/// What a family changes in attention: the factor of `q·k` (`1/√head_dim`, or Gemma's
+/// `1/√query_pre_attn_scalar`), and a sliding window (a query sees its own position and the
+/// `window − 1` before it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct AttnParams {
+    pub scale: f64,
+    pub window: Option<usize>,
+}
+
+#[cfg(test)]
+impl AttnParams {
+    /// Plain causal attention over a head of `hd` dims.
+    pub fn causal(hd: usize) -> Self {
+        Self {
+            scale: 1.0 / (hd as f64).sqrt(),
+            window: None,
+        }
+    }
+}
+
 /// Reads `[nkv, len, hd]` views of contiguous `[nkv, cap, hd]` f32 buffers.
 struct View<'a> {
     data: &'a [f32],
@@ -55,9 +75,8 @@ pub(crate) fn attention(
     caps: Caps,
     q: &Tensor,
     jobs: &[AttnJob],
-    nh: usize,
-    nkv: usize,
-    hd: usize,
+    (nh, nkv, hd): (usize, usize, usize),
+    params: AttnParams,
 ) -> Result<Vec<Tensor>> {
     let qv = f32_values(q)?;
     let guards: Vec<_> = jobs
@@ -80,7 +99,7 @@ pub(crate) fn attention(
         )));
     }
     let groups = nh / nkv;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = params.scale as f32;
     let mut out = vec![0f32; rows.len() * nh * hd];
     // One task per output row and KV head, for the `groups` query heads sharing it: each key
     // and value row is loaded once for all of them.
@@ -89,8 +108,11 @@ pub(crate) fn attention(
         .for_each(|(idx, o)| {
             let ((s, i), g) = (rows[idx / nkv], idx % nkv);
             let (k, v) = &views[s];
-            // Causal: row i sits at position len - t + i and sees keys up to it.
-            let len = k.len - jobs[s].t + i + 1;
+            // Causal: row i sits at position end - 1 = len - t + i and sees keys up to it, or
+            // with a window only the last `window` of them.
+            let end = k.len - jobs[s].t + i + 1;
+            let lo = params.window.map_or(0, |w| end.saturating_sub(w));
+            let len = end - lo;
             let q0 = ((jobs[s].row + i) * nh + g * groups) * hd;
             let qs = &qv[q0..q0 + groups * hd];
             // Scores of every head of the group, on the stack for contexts up to 1024 at 4
@@ -98,7 +120,7 @@ pub(crate) fn attention(
             let (mut stack, mut heap) = ([0f32; 4096], Vec::new());
             let scores = scratch(&mut stack, &mut heap, groups * len);
             for j in 0..len {
-                let kr = k.row(g, j, hd);
+                let kr = k.row(g, lo + j, hd);
                 for (h, q) in qs.chunks_exact(hd).enumerate() {
                     scores[h * len + j] = caps.dot(q, kr) * scale;
                 }
@@ -111,7 +133,7 @@ pub(crate) fn attention(
                 }
             }
             for j in 0..len {
-                let vr = v.row(g, j, hd);
+                let vr = v.row(g, lo + j, hd);
                 for (h, oh) in o.chunks_exact_mut(hd).enumerate() {
                     let w = scores[h * len + j];
                     for (od, vd) in oh.iter_mut().zip(vr) {
@@ -143,28 +165,48 @@ mod tests {
     }
 
     /// Each head on its own: scores, softmax, weighted values, in f64.
-    fn reference(q: &[f32], k: &[f32], v: &[f32], len: usize, hd: usize) -> Vec<f64> {
-        let scale = 1.0 / (hd as f64).sqrt();
-        let s: Vec<f64> = (0..len)
+    fn reference(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        end: usize,
+        hd: usize,
+        p: AttnParams,
+    ) -> Vec<f64> {
+        let lo = p.window.map_or(0, |w| end.saturating_sub(w));
+        let s: Vec<f64> = (lo..end)
             .map(|j| {
                 let kr = &k[j * hd..(j + 1) * hd];
                 q.iter()
                     .zip(kr)
                     .map(|(a, b)| *a as f64 * *b as f64)
                     .sum::<f64>()
-                    * scale
+                    * p.scale
             })
             .collect();
         let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
         let sum: f64 = e.iter().sum();
         (0..hd)
-            .map(|d| (0..len).map(|j| e[j] / sum * v[j * hd + d] as f64).sum())
+            .map(|d| {
+                (0..e.len())
+                    .map(|j| e[j] / sum * v[(lo + j) * hd + d] as f64)
+                    .sum()
+            })
             .collect()
     }
 
     #[test]
     fn grouped_heads_match_each_head_alone_on_every_tier() {
+        check_against_reference(AttnParams::causal(16));
+        // Gemma's knobs: another scale, and a window shorter than the prefill.
+        check_against_reference(AttnParams {
+            scale: 1.0 / 12f64.sqrt(),
+            window: Some(7),
+        });
+    }
+
+    fn check_against_reference(params: AttnParams) {
         // 6 query heads on 2 KV heads; a decode at context 1, three prefill rows ending at 17,
         // a decode at 2100 (past the stack scratch).
         let (nh, nkv, hd, cap) = (6, 2, 16, 2200);
@@ -207,10 +249,10 @@ mod tests {
                 })
                 .collect()
         };
-        let got = attention(Caps::portable(), &qt, &jobs, nh, nkv, hd).unwrap();
+        let got = attention(Caps::portable(), &qt, &jobs, (nh, nkv, hd), params).unwrap();
         for tier in super::super::Tier::available() {
             let caps = Caps::new(tier).unwrap();
-            let other = attention(caps, &qt, &jobs, nh, nkv, hd).unwrap();
+            let other = attention(caps, &qt, &jobs, (nh, nkv, hd), params).unwrap();
             assert_eq!(bits(&other), bits(&got), "{tier}");
         }
         for (s, (out, (len, t))) in got.iter().zip(shapes).enumerate() {
@@ -222,7 +264,7 @@ mod tests {
                     let r = jobs[s].row + i;
                     let qh = &q[(r * nh + h) * hd..(r * nh + h + 1) * hd];
                     let (kg, vg) = (&k[g * cap * hd..], &v[g * cap * hd..]);
-                    let want = reference(qh, kg, vg, len - t + i + 1, hd);
+                    let want = reference(qh, kg, vg, len - t + i + 1, hd, params);
                     for (d, w) in want.iter().enumerate() {
                         let o = out[(i * nh + h) * hd + d] as f64;
                         assert!((o - w).abs() < 1e-5, "seq {s} row {i} head {h}: {o} vs {w}");

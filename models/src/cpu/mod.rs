@@ -39,12 +39,12 @@ mod q4_avx512;
 #[cfg(target_arch = "x86_64")]
 mod q4_avxvnni;
 
-pub(crate) use attention::{attention, AttnJob};
+pub(crate) use attention::{attention, AttnJob, AttnParams};
 pub use caps::{Caps, Tier};
 pub(crate) use delta::HostDelta;
 pub use delta::LoraPrecision;
 pub(crate) use elementwise::silu_mul;
-pub use packed::Packed;
+pub use packed::{IntBlocks, Packed};
 
 /// Outputs per tile of packed weights (and the row padding of an 8-bit LoRA `A`).
 pub(crate) const TILE: usize = 16;

@@ -40,6 +40,44 @@ pub struct Packed {
     sums: Vec<i16>,
 }
 
+/// ggml block types whose weights are a scale times small integers, held exactly in 8 bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntBlocks {
+    /// `d`, then 32 `i8`.
+    Q8_0,
+    /// `d`, 32 high bits, then 16 bytes of low nibbles: `q = (low | high << 4) − 16`.
+    Q5_0,
+}
+
+impl IntBlocks {
+    fn block_bytes(self) -> usize {
+        match self {
+            IntBlocks::Q8_0 => 34,
+            IntBlocks::Q5_0 => 22,
+        }
+    }
+
+    /// The block's 32 integers (ggml's order: weight `j` and `j + 16` share byte `j` in Q5_0).
+    fn unpack(self, blk: &[u8], q: &mut [i8; BLOCK]) {
+        match self {
+            IntBlocks::Q8_0 => {
+                for (q, &b) in q.iter_mut().zip(&blk[2..34]) {
+                    *q = b as i8;
+                }
+            }
+            IntBlocks::Q5_0 => {
+                let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                for (j, &b) in blk[6..22].iter().enumerate() {
+                    let hi0 = ((qh >> j) & 1) << 4;
+                    let hi1 = ((qh >> (j + 16)) & 1) << 4;
+                    q[j] = ((b as u32 & 0x0F) | hi0) as i8 - 16;
+                    q[j + 16] = ((b as u32 >> 4) | hi1) as i8 - 16;
+                }
+            }
+        }
+    }
+}
+
 /// The packed integers: 8 bits (weights `q·d`), or 4 bits (`q·d + m`, ggml's Q4_0 and Q4_1
 /// blocks kept as they are, in the same tile layout: see `q4_scalar`).
 #[derive(Debug, Clone)]
@@ -55,11 +93,51 @@ impl Packed {
     /// Quantizes `[out, in]` f32 weights in Q8_0's blocks (scale = max|w|/127). `None` when the
     /// shape does not tile (out % 16, in % 32).
     pub fn from_dense(caps: Caps, w: &[f32], out: usize, inp: usize) -> Option<Self> {
-        if !out.is_multiple_of(TILE)
-            || !inp.is_multiple_of(BLOCK)
-            || w.len() != out * inp
-            || out == 0
-        {
+        if w.len() != out * inp {
+            return None;
+        }
+        Self::from_int_blocks(caps, out, inp, |o, b, q| {
+            let src = w[o * inp + b * BLOCK..][..BLOCK]
+                .try_into()
+                .expect("a whole block");
+            let (d, sum) = weight_block(caps, src, q);
+            (f16::from_f32(d), sum)
+        })
+    }
+
+    /// ggml blocks whose weights are `d·q` with `q` fitting in an `i8` (Q8_0, Q5_0: `raw` is
+    /// the tensor's bytes, `[out, in]` row-major), held with their own scales and integers:
+    /// every weight keeps its exact value, where re-quantizing their values would round a
+    /// second time. `None` for other types and for shapes that do not tile.
+    pub fn from_int_ggml_blocks(
+        caps: Caps,
+        raw: &[u8],
+        kind: IntBlocks,
+        out: usize,
+        inp: usize,
+    ) -> Option<Self> {
+        let size = kind.block_bytes();
+        let blocks = inp / BLOCK;
+        if raw.len() != out * blocks * size {
+            return None;
+        }
+        Self::from_int_blocks(caps, out, inp, |o, b, q| {
+            let blk = &raw[(o * blocks + b) * size..][..size];
+            let d = f16::from_le_bytes([blk[0], blk[1]]);
+            kind.unpack(blk, q);
+            (d, q.iter().map(|&v| v as i32).sum())
+        })
+    }
+
+    /// The 8-bit layout from each weight block's scale and integers, given by `block(row,
+    /// block, q) -> (d, Σq)`.
+    fn from_int_blocks(
+        caps: Caps,
+        out: usize,
+        inp: usize,
+        block: impl Fn(usize, usize, &mut [i8; BLOCK]) -> (f16, i32) + Sync,
+    ) -> Option<Self> {
+        if !out.is_multiple_of(TILE) || !inp.is_multiple_of(BLOCK) || out == 0 {
             return None;
         }
         let blocks = inp / BLOCK;
@@ -73,16 +151,14 @@ impl Packed {
             .enumerate()
             .for_each(|(t, ((pw, pd), pn))| {
                 for lane in 0..TILE {
-                    let row = &w[(t * TILE + lane) * inp..(t * TILE + lane + 1) * inp];
-                    for (b, src) in row.chunks_exact(BLOCK).enumerate() {
+                    for b in 0..blocks {
                         let mut q = [0i8; BLOCK];
-                        let src = src.try_into().expect("a whole block");
-                        let (d, sum) = weight_block(caps, src, &mut q);
+                        let (d, sum) = block(t * TILE + lane, b, &mut q);
                         let dst = &mut pw[b * TILE * BLOCK..(b + 1) * TILE * BLOCK];
                         for (g, four) in q.chunks_exact(4).enumerate() {
                             dst[g * TILE * 4 + lane * 4..][..4].copy_from_slice(four);
                         }
-                        pd[b * TILE + lane] = f16::from_f32(d);
+                        pd[b * TILE + lane] = d;
                         pn[b * TILE + lane] = sum as i16; // |sum| ≤ 32·127
                     }
                 }

@@ -1,4 +1,6 @@
-//! Llama-family decoder (Llama 2/3, Mistral, SmolLM2) over a batch of independent sequences.
+//! The decoder of every family (Llama 2/3, SmolLM2, Mistral, Qwen2/3, Gemma 3, Phi-3) over a
+//! batch of independent sequences. A family is a set of switches in the config (`families/`):
+//! optional biases, head norms, sandwich norms, sliding layers; the layers are written once.
 //!
 //! Unlike candle-transformers' `quantized_llama`, the model holds no state: each row of a batch
 //! belongs to a sequence with its own [`KvCache`], and the cache length is the row's position.
@@ -8,8 +10,8 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::candle_ops::{attention, causal_mask};
-use crate::config::LlamaConfig;
-use crate::cpu::AttnJob;
+use crate::config::ModelConfig;
+use crate::cpu::{AttnJob, AttnParams};
 use crate::error::{ModelError, Result};
 use crate::kernels::Kernels;
 use crate::kv::KvCache;
@@ -58,54 +60,141 @@ struct Block {
     k: Linear,
     v: Linear,
     o: Linear,
+    /// Qwen2: biases of q, k and v.
+    qkv_bias: Option<[Tensor; 3]>,
+    /// Qwen3, Gemma 3: per-head norms of q and k.
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
+    /// Gemma 3: the norm of the attention output.
+    post_attn_norm: Option<RmsNorm>,
     mlp_norm: RmsNorm,
     mlp: Mlp,
+    /// Gemma 3: the norm of the MLP output.
+    post_mlp_norm: Option<RmsNorm>,
+    /// Keys this layer's queries see: its sliding window, if any.
+    window: Option<usize>,
+}
+
+impl Block {
+    fn load(cfg: &ModelConfig, r: &mut dyn WeightReader, l: usize) -> Result<Self> {
+        let f = &cfg.family;
+        let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (qd, kvd) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+        let (eps, n) = (cfg.rms_norm_eps, r.naming());
+        let offset = if f.norm_plus_one { 1.0 } else { 0.0 };
+        let norm = |r: &mut dyn WeightReader, p: Proj, len: usize| -> Result<RmsNorm> {
+            Ok(RmsNorm::new(r.vector(p.name(n, l), len, offset)?, eps))
+        };
+        let attn_norm = norm(r, Proj::AttnNorm, h)?;
+        let [q, k, v] = if f.fused {
+            split(r.matrices(Proj::Qkv.name(n, l), &[qd, kvd, kvd], h)?)
+        } else {
+            [
+                r.matrix(Proj::Q.name(n, l), (qd, h))?,
+                r.matrix(Proj::K.name(n, l), (kvd, h))?,
+                r.matrix(Proj::V.name(n, l), (kvd, h))?,
+            ]
+        };
+        let qkv_bias = if f.qkv_bias {
+            Some([
+                r.vector(Proj::Q.bias_name(n, l), qd, 0.0)?,
+                r.vector(Proj::K.bias_name(n, l), kvd, 0.0)?,
+                r.vector(Proj::V.bias_name(n, l), kvd, 0.0)?,
+            ])
+        } else {
+            None
+        };
+        let qk_norm = if f.qk_norm {
+            Some((norm(r, Proj::QNorm, hd)?, norm(r, Proj::KNorm, hd)?))
+        } else {
+            None
+        };
+        let o = Linear::new(r.matrix(Proj::O.name(n, l), (h, qd))?)?;
+        let (post_attn_norm, mlp_norm, post_mlp_norm) = if f.sandwich_norms {
+            (
+                Some(norm(r, Proj::PostAttnNorm, h)?),
+                norm(r, Proj::PreMlpNorm, h)?,
+                Some(norm(r, Proj::PostMlpNorm, h)?),
+            )
+        } else {
+            (None, norm(r, Proj::MlpNorm, h)?, None)
+        };
+        let [gate, up] = if f.fused {
+            split(r.matrices(Proj::GateUp.name(n, l), &[i, i], h)?)
+        } else {
+            [
+                r.matrix(Proj::Gate.name(n, l), (i, h))?,
+                r.matrix(Proj::Up.name(n, l), (i, h))?,
+            ]
+        };
+        let down = r.matrix(Proj::Down.name(n, l), (h, i))?;
+        Ok(Self {
+            attn_norm,
+            q: Linear::new(q)?,
+            k: Linear::new(k)?,
+            v: Linear::new(v)?,
+            o,
+            qkv_bias,
+            qk_norm,
+            post_attn_norm,
+            mlp_norm,
+            mlp: Mlp {
+                gate: Linear::new(gate)?,
+                up: Linear::new(up)?,
+                down: Linear::new(down)?,
+                activation: f.activation,
+            },
+            post_mlp_norm,
+            window: cfg.window(l),
+        })
+    }
+
+    fn linears(&self) -> [&Linear; 7] {
+        let m = &self.mlp;
+        [&self.q, &self.k, &self.v, &self.o, &m.gate, &m.up, &m.down]
+    }
+}
+
+/// The parts of a fused matrix, as many as asked for.
+fn split<const N: usize>(parts: Vec<WeightMatrix>) -> [WeightMatrix; N] {
+    parts.try_into().expect("one matrix per requested part")
 }
 
 #[derive(Debug, Clone)]
-pub struct Llama {
-    cfg: LlamaConfig,
+pub struct Decoder {
+    cfg: ModelConfig,
     embed: Embedding,
     blocks: Vec<Block>,
     norm: RmsNorm,
     lm_head: Linear,
     rotary: Rotary,
+    /// Gemma 3: the sliding layers' rotary, on their own base.
+    rotary_local: Option<Rotary>,
     dtype: DType,
     device: Device,
     kernels: Kernels,
 }
 
-impl Llama {
-    pub(crate) fn load(cfg: LlamaConfig, r: &mut dyn WeightReader) -> Result<Self> {
-        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let (qd, kvd) = (
-            cfg.num_heads * cfg.head_dim,
-            cfg.num_kv_heads * cfg.head_dim,
-        );
-        let eps = cfg.rms_norm_eps;
+impl Decoder {
+    pub(crate) fn load(cfg: ModelConfig, r: &mut dyn WeightReader) -> Result<Self> {
+        let h = cfg.hidden_size;
         let embed = r.embedding(cfg.vocab_size, h)?;
-        let mut blocks = Vec::with_capacity(cfg.num_layers);
-        for l in 0..cfg.num_layers {
-            blocks.push(Block {
-                attn_norm: RmsNorm::new(r.vector(Proj::AttnNorm.name(r.naming(), l), h)?, eps),
-                q: Linear::new(r.matrix(Proj::Q.name(r.naming(), l), (qd, h))?)?,
-                k: Linear::new(r.matrix(Proj::K.name(r.naming(), l), (kvd, h))?)?,
-                v: Linear::new(r.matrix(Proj::V.name(r.naming(), l), (kvd, h))?)?,
-                o: Linear::new(r.matrix(Proj::O.name(r.naming(), l), (h, qd))?)?,
-                mlp_norm: RmsNorm::new(r.vector(Proj::MlpNorm.name(r.naming(), l), h)?, eps),
-                mlp: Mlp {
-                    gate: Linear::new(r.matrix(Proj::Gate.name(r.naming(), l), (i, h))?)?,
-                    up: Linear::new(r.matrix(Proj::Up.name(r.naming(), l), (i, h))?)?,
-                    down: Linear::new(r.matrix(Proj::Down.name(r.naming(), l), (h, i))?)?,
-                },
-            });
-        }
-        let norm = RmsNorm::new(r.vector(Proj::FinalNorm.name(r.naming(), 0), h)?, eps);
+        let blocks = (0..cfg.num_layers)
+            .map(|l| Block::load(&cfg, r, l))
+            .collect::<Result<Vec<_>>>()?;
+        let offset = if cfg.family.norm_plus_one { 1.0 } else { 0.0 };
+        let norm = RmsNorm::new(
+            r.vector(Proj::FinalNorm.name(r.naming(), 0), h, offset)?,
+            cfg.rms_norm_eps,
+        );
         let lm_head = Linear::new(r.lm_head(cfg.tie_word_embeddings, (cfg.vocab_size, h))?)?;
         let dtype = r.activation_dtype();
         let device = r.device().clone();
         let kernels = r.kernels();
-        let rotary = Rotary::new(&cfg, dtype, &device)?;
+        let rotary = Rotary::new(&cfg, false, dtype, &device)?;
+        let rotary_local = match cfg.family.rope_local_theta {
+            Some(_) => Some(Rotary::new(&cfg, true, dtype, &device)?),
+            None => None,
+        };
         Ok(Self {
             cfg,
             embed,
@@ -113,13 +202,14 @@ impl Llama {
             norm,
             lm_head,
             rotary,
+            rotary_local,
             dtype,
             device,
             kernels,
         })
     }
 
-    pub fn config(&self) -> &LlamaConfig {
+    pub fn config(&self) -> &ModelConfig {
         &self.cfg
     }
 
@@ -172,15 +262,7 @@ impl Llama {
         let per_block: usize = self
             .blocks
             .iter()
-            .map(|b| {
-                lin(&b.q)
-                    + lin(&b.k)
-                    + lin(&b.v)
-                    + lin(&b.o)
-                    + lin(&b.mlp.gate)
-                    + lin(&b.mlp.up)
-                    + lin(&b.mlp.down)
-            })
+            .map(|b| b.linears().into_iter().map(lin).sum::<usize>())
             .sum();
         let embed = match &self.embed {
             Embedding::Quantized(q) => q.storage_size_in_bytes(),
@@ -244,37 +326,68 @@ impl Llama {
         let total = ids.len();
         let ids = Tensor::from_vec(ids, total, &self.device)?;
         let positions = Tensor::from_vec(positions, total, &self.device)?;
-        let (cos, sin) = self.rotary.tables(&positions)?;
+        let tables = self.rotary.tables(&positions)?;
+        let local_tables = match &self.rotary_local {
+            Some(r) => Some(r.tables(&positions)?),
+            None => None,
+        };
         let per_seq: Vec<_> = inputs.iter().map(|i| (i.adapter, i.tokens.len())).collect();
         let lora = LoraGroups::new(&per_seq, self.kernels, &self.device)?;
-        // The CPU wing attends in place; candle's path needs each prefill's mask, built once
-        // per step for every layer.
+        // The CPU wing attends in place; candle's path needs each sequence's mask, built once
+        // per step for every layer of the same window.
         let host = self.kernels.cpu().filter(|_| self.dtype == DType::F32);
-        let masks: Vec<Option<Tensor>> = inputs
-            .iter()
-            .zip(caches.iter())
-            .map(|(inp, cache)| {
-                let t = inp.tokens.len();
-                (t > 1 && host.is_none())
-                    .then(|| causal_mask(t, cache.len(), self.dtype, &self.device))
-                    .transpose()
-            })
-            .collect::<Result<_>>()?;
+        let mut masks: Vec<(Option<usize>, Vec<Option<Tensor>>)> = Vec::new();
+        if host.is_none() {
+            for b in &self.blocks {
+                if masks.iter().any(|(w, _)| *w == b.window) {
+                    continue;
+                }
+                let per_seq = inputs
+                    .iter()
+                    .zip(caches.iter())
+                    .map(|(inp, cache)| {
+                        causal_mask(
+                            inp.tokens.len(),
+                            cache.len(),
+                            b.window,
+                            self.dtype,
+                            &self.device,
+                        )
+                    })
+                    .collect::<Result<_>>()?;
+                masks.push((b.window, per_seq));
+            }
+        }
 
         let (nh, nkv, hd) = (self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim);
+        let scale = self.cfg.attn_scale();
         let mut x = self.embed.forward(&ids, self.dtype)?;
+        if self.cfg.family.embed_scale {
+            x = (x * (self.cfg.hidden_size as f64).sqrt())?;
+        }
         for (l, b) in self.blocks.iter().enumerate() {
             let h = b.attn_norm.forward(&x)?;
             let qkv = [(&b.q, Proj::Q), (&b.k, Proj::K), (&b.v, Proj::V)];
-            let [q, k, v]: [Tensor; 3] = Linear::project(&qkv, &h, &lora, l)?
+            let [mut q, mut k, mut v]: [Tensor; 3] = Linear::project(&qkv, &h, &lora, l)?
                 .try_into()
                 .expect("one output per projection");
-            let q = self
-                .rotary
-                .apply(&q.reshape((total, nh, hd))?, &cos, &sin)?;
-            let k = self
-                .rotary
-                .apply(&k.reshape((total, nkv, hd))?, &cos, &sin)?;
+            if let Some([bq, bk, bv]) = &b.qkv_bias {
+                q = q.broadcast_add(bq)?;
+                k = k.broadcast_add(bk)?;
+                v = v.broadcast_add(bv)?;
+            }
+            let mut q = q.reshape((total, nh, hd))?;
+            let mut k = k.reshape((total, nkv, hd))?;
+            if let Some((qn, kn)) = &b.qk_norm {
+                q = qn.forward(&q)?;
+                k = kn.forward(&k)?;
+            }
+            let (rotary, (cos, sin)) = match (&self.rotary_local, &local_tables, b.window) {
+                (Some(r), Some(t), Some(_)) => (r, t),
+                _ => (&self.rotary, &tables),
+            };
+            let q = rotary.apply(&q, cos, sin)?;
+            let k = rotary.apply(&k, cos, sin)?;
             let v = v.reshape((total, nkv, hd))?;
             // Each sequence's new keys and values join its cache; then each attends over it.
             let mut jobs = Vec::with_capacity(inputs.len());
@@ -287,31 +400,47 @@ impl Llama {
                 jobs.push(AttnJob { row: off, t, k, v });
                 off += t;
             }
+            let params = AttnParams {
+                scale,
+                window: b.window,
+            };
             let mut outs = match host {
-                Some(caps) => crate::cpu::attention(caps, &q, &jobs, nh, nkv, hd)?,
-                None => jobs
-                    .iter()
-                    .zip(&masks)
-                    .map(|(j, mask)| {
-                        let qi = q.narrow(0, j.row, j.t)?.transpose(0, 1)?.contiguous()?;
-                        attention(&qi, &j.k, &j.v, mask.as_ref())
-                    })
-                    .collect::<Result<_>>()?,
+                Some(caps) => crate::cpu::attention(caps, &q, &jobs, (nh, nkv, hd), params)?,
+                None => {
+                    let masks = &masks
+                        .iter()
+                        .find(|(w, _)| *w == b.window)
+                        .expect("a mask set per window")
+                        .1;
+                    jobs.iter()
+                        .zip(masks)
+                        .map(|(j, mask)| {
+                            let qi = q.narrow(0, j.row, j.t)?.transpose(0, 1)?.contiguous()?;
+                            attention(&qi, &j.k, &j.v, mask.as_ref(), params)
+                        })
+                        .collect::<Result<_>>()?
+                }
             };
             let attn = if outs.len() == 1 {
                 outs.pop().expect("one")
             } else {
                 Tensor::cat(&outs, 0)?
             };
-            let [o]: [Tensor; 1] = Linear::project(&[(&b.o, Proj::O)], &attn, &lora, l)?
+            let [mut o]: [Tensor; 1] = Linear::project(&[(&b.o, Proj::O)], &attn, &lora, l)?
                 .try_into()
                 .expect("one output per projection");
+            if let Some(n) = &b.post_attn_norm {
+                o = n.forward(&o)?;
+            }
             x = (x + o)?;
-            let m = b
+            let mut m = b
                 .mlp
                 .forward(&b.mlp_norm.forward(&x)?, self.kernels, |lins, x| {
                     Linear::project(lins, x, &lora, l)
                 })?;
+            if let Some(n) = &b.post_mlp_norm {
+                m = n.forward(&m)?;
+            }
             x = (x + m)?;
         }
         for (inp, cache) in inputs.iter().zip(caches.iter_mut()) {
@@ -341,10 +470,13 @@ impl Llama {
         let n = rows.len();
         let idx = Tensor::from_vec(rows, n, &self.device)?;
         let h = self.norm.forward(&x.index_select(&idx, 0)?)?;
-        let logits = self
+        let mut logits = self
             .lm_head
             .forward(&h, self.kernels)?
             .to_dtype(DType::F32)?;
+        if let Some(cap) = self.cfg.family.final_softcap {
+            logits = ((logits / cap)?.tanh()? * cap)?;
+        }
         spans
             .into_iter()
             .map(|s| {
