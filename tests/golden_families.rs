@@ -28,11 +28,16 @@ struct Golden {
 
 impl Golden {
     /// The family's model (weights stored in bf16, run in f32 as the reference was) and its
-    /// adapters.
-    fn load(family: &str, k: KernelChoice) -> Self {
+    /// adapters: from its HF directory, or (`gguf`) from llama.cpp's conversion of it
+    /// (`scripts/make-family-ggufs.sh`).
+    fn load(family: &str, k: KernelChoice, gguf: bool) -> Self {
         let cases = golden_json(&format!("families/{family}_cases.json"));
         let dir = golden().join(cases["model_dir"].as_str().unwrap());
-        let lm = load_on(dir.to_str().unwrap(), WeightDtype::F32, k);
+        let spec = match gguf {
+            true => golden().join(format!("families/{family}.gguf")),
+            false => dir,
+        };
+        let lm = load_on(spec.to_str().unwrap(), WeightDtype::F32, k);
         let adapters = cases["adapters"]
             .as_object()
             .unwrap()
@@ -146,8 +151,8 @@ fn batches_match(g: &Golden, family: &str, k: KernelChoice) {
     }
 }
 
-fn check(family: &str, k: KernelChoice) {
-    let g = Golden::load(family, k);
+fn check(family: &str, k: KernelChoice, gguf: bool) {
+    let g = Golden::load(family, k, gguf);
     assert_eq!(g.lm.model.config().arch().name(), family);
     logits_match(&g, family);
     batches_match(&g, family, k);
@@ -157,7 +162,7 @@ macro_rules! families {
     ($($family:ident),+) => {
         $(
             fn $family(k: KernelChoice) {
-                check(stringify!($family), k)
+                check(stringify!($family), k, false)
             }
             test_kernels!($family);
         )+
@@ -165,3 +170,18 @@ macro_rules! families {
 }
 
 families!(qwen2, qwen3, gemma3, mistral, phi3);
+
+/// The same goldens from GGUF files written by llama.cpp's converter: its tensor names, Qwen2's
+/// biases, Qwen3's head norms, Phi-3's fused `attn_qkv` and two-halved `ffn_up`.
+macro_rules! gguf_families {
+    ($($family:ident => $name:ident),+) => {
+        $(
+            fn $name(k: KernelChoice) {
+                check(stringify!($family), k, true)
+            }
+            test_kernels!($name);
+        )+
+    };
+}
+
+gguf_families!(qwen2 => qwen2_gguf, qwen3 => qwen3_gguf, phi3 => phi3_gguf);

@@ -57,7 +57,7 @@ pub(super) fn from_gguf(m: &dyn GgufMeta, cfg: &mut ModelConfig) -> Outcome {
     common(cfg);
     let f = &mut cfg.family;
     f.final_softcap = m.f64("final_logit_softcapping");
-    f.sliding_window = m.usize("attention.sliding_window");
+    f.sliding_window = m.usize("attention.sliding_window").filter(|&w| w > 0);
     let pattern = m
         .usize("attention.sliding_window_pattern")
         .unwrap_or(GGUF_PATTERN);

@@ -3,7 +3,8 @@
 work-arounds (see GGUF.md). Weights, tensor names and architecture metadata are untouched: they are
 whatever the converter writes for that architecture.
 
-Usage: gguf_convert.py LLAMA_CPP_SRC MODEL_DIR OUTFILE   (always --outtype bf16)
+Usage: gguf_convert.py LLAMA_CPP_SRC MODEL_DIR OUTFILE [converter option ...]
+(--outtype bf16 unless a later --outtype in the options overrides it)
 
 Why the work-arounds: every family model here carries the SmolLM2 tokenizer (symlinks to
 ../tiny-llama/), not its family's own one.
@@ -29,6 +30,7 @@ from pathlib import Path
 
 def main() -> None:
     src, model_dir, outfile = sys.argv[1:4]
+    extra = sys.argv[4:]
     src = os.path.abspath(src)
     sys.path.insert(0, os.path.join(src, "gguf-py"))
     sys.path.insert(0, src)
@@ -52,7 +54,7 @@ def main() -> None:
     Phi3MiniModel.set_vocab = TextModel._set_vocab_gpt2
 
     sys.argv = [os.path.join(src, "convert_hf_to_gguf.py"), model_dir,
-                "--outtype", "bf16", "--outfile", outfile]
+                "--outtype", "bf16", "--outfile", outfile, *extra]
     runpy.run_path(sys.argv[0], run_name="__main__")
 
 
