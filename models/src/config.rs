@@ -150,6 +150,17 @@ pub struct ModelConfig {
     pub family: Family,
 }
 
+impl Family {
+    /// What is added to every stored norm weight (Gemma's `1 + w`).
+    pub fn norm_offset(&self) -> f64 {
+        if self.norm_plus_one {
+            1.0
+        } else {
+            0.0
+        }
+    }
+}
+
 impl ModelConfig {
     pub fn arch(&self) -> Arch {
         self.family.arch

@@ -80,7 +80,7 @@ impl Block {
         let (h, i, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (qd, kvd) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
         let (eps, n) = (cfg.rms_norm_eps, r.naming());
-        let offset = if f.norm_plus_one { 1.0 } else { 0.0 };
+        let offset = f.norm_offset();
         let norm = |r: &mut dyn WeightReader, p: Proj, len: usize| -> Result<RmsNorm> {
             Ok(RmsNorm::new(r.vector(p.name(n, l), len, offset)?, eps))
         };
@@ -181,9 +181,12 @@ impl Decoder {
         let blocks = (0..cfg.num_layers)
             .map(|l| Block::load(&cfg, r, l))
             .collect::<Result<Vec<_>>>()?;
-        let offset = if cfg.family.norm_plus_one { 1.0 } else { 0.0 };
         let norm = RmsNorm::new(
-            r.vector(Proj::FinalNorm.name(r.naming(), 0), h, offset)?,
+            r.vector(
+                Proj::FinalNorm.name(r.naming(), 0),
+                h,
+                cfg.family.norm_offset(),
+            )?,
             cfg.rms_norm_eps,
         );
         let lm_head = Linear::new(r.lm_head(cfg.tie_word_embeddings, (cfg.vocab_size, h))?)?;

@@ -18,7 +18,7 @@ use crate::families::GgufMeta;
 use crate::kernels::Kernels;
 use crate::layers::{Embedding, WeightMatrix};
 use crate::progress::Progress;
-use crate::weights::{Holding, Naming, Proj, WeightDtype, WeightReader};
+use crate::weights::{offset_vector, Holding, Naming, Proj, WeightDtype, WeightReader};
 
 pub(crate) struct GgufFile {
     pub path: PathBuf,
@@ -302,8 +302,7 @@ impl WeightReader for GgufReader {
 
     fn vector(&mut self, name: String, len: usize, offset: f64) -> Result<Tensor> {
         let v = self.load(&name, &[len])?.dequantize(&self.device)?;
-        let v = if offset != 0.0 { (v + offset)? } else { v };
-        Ok(v.to_dtype(self.activation_dtype())?)
+        offset_vector(v, offset, self.activation_dtype())
     }
 
     fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<Embedding> {

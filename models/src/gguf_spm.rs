@@ -17,13 +17,13 @@ use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper};
 use crate::error::{ModelError, Result};
 
 /// GGUF `tokenizer.ggml.token_type` of control tokens (`<start_of_turn>` …).
-pub(crate) const TOKEN_TYPE_CONTROL: i32 = 3;
+const TOKEN_TYPE_CONTROL: i32 = 3;
 /// User-defined tokens: matched whole in the text, but not special.
-pub(crate) const TOKEN_TYPE_USER_DEFINED: i32 = 4;
+const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
 const SPACE: char = '\u{2581}';
 
-fn tok_err(e: impl std::fmt::Display) -> ModelError {
+pub(crate) fn tok_err(e: impl std::fmt::Display) -> ModelError {
     ModelError::Tokenizer(e.to_string())
 }
 
@@ -103,19 +103,29 @@ pub(crate) fn build(
         DecoderWrapper::ByteFallback(ByteFallback::new()),
         DecoderWrapper::Fuse(Fuse::new()),
     ]))));
-    // Control pieces are special; user-defined ones are matched whole but are text (the space
-    // runs excepted: BPE reaches them through the normalized `▁`s).
+    // The space runs are left to BPE, which reaches them through the normalized `▁`s.
+    add_typed_tokens(&mut inner, tokens, types, |t| !is_space_run(t));
+    Ok(inner)
+}
+
+/// Registers a GGUF vocabulary's control pieces as special tokens and its user-defined ones
+/// (those `keep` accepts) as text matched whole, both unnormalized.
+pub(crate) fn add_typed_tokens(
+    inner: &mut tokenizers::Tokenizer,
+    tokens: &[String],
+    types: &[i32],
+    keep: impl Fn(&str) -> bool,
+) {
     let added = |ty: i32, special: bool| -> Vec<AddedToken> {
         tokens
             .iter()
             .zip(types)
-            .filter(|&(t, &k)| k == ty && !is_space_run(t))
+            .filter(|&(t, &k)| k == ty && keep(t))
             .map(|(t, _)| AddedToken::from(t.clone(), special).normalized(false))
             .collect()
     };
     inner.add_special_tokens(&added(TOKEN_TYPE_CONTROL, true));
     inner.add_tokens(&added(TOKEN_TYPE_USER_DEFINED, false));
-    Ok(inner)
 }
 
 #[cfg(test)]

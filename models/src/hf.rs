@@ -14,7 +14,7 @@ use crate::kernels::Kernels;
 use crate::layers::{Embedding, WeightMatrix};
 use crate::progress::Progress;
 use crate::tokenizer::SpecialTokens;
-use crate::weights::{Holding, Naming, Proj, WeightDtype, WeightReader};
+use crate::weights::{offset_vector, Holding, Naming, Proj, WeightDtype, WeightReader};
 
 /// The safetensors files of a checkpoint, single or sharded.
 pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -158,9 +158,8 @@ impl WeightReader for SafetensorsReader {
     }
 
     fn vector(&mut self, name: String, len: usize, offset: f64) -> Result<Tensor> {
-        let v = self.load(&name, &[len])?.to_dtype(DType::F32)?;
-        let v = if offset != 0.0 { (v + offset)? } else { v };
-        Ok(v.to_dtype(self.activation_dtype())?)
+        let v = self.load(&name, &[len])?;
+        offset_vector(v, offset, self.activation_dtype())
     }
 
     fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<Embedding> {

@@ -14,10 +14,10 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::{AddedToken, SplitDelimiterBehavior};
+use tokenizers::SplitDelimiterBehavior;
 
 use crate::error::{ModelError, Result};
-use crate::gguf_spm::{TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED};
+use crate::gguf_spm::{add_typed_tokens, tok_err};
 use crate::token_bytes::{incomplete_tail, TokenBytes};
 
 #[derive(Clone)]
@@ -39,10 +39,6 @@ impl std::fmt::Debug for Tokenizer {
             .field("stop_ids", &self.stop_ids)
             .finish()
     }
-}
-
-fn tok_err(e: impl std::fmt::Display) -> ModelError {
-    ModelError::Tokenizer(e.to_string())
 }
 
 fn md_u32(md: &HashMap<String, Value>, key: &str) -> Option<u32> {
@@ -159,16 +155,7 @@ impl Tokenizer {
         inner.with_decoder(Some(tokenizers::DecoderWrapper::ByteLevel(
             ByteLevel::default(),
         )));
-        let added = |ty: i32, special: bool| -> Vec<AddedToken> {
-            tokens
-                .iter()
-                .zip(types)
-                .filter(|(_, &t)| t == ty)
-                .map(|(s, _)| AddedToken::from(s.clone(), special).normalized(false))
-                .collect()
-        };
-        inner.add_special_tokens(&added(TOKEN_TYPE_CONTROL, true));
-        inner.add_tokens(&added(TOKEN_TYPE_USER_DEFINED, false));
+        add_typed_tokens(&mut inner, tokens, types, |_| true);
         Ok(inner)
     }
 

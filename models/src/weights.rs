@@ -184,6 +184,14 @@ fn packed_dense(caps: Caps, dense: &Tensor) -> Result<Option<WeightMatrix>> {
     Ok(Packed::from_dense(caps, &values, out, inp).map(|p| WeightMatrix::Packed(Arc::new(p))))
 }
 
+/// A loaded norm weight or bias: in f32 plus `offset`, then in `dtype` (so that Gemma's
+/// `1 + w` is exact whatever the activations are).
+pub(crate) fn offset_vector(v: Tensor, offset: f64, dtype: DType) -> Result<Tensor> {
+    let v = v.to_dtype(DType::F32)?;
+    let v = if offset != 0.0 { (v + offset)? } else { v };
+    Ok(v.to_dtype(dtype)?)
+}
+
 /// What the model builder needs from a weight file, whatever its format.
 pub(crate) trait WeightReader {
     fn naming(&self) -> Naming;

@@ -2,11 +2,12 @@
 //! `(1 + w)` norms (checkpoints store `w`), RMS-normalized q/k heads, the embedding scaled by
 //! √hidden, scores scaled by `1/√query_pre_attn_scalar`, and local layers (a sliding window,
 //! their own rotary base) interleaved with global ones. llama.cpp's converter adds the 1 to
-//! every norm weight and keeps half-split rotary; `attn_logit_softcapping` is Gemma 2's and
-//! transformers' Gemma 3 never applies it, so neither does this; it fixes the layer pattern (every sixth
-//! layer global) and the local base (10 000) instead of writing them.
+//! every norm weight and keeps half-split rotary; llama.cpp fixes the layer pattern (every
+//! sixth layer global) and the local base (10 000) instead of writing them.
+//! `attn_logit_softcapping` is Gemma 2's: transformers' Gemma 3 never applies it, so neither
+//! does this.
 
-use super::{GgufMeta, Outcome};
+use super::{no_attention_bias, GgufMeta, Outcome};
 use crate::config::{Activation, ModelConfig};
 use crate::hf_config::HfConfig;
 
@@ -31,9 +32,7 @@ fn pattern_layers(layers: usize, pattern: usize) -> Vec<bool> {
 
 pub(super) fn from_hf(c: &HfConfig, cfg: &mut ModelConfig) -> Outcome {
     c.expect_activation(&["gelu_pytorch_tanh"])?;
-    if c.attention_bias {
-        return Err("attention biases are not supported for this architecture".into());
-    }
+    no_attention_bias(c)?;
     common(cfg);
     let f = &mut cfg.family;
     f.norm_plus_one = true;
@@ -57,7 +56,7 @@ pub(super) fn from_gguf(m: &dyn GgufMeta, cfg: &mut ModelConfig) -> Outcome {
     common(cfg);
     let f = &mut cfg.family;
     f.final_softcap = m.f64("final_logit_softcapping");
-    f.sliding_window = m.usize("attention.sliding_window").filter(|&w| w > 0);
+    f.sliding_window = m.sliding_window();
     let pattern = m
         .usize("attention.sliding_window_pattern")
         .unwrap_or(GGUF_PATTERN);

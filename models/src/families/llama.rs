@@ -18,7 +18,7 @@ pub(super) fn from_hf(c: &HfConfig, cfg: &mut ModelConfig) -> Outcome {
 pub(super) fn from_gguf(m: &dyn GgufMeta, cfg: &mut ModelConfig) -> Outcome {
     cfg.rope_layout = RopeLayout::Interleaved;
     if cfg.arch() == Arch::Mistral {
-        cfg.family.sliding_window = m.usize("attention.sliding_window").filter(|&w| w > 0);
+        cfg.family.sliding_window = m.sliding_window();
     }
     Ok(())
 }

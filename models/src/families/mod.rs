@@ -18,6 +18,11 @@ pub(crate) trait GgufMeta {
     fn usize(&self, key: &str) -> Option<usize>;
     fn f64(&self, key: &str) -> Option<f64>;
     fn has_tensor(&self, name: &str) -> bool;
+
+    /// `attention.sliding_window`; llama.cpp writes 0 for none.
+    fn sliding_window(&self) -> Option<usize> {
+        self.usize("attention.sliding_window").filter(|&w| w > 0)
+    }
 }
 
 type Outcome = std::result::Result<(), String>;

@@ -2,8 +2,7 @@
 //! `gate_up_proj` (llama.cpp: `attn_qkv`, and `ffn_up` holding both halves, gate first). The
 //! decoder splits them at load, and adapters on the fused modules are split the same way, so
 //! each slice runs as its own projection. LongRoPE (`rope_scaling` of type `longrope`) and
-//! partial rotary are refused; a sliding window applies to every layer (llama.cpp writes 0 for
-//! none).
+//! partial rotary are refused; a sliding window applies to every layer.
 
 use super::{no_attention_bias, GgufMeta, Outcome};
 use crate::config::ModelConfig;
@@ -33,6 +32,6 @@ pub(super) fn from_gguf(m: &dyn GgufMeta, cfg: &mut ModelConfig) -> Outcome {
         return Err("partial rotary is not supported".into());
     }
     cfg.family.fused = true;
-    cfg.family.sliding_window = m.usize("attention.sliding_window").filter(|&w| w > 0);
+    cfg.family.sliding_window = m.sliding_window();
     Ok(())
 }
