@@ -1,8 +1,9 @@
-//! Engine throughput on the default model: single-stream prefill (64 and 512 tokens) and decode,
-//! batched decode at several batch sizes, for each `--dtype` and thread count, and llama.cpp's
-//! `llama-bench` in the same run when it is available: built per ISA level (`benches/llamacpp.sh
-//! avx2`, `... avx512`), each tier compared with the build of its level, on llama.cpp's own Q4_1
-//! file and on the same model re-quantized to Q8_0 (format and implementation apart).
+//! Engine throughput on the default model (or `LORAPLEX_BENCH_MODEL`): single-stream prefill (64
+//! and 512 tokens) and decode, batched decode at several batch sizes, for each `--dtype` and
+//! thread count, and llama.cpp's `llama-bench` in the same run when it is available: built per
+//! ISA level (`benches/llamacpp.sh avx2`, `... avx512`), each tier compared with the build of its
+//! level, on the file as it is (`file`: Q4_1 for the default model) and on the same model
+//! re-quantized to Q8_0 (format and implementation apart).
 //!
 //! Stock candle (candle-transformers' `quantized_llama`) runs in the same invocation too, with
 //! Q8_0 and with f32 weights, so "at least stock candle's best per phase" is checked directly.
@@ -15,7 +16,10 @@
 //! (default "auto,f32"), `LORAPLEX_BENCH_KERNELS` (default: every tier this CPU runs; `candle`
 //! adds candle's generic ops), `LORAPLEX_BENCH_DEVICE` (default cpu; with `candle` kernels
 //! on a GPU, see `benches/gpu.sh`), `LORAPLEX_BENCH_BATCHES` (default "1,4,16,64"), `LLAMA_BENCH`
-//! (path to llama-bench; default `$HOME/.cache/loraplex/llama.cpp/build/bin/llama-bench`).
+//! (path to llama-bench; default `$HOME/.cache/loraplex/llama.cpp/build/bin/llama-bench`),
+//! `LORAPLEX_BENCH_MODEL` (a GGUF of any supported family, e.g.
+//! `weights/gemma-3-270m-q4_k_m.gguf`; default the default model). Stock candle's
+//! `quantized_llama` runs only on the default model, whose family it knows.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -25,7 +29,16 @@ use loraplex_models::{KernelChoice, KvCache, LoadOptions, LogitsFor, SeqInput, T
 use serde_json::{json, Value};
 
 fn model_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights/SmolLM2-135M-Instruct.Q4_1.gguf")
+    match std::env::var("LORAPLEX_BENCH_MODEL") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("weights/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    }
+}
+
+/// Stock candle's `quantized_llama` knows only the Llama family: it runs on the default model.
+fn stock_candle_runs() -> bool {
+    std::env::var("LORAPLEX_BENCH_MODEL").is_err()
 }
 
 fn env_list(key: &str, default: &str) -> Vec<String> {
@@ -80,7 +93,7 @@ fn one(threads: usize, dt: &str, kn: &str) -> Value {
                 ..Default::default()
             },
         )
-        .expect("load the default model (run scripts/fetch-model.sh)");
+        .expect("load the model (run scripts/fetch-model.sh, or scripts/fetch-gemma3.sh)");
         let m = &lm.model;
         let mut row = json!({"dtype": dt, "kernels": kn, "threads": threads, "weight_bytes": m.weight_bytes()});
         // Prefill: a fresh cache each run.
@@ -246,8 +259,9 @@ fn llama_bench(bin: &PathBuf, model: &std::path::Path, threads: usize) -> Option
     Some(r)
 }
 
-/// The default model with its Q4_1 matrices re-quantized to Q8_0 (candle's writer), so that
-/// llama.cpp's speed on the format this engine runs is measured apart from its own format's.
+/// The model with its quantized matrices (Q4_1, K-quants, ...) re-quantized to Q8_0 (candle's
+/// writer), so that llama.cpp's speed on the format this engine runs is measured apart from
+/// its own format's.
 fn q8_0_copy() -> PathBuf {
     use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
     let path = std::env::temp_dir().join(format!("loraplex-q8_0-{}.gguf", std::process::id()));
@@ -257,7 +271,11 @@ fn q8_0_copy() -> PathBuf {
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     for name in content.tensor_infos.keys() {
         let q = content.tensor(&mut f, name, &dev).unwrap();
-        let q = if q.dtype() == GgmlDType::Q4_1 {
+        let requantize = !matches!(
+            q.dtype(),
+            GgmlDType::Q8_0 | GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+        );
+        let q = if requantize && q.shape().rank() == 2 {
             QTensor::quantize(&q.dequantize(&dev).unwrap(), GgmlDType::Q8_0).unwrap()
         } else {
             q
@@ -303,13 +321,13 @@ fn main() {
     let mut report = Vec::new();
     for t in env_list("LORAPLEX_BENCH_THREADS", "1,2") {
         let threads: usize = t.parse().unwrap();
-        // llama.cpp per ISA level, on its own Q4_1 and on the same model in Q8_0.
+        // llama.cpp per ISA level, on the file as it is and on the same model in Q8_0.
         let mut baselines = serde_json::Map::new();
         for isa in ["avx2", "avx512"] {
             if let Some(bin) = llama_bench_bin(isa) {
                 let q4 = llama_bench(&bin, &model_path(), threads);
                 let q8 = llama_bench(&bin, &q8, threads);
-                baselines.insert(isa.into(), json!({"q4_1": q4, "q8_0": q8}));
+                baselines.insert(isa.into(), json!({"file": q4, "q8_0": q8}));
             }
         }
         let out = Command::new(&exe)
@@ -323,7 +341,12 @@ fn main() {
             String::from_utf8_lossy(&out.stderr)
         );
         let ours: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let stock: Vec<Value> = [("q8_0", false), ("f32", true)]
+        let stock_runs: &[(&str, bool)] = if stock_candle_runs() {
+            &[("q8_0", false), ("f32", true)]
+        } else {
+            &[]
+        };
+        let stock: Vec<Value> = stock_runs
             .iter()
             .map(|&(label, dequant)| {
                 let mut c = Command::new(&exe);
@@ -351,7 +374,7 @@ fn main() {
         let mut rows = Vec::new();
         for mut r in ours.as_array().unwrap().clone() {
             let isa = r["kernels"].as_str().and_then(isa_of);
-            for (format, key) in [("q4_1", "vs_llamacpp"), ("q8_0", "vs_llamacpp_q8_0")] {
+            for (format, key) in [("file", "vs_llamacpp"), ("q8_0", "vs_llamacpp_q8_0")] {
                 let Some(b) = isa.and_then(|i| baselines.get(i)).map(|b| &b[format]) else {
                     continue;
                 };
@@ -367,12 +390,14 @@ fn main() {
                     "tg64": ratio("tg64"),
                 });
             }
-            let vs = |k: &str| json!(r[k].as_f64().unwrap_or(0.0) / best(k));
-            r["vs_best_stock_candle"] =
-                json!({"pp64": vs("pp64"), "pp512": vs("pp512"), "tg1": vs("tg1")});
+            if !stock.is_empty() {
+                let vs = |k: &str| json!(r[k].as_f64().unwrap_or(0.0) / best(k));
+                r["vs_best_stock_candle"] =
+                    json!({"pp64": vs("pp64"), "pp512": vs("pp512"), "tg1": vs("tg1")});
+            }
             rows.push(r);
         }
-        report.push(json!({"threads": threads, "llama_cpp": baselines, "stock_candle": stock, "loraplex": rows}));
+        report.push(json!({"model": model_path().file_name().and_then(|n| n.to_str()), "threads": threads, "llama_cpp": baselines, "stock_candle": stock, "loraplex": rows}));
     }
     let _ = std::fs::remove_file(&q8);
     println!("{}", serde_json::to_string_pretty(&report).unwrap());

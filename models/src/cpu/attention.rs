@@ -8,7 +8,7 @@
 use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
-use super::slices::{f32_values, scratch};
+use super::slices::{dot, f32_values, scratch};
 use super::Caps;
 use crate::error::{ModelError, Result};
 
@@ -50,9 +50,30 @@ struct View<'a> {
 }
 
 impl View<'_> {
-    fn row(&self, g: usize, j: usize, hd: usize) -> &[f32] {
-        let o = self.start + g * self.head_stride + j * hd;
-        &self.data[o..o + hd]
+    /// Rows `lo..lo + n` of KV head `g`, one after another.
+    fn rows(&self, g: usize, lo: usize, n: usize, hd: usize) -> &[f32] {
+        let o = self.start + g * self.head_stride + lo * hd;
+        &self.data[o..o + n * hd]
+    }
+}
+
+/// `out[j] = dot(q, k_j) · scale` for each row `k_j` of `k` (`[out.len(), q.len()]`), the dot
+/// products in `slices::dot`'s order: one query head's scores.
+pub(super) fn scores_ref(q: &[f32], k: &[f32], scale: f32, out: &mut [f32]) {
+    assert!(!q.is_empty() && k.len() == out.len() * q.len());
+    for (o, kr) in out.iter_mut().zip(k.chunks_exact(q.len())) {
+        *o = dot(q, kr) * scale;
+    }
+}
+
+/// `out[d] += p[j] · v_j[d]` for each row `v_j` of `v` (`[p.len(), out.len()]`) in order, each
+/// term a product then a sum (not fused): one query head's weighted values.
+pub(super) fn wsum_ref(p: &[f32], v: &[f32], out: &mut [f32]) {
+    assert!(!out.is_empty() && v.len() == p.len() * out.len());
+    for (&w, vr) in p.iter().zip(v.chunks_exact(out.len())) {
+        for (o, &x) in out.iter_mut().zip(vr) {
+            *o += w * x;
+        }
     }
 }
 
@@ -119,11 +140,9 @@ pub(crate) fn attention(
             // heads per KV head (the decode step allocated a buffer per head and layer).
             let (mut stack, mut heap) = ([0f32; 4096], Vec::new());
             let scores = scratch(&mut stack, &mut heap, groups * len);
-            for j in 0..len {
-                let kr = k.row(g, lo + j, hd);
-                for (h, q) in qs.chunks_exact(hd).enumerate() {
-                    scores[h * len + j] = caps.dot(q, kr) * scale;
-                }
+            let (kr, vr) = (k.rows(g, lo, len, hd), v.rows(g, lo, len, hd));
+            for (q, w) in qs.chunks_exact(hd).zip(scores.chunks_exact_mut(len)) {
+                caps.attn_scores(q, kr, scale, w);
             }
             for w in scores.chunks_exact_mut(len) {
                 let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -132,14 +151,8 @@ pub(crate) fn attention(
                     *p /= sum;
                 }
             }
-            for j in 0..len {
-                let vr = v.row(g, lo + j, hd);
-                for (h, oh) in o.chunks_exact_mut(hd).enumerate() {
-                    let w = scores[h * len + j];
-                    for (od, vd) in oh.iter_mut().zip(vr) {
-                        *od += w * vd;
-                    }
-                }
+            for (w, oh) in scores.chunks_exact(len).zip(o.chunks_exact_mut(hd)) {
+                caps.attn_wsum(w, vr, oh);
             }
         });
     drop(views);
@@ -194,6 +207,60 @@ mod tests {
                     .sum()
             })
             .collect()
+    }
+
+    /// Values of every size class, with zeros, NaN and ±Inf at a few places when `edges`.
+    fn values(n: usize, salt: usize, edges: bool) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..n).map(|i| val(i, salt) * 3.0).collect();
+        if edges && n > 8 {
+            v[n / 3] = f32::NAN;
+            v[n / 2] = f32::INFINITY;
+            v[n - 1] = f32::NEG_INFINITY;
+            v[1] = 0.0;
+            v[2] = -0.0;
+            v[3] = 1e-30;
+        }
+        v
+    }
+
+    #[test]
+    fn score_and_weighted_sum_kernels_equal_their_references_bit_for_bit() {
+        // Head widths whole in 16 and not, tails of keys past each 8, a key run of none.
+        for hd in [16usize, 24, 64, 72, 136, 256] {
+            for n in [0usize, 1, 7, 8, 9, 17, 100] {
+                for edges in [false, true] {
+                    let (q, k) = (values(hd, 1, edges), values(n * hd, 2, edges));
+                    let (p, v) = (values(n, 3, edges), values(n * hd, 4, edges));
+                    let init = values(hd, 5, false);
+                    let mut want_s = vec![0f32; n];
+                    scores_ref(&q, &k, 0.125, &mut want_s);
+                    let mut want_o = init.clone();
+                    wsum_ref(&p, &v, &mut want_o);
+                    for tier in super::super::Tier::available() {
+                        let caps = Caps::new(tier).unwrap();
+                        let mut s = vec![0f32; n];
+                        caps.attn_scores(&q, &k, 0.125, &mut s);
+                        let mut o = init.clone();
+                        caps.attn_wsum(&p, &v, &mut o);
+                        // A NaN's sign and payload out of a fused multiply-add depend on which
+                        // operand the compiler's instruction form names first: NaN is held to
+                        // NaN, every other value bit for bit.
+                        let bits = |x: &[f32]| {
+                            x.iter()
+                                .map(|f| if f.is_nan() { u32::MAX } else { f.to_bits() })
+                                .collect::<Vec<_>>()
+                        };
+                        assert_eq!(bits(&s), bits(&want_s), "{tier} scores hd {hd} n {n}");
+                        assert_eq!(bits(&o), bits(&want_o), "{tier} wsum hd {hd} n {n}");
+                    }
+                }
+            }
+        }
+        // The reference is each key's `slices::dot`, and values in order.
+        let (q, k) = (values(16, 1, false), values(32, 2, false));
+        let mut s = [0f32; 2];
+        scores_ref(&q, &k, 0.5, &mut s);
+        assert_eq!(s[1], dot(&q, &k[16..]) * 0.5);
     }
 
     #[test]

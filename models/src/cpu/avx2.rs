@@ -6,12 +6,11 @@
 //! compiled for these features (fused multiply-adds inline, vectorized where the compiler can).
 
 use std::arch::x86_64::*;
-use std::mem::MaybeUninit;
 
 use half::f16;
 
+use super::block;
 use super::caps::Table;
-use super::{block, elementwise};
 
 pub(super) static TABLE: Table = Table {
     tile: super::avx2_int8::tile,
@@ -24,8 +23,10 @@ pub(super) static TABLE: Table = Table {
     dot_f16,
     dot4_f16,
     axpy_f16,
-    silu_mul,
-    exp_shifted,
+    silu_mul: super::elementwise_avx2::silu_mul,
+    exp_shifted: super::elementwise_avx2::exp_shifted,
+    attn_scores: super::attn_avx2::scores,
+    attn_wsum: super::attn_avx2::wsum,
 };
 
 /// Lanes `l` and `l+4`, then `l+2`, then `l+1`, by `maxps` (first operand the lower lane):
@@ -71,24 +72,6 @@ unsafe fn round_block(src: &[f32; 32], id: f32, offset: i32, q: &mut [u8; 32]) -
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn quantize_transposed(b: &[f32], ids: &[f32], q: &mut [u8]) {
     block::quantize_transposed(b, ids, q)
-}
-
-/// `elementwise::silu_mul_ref`.
-///
-/// # Safety
-/// A CPU with this tier's features.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn silu_mul(g: &[f32], u: &[f32], out: &mut [MaybeUninit<f32>]) {
-    elementwise::silu_mul_ref(g, u, out)
-}
-
-/// `elementwise::exp_shifted_ref`.
-///
-/// # Safety
-/// A CPU with this tier's features.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn exp_shifted(v: &mut [f32], max: f32) -> f32 {
-    elementwise::exp_shifted_ref(v, max)
 }
 
 /// Eight f16 values at `p` in f32.

@@ -25,6 +25,8 @@ pub(super) static TABLE: Table = Table {
     axpy_f16,
     silu_mul,
     exp_shifted,
+    attn_scores: super::attn_avx2::scores,
+    attn_wsum: super::attn_avx2::wsum,
 };
 
 /// `scalar::tile`, 16 outputs per register.

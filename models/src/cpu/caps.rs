@@ -142,6 +142,8 @@ pub(crate) struct Table {
     pub axpy_f16: unsafe fn(&mut [f32], f32, &[f16]),
     pub silu_mul: unsafe fn(&[f32], &[f32], &mut [MaybeUninit<f32>]),
     pub exp_shifted: unsafe fn(&mut [f32], f32) -> f32,
+    pub attn_scores: unsafe fn(&[f32], &[f32], f32, &mut [f32]),
+    pub attn_wsum: unsafe fn(&[f32], &[f32], &mut [f32]),
 }
 
 /// The kernels of one tier that this CPU runs.
@@ -262,5 +264,17 @@ impl Caps {
     pub(crate) fn exp_shifted(self, v: &mut [f32], max: f32) -> f32 {
         // SAFETY: as in `amax`.
         unsafe { (self.table.exp_shifted)(v, max) }
+    }
+
+    /// See `attention::scores_ref`.
+    pub(crate) fn attn_scores(self, q: &[f32], k: &[f32], scale: f32, out: &mut [f32]) {
+        // SAFETY: as in `amax`; the kernel checks the lengths.
+        unsafe { (self.table.attn_scores)(q, k, scale, out) }
+    }
+
+    /// See `attention::wsum_ref`.
+    pub(crate) fn attn_wsum(self, p: &[f32], v: &[f32], out: &mut [f32]) {
+        // SAFETY: as in `amax`; the kernel checks the lengths.
+        unsafe { (self.table.attn_wsum)(p, v, out) }
     }
 }

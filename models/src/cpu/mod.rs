@@ -25,6 +25,8 @@ mod twins;
 mod twins4;
 
 #[cfg(target_arch = "x86_64")]
+mod attn_avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2_int8;
@@ -32,6 +34,8 @@ mod avx2_int8;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avxvnni;
+#[cfg(target_arch = "x86_64")]
+mod elementwise_avx2;
 #[cfg(target_arch = "x86_64")]
 mod q4_avx2;
 #[cfg(target_arch = "x86_64")]

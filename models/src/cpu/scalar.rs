@@ -5,7 +5,7 @@ use core::slice;
 use half::f16;
 
 use super::caps::Table;
-use super::{block, delta, elementwise, slices, BLOCK, TILE};
+use super::{attention, block, delta, elementwise, slices, BLOCK, TILE};
 
 pub(super) static TABLE: Table = Table {
     tile,
@@ -20,6 +20,8 @@ pub(super) static TABLE: Table = Table {
     axpy_f16: delta::axpy_f16,
     silu_mul: elementwise::silu_mul_ref,
     exp_shifted: elementwise::exp_shifted_ref,
+    attn_scores: attention::scores_ref,
+    attn_wsum: attention::wsum_ref,
 };
 
 /// Bytes of weights per block of one tile (16 lanes × 32 inputs).
