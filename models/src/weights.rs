@@ -49,15 +49,15 @@ pub(crate) enum Holding {
     Dense(DType),
     /// ggml blocks for candle's quantized matmul: the file's own (`auto`), or Q8_0 (`q8_0`).
     Quantized { requantize: bool },
-    /// Packed for the CPU wing's kernels: Q4_0/Q4_1 blocks in 4 bits as they are (unless
-    /// `eight`), everything else in 8 bits (shapes that do not tile keep the file's blocks).
+    /// Packed for the CPU wing's kernels: Q4_0/Q4_1/Q4_K blocks in 4 bits (unless `eight`),
+    /// everything else in 8 bits (shapes that do not tile keep the file's blocks).
     Packed { caps: Caps, eight: bool },
 }
 
 impl WeightDtype {
-    /// On the CPU wing `auto` packs a quantized file in 8 bits, whatever its ggml type (K-quants
-    /// included): that kernel serves every row count, so neither candle's blocks nor a dense
-    /// copy are kept. candle's kernels hold the file's blocks as they are (no CPU rule applies
+    /// On the CPU wing `auto` packs a quantized file in 4 bits where its blocks are 4-bit
+    /// (Q4_0, Q4_1, Q4_K) and in 8 bits otherwise: those kernels serve every row count, so
+    /// neither candle's blocks nor a dense copy are kept. candle's kernels hold the file's blocks as they are (no CPU rule applies
     /// to a GPU load), and float files stay float.
     pub(crate) fn resolve(
         self,
@@ -153,9 +153,9 @@ impl Holding {
     }
 }
 
-/// `q` packed: Q4_0/Q4_1 blocks in 4 bits as they are (unless `eight`), Q8_0/Q5_0 blocks in 8
-/// bits with their own scales and integers, other types in 8 bits from their values; `None`
-/// when the shape does not tile.
+/// `q` packed: Q4_0/Q4_1 blocks in 4 bits as they are and Q4_K's sub-blocks in the same form
+/// (unless `eight`), Q8_0/Q5_0 blocks in 8 bits with their own scales and integers, other types
+/// in 8 bits from their values; `None` when the shape does not tile.
 fn packed(caps: Caps, eight: bool, q: &QTensor, device: &Device) -> Result<Option<WeightMatrix>> {
     let (out, inp) = q.shape().dims2()?;
     let exact = match q.dtype() {
@@ -163,6 +163,7 @@ fn packed(caps: Caps, eight: bool, q: &QTensor, device: &Device) -> Result<Optio
             let q4_1 = q.dtype() == GgmlDType::Q4_1;
             Packed::from_q4_blocks(caps, &q.data()?, q4_1, out, inp)
         }
+        GgmlDType::Q4K if !eight => Packed::from_q4k_blocks(caps, &q.data()?, out, inp),
         GgmlDType::Q8_0 => {
             Packed::from_int_ggml_blocks(caps, &q.data()?, IntBlocks::Q8_0, out, inp)
         }
@@ -240,5 +241,42 @@ mod tests {
             };
             assert_eq!(p.dense_rows(), want, "{ty:?}");
         }
+    }
+
+    /// Q4_K's sub-blocks stay 4-bit, their weights off only by the f16 rounding of each
+    /// sub-block's scale and offset: far closer to the file than 8 bits of its values.
+    #[test]
+    fn q4_k_blocks_pack_in_four_bits_close_to_their_values() {
+        let (out, inp) = (32, 512);
+        let w: Vec<f32> = (0..out * inp)
+            .map(|i| (((i * 2654435761) % 1999) as f32 / 999.0 - 1.0) * (1.0 + (i % 7) as f32))
+            .collect();
+        let t = Tensor::from_vec(w, (out, inp), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&t, GgmlDType::Q4K).unwrap();
+        let want: Vec<f32> = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let worst = |p: &Packed| {
+            p.dense_rows()
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max)
+        };
+        let caps = Caps::portable();
+        let Some(WeightMatrix::Packed(p4)) = packed(caps, false, &q, &Device::Cpu).unwrap() else {
+            panic!("Q4_K not packed");
+        };
+        let Some(WeightMatrix::Packed(p8)) = packed(caps, true, &q, &Device::Cpu).unwrap() else {
+            panic!("Q4_K not packed in 8 bits");
+        };
+        assert!(p4.is_4bit() && !p8.is_4bit());
+        assert!(p4.size_in_bytes() * 8 < p8.size_in_bytes() * 5);
+        let (e4, e8) = (worst(&p4), worst(&p8));
+        assert!(e4 < 0.01 && e4 * 4.0 < e8, "4-bit {e4}, 8-bit {e8}");
     }
 }

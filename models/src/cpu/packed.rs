@@ -78,6 +78,23 @@ impl IntBlocks {
     }
 }
 
+fn f16_at(b: &[u8], i: usize) -> f16 {
+    f16::from_le_bytes([b[i], b[i + 1]])
+}
+
+/// Sub-block `j`'s 6-bit scale and min from a Q4_K block's twelve bytes (ggml's
+/// `get_scale_min_k4`).
+fn q4k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
 /// The packed integers: 8 bits (weights `q·d`), or 4 bits (`q·d + m`, ggml's Q4_0 and Q4_1
 /// blocks kept as they are, in the same tile layout: see `q4_scalar`).
 #[derive(Debug, Clone)]
@@ -185,34 +202,85 @@ impl Packed {
     ) -> Option<Self> {
         let size = if q4_1 { 20 } else { 18 };
         let blocks = inp / BLOCK;
-        if !out.is_multiple_of(TILE)
-            || !inp.is_multiple_of(BLOCK)
-            || out == 0
-            || raw.len() != out * blocks * size
-        {
+        if raw.len() != out * blocks * size {
             return None;
         }
+        Self::from_nibble_blocks(caps, out, inp, |o, b| {
+            let blk = &raw[(o * blocks + b) * size..][..size];
+            let d = f16_at(blk, 0);
+            // Q4_0's weights are `d·(q − 8)`: an offset of −8d, exact in f16.
+            let (m, qs) = if q4_1 {
+                (f16_at(blk, 2), &blk[4..20])
+            } else {
+                (f16::from_f32(-8.0 * d.to_f32()), &blk[2..18])
+            };
+            Some((d, m, qs.try_into().expect("16 bytes")))
+        })
+    }
+
+    /// ggml Q4_K blocks (256 weights: `d`, `dmin`, twelve bytes of 6-bit sub-block scales and
+    /// mins, 128 bytes of nibbles) in the 4-bit form: each 32-weight sub-block's weights are
+    /// `d·sc·q − dmin·m`, Q4_1's shape, so only its scale and offset round (once, to f16);
+    /// re-quantizing the values to 8 bits would round every weight and double the bytes.
+    /// `None` for shapes that do not tile, and where a scale or offset overflows f16.
+    pub fn from_q4k_blocks(caps: Caps, raw: &[u8], out: usize, inp: usize) -> Option<Self> {
+        const SUPER: usize = 256;
+        const SIZE: usize = 144;
+        if !inp.is_multiple_of(SUPER) || raw.len() != out * inp / SUPER * SIZE {
+            return None;
+        }
+        let supers = inp / SUPER;
+        Self::from_nibble_blocks(caps, out, inp, |o, b| {
+            let blk = &raw[(o * supers + b / 8) * SIZE..][..SIZE];
+            let (d, dmin) = (f16_at(blk, 0).to_f32(), f16_at(blk, 2).to_f32());
+            let (sc, m) = q4k_scale_min(b % 8, &blk[4..16]);
+            // Sub-blocks 2i and 2i + 1 are the low and high nibbles of bytes 32i..32i + 32.
+            let src = &blk[16 + (b % 8 / 2) * 32..][..32];
+            let nib = |l: usize| {
+                if b % 2 == 0 {
+                    src[l] & 0x0F
+                } else {
+                    src[l] >> 4
+                }
+            };
+            let qs: [u8; 16] = std::array::from_fn(|j| nib(j) | nib(j + 16) << 4);
+            let (scale, offset) = (
+                f16::from_f32(d * sc as f32),
+                f16::from_f32(-(dmin * m as f32)),
+            );
+            (scale.is_finite() && offset.is_finite()).then_some((scale, offset, qs))
+        })
+    }
+
+    /// The 4-bit layout from each block's scale `d`, offset `m` and 16 bytes of nibbles in
+    /// ggml's order (byte `j`: weight `j` low, `j + 16` high), given by `block(row, block)`;
+    /// `None` when the shape does not tile or a block gives none.
+    fn from_nibble_blocks(
+        caps: Caps,
+        out: usize,
+        inp: usize,
+        block: impl Fn(usize, usize) -> Option<(f16, f16, [u8; 16])> + Sync,
+    ) -> Option<Self> {
+        if !out.is_multiple_of(TILE) || !inp.is_multiple_of(BLOCK) || out == 0 {
+            return None;
+        }
+        let blocks = inp / BLOCK;
         let tiles = out / TILE;
-        let f16_at = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]);
         let mut pw = vec![0u8; out * inp / 2];
         let mut pd = vec![f16::ZERO; tiles * blocks * TILE];
         let mut pm = vec![f16::ZERO; tiles * blocks * TILE];
         let mut pn = vec![0i16; tiles * blocks * TILE];
-        pw.par_chunks_mut(blocks * TILE * BLOCK / 2)
+        let ok = pw
+            .par_chunks_mut(blocks * TILE * BLOCK / 2)
             .zip(pd.par_chunks_mut(blocks * TILE))
             .zip(pm.par_chunks_mut(blocks * TILE))
             .zip(pn.par_chunks_mut(blocks * TILE))
             .enumerate()
-            .for_each(|(t, (((pw, pd), pm), pn))| {
+            .all(|(t, (((pw, pd), pm), pn))| {
                 for lane in 0..TILE {
-                    let row = &raw[(t * TILE + lane) * blocks * size..][..blocks * size];
-                    for (b, blk) in row.chunks_exact(size).enumerate() {
-                        let d = f16_at(blk, 0);
-                        // Q4_0's weights are `d·(q − 8)`: an offset of −8d, exact in f16.
-                        let (m, qs) = if q4_1 {
-                            (f16_at(blk, 2), &blk[4..20])
-                        } else {
-                            (f16::from_f32(-8.0 * d.to_f32()), &blk[2..18])
+                    for b in 0..blocks {
+                        let Some((d, m, qs)) = block(t * TILE + lane, b) else {
+                            return false;
                         };
                         // ggml: byte j holds weight j (low nibble) and j + 16 (high nibble),
                         // which is this layout's chunk j / 4 for groups j / 4 and j / 4 + 4.
@@ -228,8 +296,9 @@ impl Packed {
                             .sum();
                     }
                 }
+                true
             });
-        Some(Self {
+        ok.then_some(Self {
             caps,
             out,
             inp,
