@@ -6,15 +6,22 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use loraplex_models::{KernelChoice, LoadedModel, LogitsFor, LoraPrecision, SeqInput, WeightDtype};
+use loraplex_models::{
+    ChatMessage, KernelChoice, LoadOptions, LoadedModel, LogitsFor, LoraPrecision, SeqInput,
+    WeightDtype,
+};
 use loraplex_runtime::argmax;
 
 use crate::util::{golden_json, ids, load_on, repo_root, staggered};
 
+fn gemma_path() -> PathBuf {
+    repo_root().join("weights/gemma-3-270m-q4_k_m.gguf")
+}
+
 fn gemma() -> &'static LoadedModel {
     static MODEL: OnceLock<LoadedModel> = OnceLock::new();
     MODEL.get_or_init(|| {
-        let p: PathBuf = repo_root().join("weights/gemma-3-270m-q4_k_m.gguf");
+        let p = gemma_path();
         assert!(
             p.exists(),
             "{} is missing: run scripts/fetch-gemma3.sh",
@@ -60,6 +67,14 @@ fn k_quants_are_held_packed_not_as_candle_blocks() {
         (18, 256, 1)
     );
     assert_eq!((1..=6).filter(|&l| cfg.window(l - 1).is_none()).count(), 1);
+    // The tied 262144-row table is held once, packed, for lookups and the output projection;
+    // Q4_K stays 4-bit and Q5_0/Q6_K take 8 bits: a little over the file's own bytes.
+    let file = std::fs::metadata(repo_root().join("weights/gemma-3-270m-q4_k_m.gguf"))
+        .unwrap()
+        .len() as f64;
+    let held = m.weight_bytes() as f64;
+    eprintln!("weights held: {held} bytes, file {file} bytes");
+    assert!(held < 1.25 * file, "{held} bytes held for a file of {file}");
 }
 
 /// Greedy continuations (all prompts in one staggered batch) equal llama.cpp's first 16
@@ -128,4 +143,60 @@ fn continuations_match_llama_cpp_on_the_same_gguf() {
     let rate = agree as f64 / clear as f64;
     eprintln!("teacher-forced agreement with llama.cpp: {agree}/{clear}");
     assert!(rate >= 0.95, "teacher-forced agreement {agree}/{clear}");
+}
+
+/// The file (the pretrained model's) carries no chat template: chat is refused by name until
+/// one is given at load (`--chat-template`), and then the conversations render to exactly the
+/// prompt ids llama.cpp was given for its chat cases.
+#[test]
+fn a_chat_template_given_at_load_renders_the_chat_prompts() {
+    let msg = |role: &str, content: &str| ChatMessage {
+        role: role.into(),
+        content: Some(content.into()),
+        name: None,
+        tool_calls: Vec::new(),
+        tool_call_id: None,
+    };
+    let poem = vec![msg("user", "Write a long poem about the sea.")];
+    let err = gemma().render_chat(&poem, None, true).unwrap_err();
+    assert!(err.to_string().contains("no chat template"), "{err}");
+    let src =
+        std::fs::read_to_string(repo_root().join("tests/golden/gemma3-270m/turns.jinja")).unwrap();
+    let opts = LoadOptions {
+        chat_template: Some(src),
+        ..Default::default()
+    };
+    let lm = loraplex_models::load(gemma_path().to_str().unwrap(), &opts).unwrap();
+    let conversations = [
+        ("chat_poem", poem),
+        (
+            "chat_explain",
+            vec![msg("user", "Explain in detail what a neural network is.")],
+        ),
+        (
+            "chat_multi_turn",
+            vec![
+                msg("user", "Hi!"),
+                msg("assistant", "Hello! How can I help you today?"),
+                msg("user", "List five fruits and describe each one."),
+            ],
+        ),
+    ];
+    let cases = golden_json("gemma3-270m/llamacpp_cases.json");
+    for (name, conv) in conversations {
+        let case = cases["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap();
+        let text = lm.render_chat(&conv, None, true).unwrap();
+        assert_eq!(
+            text,
+            format!("<bos>{}", case["text"].as_str().unwrap()),
+            "{name}"
+        );
+        let got = lm.tokenizer.encode(&text, false).unwrap();
+        assert_eq!(got, ids(&case["prompt_ids"]), "{name}");
+    }
 }

@@ -267,11 +267,7 @@ impl Decoder {
             .iter()
             .map(|b| b.linears().into_iter().map(lin).sum::<usize>())
             .sum();
-        let embed = match &self.embed {
-            Embedding::Quantized(q) => q.storage_size_in_bytes(),
-            Embedding::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
-        };
-        per_block + embed + lin(&self.lm_head)
+        per_block + self.embed.size_in_bytes(self.lm_head.weight()) + lin(&self.lm_head)
     }
 
     /// A fresh cache for one sequence.

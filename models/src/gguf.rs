@@ -13,6 +13,7 @@ use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::{Arch, ModelConfig, RopeLayout, RopeScaling};
+use crate::cpu::Packed;
 use crate::error::{ModelError, Result};
 use crate::families::GgufMeta;
 use crate::kernels::Kernels;
@@ -201,6 +202,8 @@ pub(crate) struct GgufReader {
     embed_q: Option<Arc<QTensor>>,
     /// The dequantized embedding, shared with a tied dense output projection.
     embed_dense: Option<Tensor>,
+    /// The packed table a tied output projection shares.
+    embed_packed: Option<Arc<Packed>>,
 }
 
 impl GgufReader {
@@ -214,6 +217,7 @@ impl GgufReader {
             file,
             embed_q: None,
             embed_dense: None,
+            embed_packed: None,
         }
     }
 
@@ -311,8 +315,10 @@ impl WeightReader for GgufReader {
         check_type(&self.file.path, &name, &q)?;
         self.embed_q = Some(q.clone());
         let e = self.holding.embedding_from_q(q, &self.device)?;
-        if let Embedding::Dense(t) = &e {
-            self.embed_dense = Some(t.clone());
+        match &e {
+            Embedding::Dense(t) => self.embed_dense = Some(t.clone()),
+            Embedding::Packed(p) => self.embed_packed = Some(p.clone()),
+            Embedding::Quantized(_) => {}
         }
         Ok(e)
     }
@@ -324,6 +330,9 @@ impl WeightReader for GgufReader {
         }
         if let Some(t) = self.embed_dense.take() {
             return Ok(WeightMatrix::Dense(t));
+        }
+        if let Some(p) = self.embed_packed.take() {
+            return Ok(WeightMatrix::Packed(p));
         }
         let q = self
             .embed_q

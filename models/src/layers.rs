@@ -240,6 +240,9 @@ impl Mlp {
 pub enum Embedding {
     Quantized(Arc<QTensor>),
     Dense(Tensor),
+    /// The CPU wing's packed table, shared with a tied output projection (held once), where
+    /// packing keeps every value of the file's blocks.
+    Packed(Arc<Packed>),
 }
 
 impl Embedding {
@@ -247,7 +250,32 @@ impl Embedding {
         let x = match self {
             Embedding::Quantized(q) => q.embedding(ids)?,
             Embedding::Dense(t) => t.index_select(ids, 0)?,
+            Embedding::Packed(p) => {
+                let (vocab, hidden) = p.dims();
+                let ids = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+                let mut x = vec![0f32; ids.len() * hidden];
+                for (&id, row) in ids.iter().zip(x.chunks_exact_mut(hidden)) {
+                    if id as usize >= vocab {
+                        return Err(crate::ModelError::InvalidBatch(format!(
+                            "token id {id} is outside the vocabulary ({vocab})"
+                        )));
+                    }
+                    p.row_into(id as usize, row);
+                }
+                Tensor::from_vec(x, (ids.len(), hidden), &Device::Cpu)?
+            }
         };
         Ok(x.to_dtype(dtype)?)
+    }
+
+    /// Bytes held, none where `lm_head` holds the same table.
+    pub fn size_in_bytes(&self, lm_head: &WeightMatrix) -> usize {
+        match (self, lm_head) {
+            (Embedding::Packed(a), WeightMatrix::Packed(b)) if Arc::ptr_eq(a, b) => 0,
+            (Embedding::Quantized(a), WeightMatrix::Quantized(b)) if Arc::ptr_eq(a, b) => 0,
+            (Embedding::Packed(p), _) => p.size_in_bytes(),
+            (Embedding::Quantized(q), _) => q.storage_size_in_bytes(),
+            (Embedding::Dense(t), _) => t.elem_count() * t.dtype().size_in_bytes(),
+        }
     }
 }

@@ -52,6 +52,9 @@ pub struct LoadOptions {
     /// `--cpu-kernels`: the CPU tier, or candle's generic ops.
     pub kernels: KernelChoice,
     pub hub: HubOptions,
+    /// `--chat-template`: a Jinja chat template used instead of the model's own (or where it
+    /// has none, as a pretrained model's GGUF often does).
+    pub chat_template: Option<String>,
 }
 
 impl Default for LoadOptions {
@@ -61,6 +64,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             kernels: KernelChoice::Auto,
             hub: HubOptions::default(),
+            chat_template: None,
         }
     }
 }
@@ -118,8 +122,10 @@ fn load_gguf(path: PathBuf, files: ModelFiles, opts: &LoadOptions) -> Result<Loa
     let file = gguf::GgufFile::open(&path)?;
     let cfg = file.config()?;
     let tokenizer = Tokenizer::from_gguf(file.metadata(), &path)?;
-    let chat_template = file
-        .chat_template()
+    let chat_template = opts
+        .chat_template
+        .clone()
+        .or_else(|| file.chat_template())
         .map(|src| {
             ChatTemplate::new(
                 &src,
@@ -160,8 +166,10 @@ fn load_hf_dir(dir: PathBuf, files: ModelFiles, opts: &LoadOptions) -> Result<Lo
     let tf = hf::tokenizer_files(&dir)?;
     let (bos, eos) = (tf.special.bos_token.clone(), tf.special.eos_token.clone());
     let tokenizer = Tokenizer::from_file(&tok_path, tf.special)?;
-    let chat_template = tf
+    let chat_template = opts
         .chat_template
+        .clone()
+        .or(tf.chat_template)
         .map(|src| ChatTemplate::new(&src, bos.unwrap_or_default(), eos.unwrap_or_default()))
         .transpose()?;
     let weights = hf::weight_files(&dir)?;

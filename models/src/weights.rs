@@ -130,9 +130,17 @@ impl Holding {
         })
     }
 
+    /// The token table: on the CPU wing packed when that keeps every value of the file's
+    /// blocks (so a tied output projection shares it), else the file's blocks.
     pub(crate) fn embedding_from_q(self, q: Arc<QTensor>, device: &Device) -> Result<Embedding> {
         Ok(match self {
             Holding::Dense(dt) => Embedding::Dense(q.dequantize(device)?.to_dtype(dt)?),
+            Holding::Packed { caps, eight } if packs_exactly(q.dtype(), eight) => {
+                match packed(caps, eight, &q, device)? {
+                    Some(WeightMatrix::Packed(p)) => Embedding::Packed(p),
+                    _ => Embedding::Quantized(q),
+                }
+            }
             Holding::Quantized { .. } | Holding::Packed { .. } => Embedding::Quantized(q),
         })
     }
@@ -175,6 +183,15 @@ fn packed(caps: Caps, eight: bool, q: &QTensor, device: &Device) -> Result<Optio
     match exact {
         Some(p) => Ok(Some(WeightMatrix::Packed(Arc::new(p)))),
         None => packed_dense(caps, &q.dequantize(device)?),
+    }
+}
+
+/// Whether [`packed`] keeps every value of `dtype`'s blocks (the 4-bit types only in 4 bits).
+fn packs_exactly(dtype: GgmlDType, eight: bool) -> bool {
+    match dtype {
+        GgmlDType::Q8_0 | GgmlDType::Q5_0 => true,
+        GgmlDType::Q4_0 | GgmlDType::Q4_1 => !eight,
+        _ => false,
     }
 }
 

@@ -30,6 +30,9 @@ pub struct ServeArgs {
     /// candle (candle's generic ops, the path every GPU takes).
     #[arg(long, default_value = "auto")]
     pub cpu_kernels: KernelChoice,
+    /// A Jinja chat template used instead of the model's own (a file, or the template itself).
+    #[arg(long)]
+    pub chat_template: Option<String>,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// 0 picks a free port (printed at start-up).
@@ -129,6 +132,7 @@ pub fn run(args: ServeArgs, hub: HubOptions) -> anyhow::Result<()> {
         device: loraplex_models::parse_device(&args.device)?,
         kernels: args.cpu_kernels,
         hub: hub.clone(),
+        chat_template: super::chat_template_arg(args.chat_template.as_deref())?,
     };
     let lm = Arc::new(
         loraplex_models::load(&args.model, &opts)

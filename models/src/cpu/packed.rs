@@ -334,9 +334,20 @@ impl Packed {
 
     /// [`Packed::to_dense`] as a row-major buffer.
     pub(crate) fn dense_rows(&self) -> Vec<f32> {
-        let blocks = self.inp / BLOCK;
         let mut w = vec![0f32; self.out * self.inp];
         for (o, row) in w.chunks_exact_mut(self.inp).enumerate() {
+            self.row_into(o, row);
+        }
+        w
+    }
+
+    /// Row `o`'s weights (`inp` values) into `row`, as [`Packed::dense_rows`] gives them: an
+    /// embedding table held once, its lookups read from the packed form the output projection
+    /// multiplies with.
+    pub(crate) fn row_into(&self, o: usize, row: &mut [f32]) {
+        assert!(o < self.out && row.len() == self.inp);
+        let blocks = self.inp / BLOCK;
+        {
             let (t, lane) = (o / TILE, o % TILE);
             for (j, v) in row.iter_mut().enumerate() {
                 let (b, g, k) = (j / BLOCK, (j % BLOCK) / 4, j % 4);
@@ -356,7 +367,6 @@ impl Packed {
                 };
             }
         }
-        w
     }
 
     /// The product of `n` (1 to 4) consecutive rows on the calling thread: `y` (`n × out`)
